@@ -1,0 +1,23 @@
+//! sops-install-secrets: decrypt sops files with the keys a NixOS host has,
+//! and (in time) install them as a RAM-only generation of `/run/secrets`.
+//!
+//! The crate is a drop-in successor to sops-nix's Go installer. This part of
+//! it is the foundation: a reader for every file real sops 3.x writes, whose
+//! output is byte-identical to `sops -d`.
+//!
+//! ```no_run
+//! use sops_install_secrets::keys::Keyring;
+//! use sops_install_secrets::sops::{decrypt_bytes, Format, tree::parse_slash_path};
+//!
+//! let mut keyring = Keyring::new();
+//! // The host's SSH key opens files encrypted to its ssh-to-age recipient.
+//! keyring.add_ssh_key("/etc/ssh/ssh_host_ed25519_key".as_ref())?;
+//! let bytes = std::fs::read("secrets.yaml")?;
+//! let doc = decrypt_bytes(&bytes, Format::Yaml, &keyring)?;
+//! let private_key = doc.extract(&parse_slash_path("ssh_keys/private_key"), Format::Yaml)?;
+//! # let _ = private_key;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod keys;
+pub mod sops;

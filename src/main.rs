@@ -1,0 +1,237 @@
+//! The `sops-install-secrets` command line.
+//!
+//! Subcommands:
+//! - `decrypt [--age-key-file F]... [--ssh-key F]... [--input-type T] [--output-type T] [--extract PATH] FILE`
+//!   prints what `sops -d` prints, so any file can be checked against real sops;
+//! - `ssh-to-age [--private] FILE` prints the age recipient (or identity) of an
+//!   OpenSSH Ed25519 key, as ssh-to-age does.
+//!
+//! Installing a manifest (the activation-time mode) arrives with the installer.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use sops_install_secrets::keys::{Keyring, ssh};
+use sops_install_secrets::sops::tree::{parse_extract_path, parse_slash_path};
+use sops_install_secrets::sops::{Format, decrypt_bytes};
+
+const USAGE: &str = "usage:
+  sops-install-secrets decrypt [--age-key-file FILE]... [--ssh-key FILE]...
+                               [--input-type yaml|json|dotenv|ini|binary]
+                               [--output-type yaml|json|dotenv|ini|binary]
+                               [--extract a/b/c | --extract '[\"a\"][\"b\"][0]'] FILE
+  sops-install-secrets ssh-to-age [--private] SSH_KEY_FILE
+
+decrypt: with no --age-key-file/--ssh-key, identities come from SOPS_AGE_KEY_FILE,
+SOPS_AGE_KEY, SOPS_AGE_SSH_PRIVATE_KEY_FILE and ~/.config/sops/age/keys.txt, as sops does.";
+
+/// A command-line mistake: printed with the usage text.
+struct UsageError(String);
+
+/// Splits `--flag=value` / `--flag value`; single-dash Go spellings are accepted too.
+struct Args {
+    rest: std::vec::IntoIter<String>,
+}
+
+impl Args {
+    fn next_flag(&mut self) -> Option<(String, Option<String>)> {
+        let arg = self.rest.next()?;
+        if !arg.starts_with('-') || arg == "-" {
+            return Some((String::new(), Some(arg)));
+        }
+        let name = arg.trim_start_matches('-');
+        Some(match name.split_once('=') {
+            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+            None => (name.to_owned(), None),
+        })
+    }
+
+    fn value(&mut self, flag: &str, inline: Option<String>) -> Result<String, UsageError> {
+        inline
+            .or_else(|| self.rest.next())
+            .ok_or_else(|| UsageError(format!("--{flag} needs a value")))
+    }
+}
+
+fn format_arg(flag: &str, v: &str) -> Result<Format, UsageError> {
+    Format::from_name(v).ok_or_else(|| {
+        UsageError(format!(
+            "--{flag} {v:?} is not one of yaml, json, dotenv, ini, binary"
+        ))
+    })
+}
+
+fn home_config(rel: &str) -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+        return Some(Path::new(&x).join(rel));
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".config").join(rel))
+}
+
+/// The identities sops itself would use when none are named on the command line.
+fn default_keyring() -> Result<Keyring, String> {
+    let mut keyring = Keyring::new();
+    let mut age_file_set = false;
+    if let Some(f) = std::env::var_os("SOPS_AGE_KEY_FILE").filter(|f| !f.is_empty()) {
+        keyring
+            .add_age_key_file(Path::new(&f))
+            .map_err(|e| e.to_string())?;
+        age_file_set = true;
+    }
+    if let Ok(text) = std::env::var("SOPS_AGE_KEY") {
+        let text = zeroize::Zeroizing::new(text);
+        keyring
+            .add_age_keys_text(&text, "SOPS_AGE_KEY")
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(f) = std::env::var_os("SOPS_AGE_SSH_PRIVATE_KEY_FILE").filter(|f| !f.is_empty()) {
+        keyring.add_ssh_key(Path::new(&f)).map_err(|e| e.to_string())?;
+    }
+    if !age_file_set && let Some(default) = home_config("sops/age/keys.txt").filter(|p| p.exists()) {
+        keyring.add_age_key_file(&default).map_err(|e| e.to_string())?;
+    }
+    Ok(keyring)
+}
+
+fn decrypt(mut args: Args) -> Result<ExitCode, UsageError> {
+    let mut age_files = Vec::new();
+    let mut ssh_keys = Vec::new();
+    let (mut input, mut output, mut extract, mut file) = (None, None, None, None);
+    while let Some((flag, value)) = args.next_flag() {
+        match flag.as_str() {
+            "" => {
+                if file.replace(value.expect("positional has a value")).is_some() {
+                    return Err(UsageError("decrypt takes one FILE".into()));
+                }
+            }
+            "age-key-file" => age_files.push(args.value(&flag, value)?),
+            "ssh-key" => ssh_keys.push(args.value(&flag, value)?),
+            "input-type" => input = Some(format_arg(&flag, &args.value(&flag, value)?)?),
+            "output-type" => output = Some(format_arg(&flag, &args.value(&flag, value)?)?),
+            "extract" => extract = Some(args.value(&flag, value)?),
+            "h" | "help" => {
+                println!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => return Err(UsageError(format!("unknown flag --{other}"))),
+        }
+    }
+    let file = PathBuf::from(file.ok_or_else(|| UsageError("decrypt needs a FILE".into()))?);
+    let input = input.unwrap_or_else(|| Format::from_path(&file));
+    let output = output.unwrap_or(input);
+    let path = match extract.as_deref() {
+        None => Vec::new(),
+        Some(spec) if spec.starts_with('[') => parse_extract_path(spec)
+            .ok_or_else(|| UsageError(format!("--extract {spec:?} is not of the form [\"a\"][\"b\"][0]")))?,
+        Some(spec) => parse_slash_path(spec),
+    };
+
+    let fail = |msg: String| {
+        eprintln!("sops-install-secrets: {msg}");
+        Ok(ExitCode::FAILURE)
+    };
+    let keyring = if age_files.is_empty() && ssh_keys.is_empty() {
+        match default_keyring() {
+            Ok(k) => k,
+            Err(e) => return fail(e),
+        }
+    } else {
+        let mut k = Keyring::new();
+        for f in &age_files {
+            if let Err(e) = k.add_age_key_file(Path::new(f)) {
+                return fail(e.to_string());
+            }
+        }
+        for f in &ssh_keys {
+            if let Err(e) = k.add_ssh_key(Path::new(f)) {
+                return fail(e.to_string());
+            }
+        }
+        k
+    };
+    let bytes = match std::fs::read(&file) {
+        Ok(b) => b,
+        Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
+    };
+    let doc = match decrypt_bytes(&bytes, input, &keyring) {
+        Ok(d) => d,
+        Err(e) => return fail(format!("cannot decrypt {} (as {input}): {e}", file.display())),
+    };
+    let out = match doc.extract(&path, output) {
+        Ok(o) => o,
+        Err(e) => return fail(format!("{}: {e}", file.display())),
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(&out).and_then(|()| stdout.flush()) {
+        return fail(format!("cannot write to stdout: {e}"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ssh_to_age(mut args: Args) -> Result<ExitCode, UsageError> {
+    let mut private = false;
+    let mut file = None;
+    while let Some((flag, value)) = args.next_flag() {
+        match flag.as_str() {
+            "" => file = value,
+            "private" => private = true,
+            other => return Err(UsageError(format!("unknown flag --{other}"))),
+        }
+    }
+    let file = PathBuf::from(file.ok_or_else(|| UsageError("ssh-to-age needs an SSH key file".into()))?);
+    let ids = match ssh::load(&file) {
+        Ok(ids) => ids,
+        Err(e) => {
+            eprintln!("sops-install-secrets: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(derived) = ids.derived else {
+        eprintln!(
+            "sops-install-secrets: {} is not an ssh-ed25519 key; only Ed25519 keys convert to age X25519 keys",
+            file.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut stdout = std::io::stdout().lock();
+    let line = if private {
+        derived.identity.as_str()
+    } else {
+        derived.recipient.as_str()
+    };
+    if writeln!(stdout, "{line}").is_err() {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.is_empty() {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    let command = argv.remove(0);
+    let args = Args {
+        rest: argv.into_iter(),
+    };
+    let result = match command.as_str() {
+        "decrypt" => decrypt(args),
+        "ssh-to-age" => ssh_to_age(args),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(UsageError(format!(
+            "unknown command {other:?} (installing a manifest is not available in this version)"
+        ))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(UsageError(msg)) => {
+            eprintln!("sops-install-secrets: {msg}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

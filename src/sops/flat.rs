@@ -1,0 +1,396 @@
+//! sops's dotenv and ini stores: flat files, and the flattened metadata they carry.
+//!
+//! Flat formats cannot nest, so sops writes its metadata as keys whose names
+//! encode the path: `age__list_0__map_recipient` is `age[0].recipient`. In
+//! dotenv files those keys carry a `sops_` prefix; in ini files they sit in a
+//! `[sops]` section. Values are always strings; newlines inside values are
+//! written as `\n`.
+
+use super::gofmt;
+use super::tree::{Comment, MapEntry, SeqEntry, Value};
+
+const MAP_SEP: &str = "__map_";
+const LIST_SEP: &str = "__list_";
+
+/// Why a flat file could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FlatError {
+    /// A dotenv line without `=`.
+    #[error("line {0} is neither a comment nor KEY=VALUE")]
+    DotenvLine(usize),
+    /// An ini line that is not a section, a key or a comment.
+    #[error("line {0} is not an ini section, key or comment")]
+    IniLine(usize),
+    /// Flattened metadata keys that contradict each other.
+    #[error("the flattened sops metadata key `{0}` conflicts with another key")]
+    Conflict(String),
+}
+
+#[derive(Default)]
+struct Node {
+    value: Option<Value>,
+    keys: Vec<(String, Node)>,
+    items: Vec<(usize, Node)>,
+}
+
+impl Node {
+    fn child(&mut self, step: Step) -> &mut Node {
+        match step {
+            Step::Key(k) => {
+                let i = match self.keys.iter().position(|(n, _)| *n == k) {
+                    Some(i) => i,
+                    None => {
+                        self.keys.push((k, Node::default()));
+                        self.keys.len() - 1
+                    }
+                };
+                &mut self.keys[i].1
+            }
+            Step::Index(n) => {
+                let i = match self.items.iter().position(|(m, _)| *m == n) {
+                    Some(i) => i,
+                    None => {
+                        self.items.push((n, Node::default()));
+                        self.items.len() - 1
+                    }
+                };
+                &mut self.items[i].1
+            }
+        }
+    }
+
+    fn into_value(mut self, name: &str) -> Result<Value, FlatError> {
+        let kinds = [
+            self.value.is_some(),
+            !self.keys.is_empty(),
+            !self.items.is_empty(),
+        ];
+        if kinds.iter().filter(|k| **k).count() > 1 {
+            return Err(FlatError::Conflict(name.to_owned()));
+        }
+        if let Some(v) = self.value {
+            return Ok(v);
+        }
+        if !self.items.is_empty() {
+            self.items.sort_by_key(|(i, _)| *i);
+            return Ok(Value::Seq(
+                self.items
+                    .into_iter()
+                    .map(|(_, n)| n.into_value(name).map(SeqEntry::Item))
+                    .collect::<Result<_, _>>()?,
+            ));
+        }
+        Ok(Value::Map(
+            self.keys
+                .into_iter()
+                .map(|(k, n)| n.into_value(name).map(|v| MapEntry::Pair(k, v)))
+                .collect::<Result<_, _>>()?,
+        ))
+    }
+}
+
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// Splits `a__list_0__map_b` into `a`, `[0]`, `b`.
+fn steps(flat: &str) -> Vec<Step> {
+    let mut out = Vec::new();
+    let mut rest = flat;
+    let mut current_is_index = false;
+    loop {
+        let next = [MAP_SEP, LIST_SEP]
+            .iter()
+            .filter_map(|sep| rest.find(sep).map(|i| (i, *sep)))
+            .min_by_key(|(i, _)| *i);
+        let (part, after) = match next {
+            Some((i, sep)) => (&rest[..i], Some((&rest[i + sep.len()..], sep == LIST_SEP))),
+            None => (rest, None),
+        };
+        out.push(if current_is_index {
+            Step::Index(part.parse().unwrap_or(0))
+        } else {
+            Step::Key(part.to_owned())
+        });
+        match after {
+            Some((r, is_index)) => {
+                rest = r;
+                current_is_index = is_index;
+            }
+            None => return out,
+        }
+    }
+}
+
+/// Rebuilds the metadata map from flattened `(key, value)` pairs.
+pub fn unflatten(pairs: Vec<(String, Value)>) -> Result<Value, FlatError> {
+    let mut root = Node::default();
+    for (key, value) in pairs {
+        let mut node = &mut root;
+        for step in steps(&key) {
+            node = node.child(step);
+        }
+        if node.value.is_some() {
+            return Err(FlatError::Conflict(key));
+        }
+        node.value = Some(value);
+    }
+    root.into_value("sops")
+}
+
+/// How the dotenv and ini stores write a non-string value (Go's `ValToString`).
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::Str(s) | Value::Time(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => {
+            let g = gofmt::format_upper_g(*f);
+            if g.contains('.') || g.contains('E') || !f.is_finite() {
+                g
+            } else {
+                format!("{g}.0")
+            }
+        }
+        Value::Bool(b) => b.to_string(),
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Null => "<nil>".to_owned(),
+        Value::Map(_) | Value::Seq(_) => String::new(),
+    }
+}
+
+/// A parsed dotenv file: the entries and the `sops_` metadata pairs.
+pub fn parse_dotenv(text: &str) -> Result<(Value, Vec<(String, Value)>), FlatError> {
+    let mut entries = Vec::new();
+    let mut metadata = Vec::new();
+    for (i, line) in text.split('\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(c) = line.strip_prefix('#') {
+            entries.push(MapEntry::Comment(Comment {
+                text: c.to_owned(),
+                inline: false,
+            }));
+            continue;
+        }
+        let (key, value) = line.split_once('=').ok_or(FlatError::DotenvLine(i + 1))?;
+        let value = Value::Str(value.replace("\\n", "\n"));
+        match key.strip_prefix("sops_") {
+            Some(meta) => metadata.push((meta.to_owned(), value)),
+            None => entries.push(MapEntry::Pair(key.to_owned(), value)),
+        }
+    }
+    Ok((Value::Map(entries), metadata))
+}
+
+/// What `sops -d` prints for a dotenv file.
+pub fn emit_dotenv(root: &Value) -> String {
+    let mut out = String::new();
+    if let Value::Map(entries) = root {
+        for e in entries {
+            match e {
+                MapEntry::Comment(c) => {
+                    out.push('#');
+                    out.push_str(&c.text);
+                }
+                MapEntry::Pair(k, v) => {
+                    out.push_str(k);
+                    out.push('=');
+                    out.push_str(&scalar_text(v).replace('\n', "\\n"));
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Strips an ini comment's marker as sops does (all leading `;`/`#` and spaces).
+fn strip_comment_marker(c: &str) -> String {
+    if c.starts_with(';') {
+        c.trim_start_matches([';', ' ']).to_owned()
+    } else if c.starts_with('#') {
+        c.trim_start_matches(['#', ' ']).to_owned()
+    } else {
+        c.to_owned()
+    }
+}
+
+/// Removes ini value quoting: `"..."`, `` `...` `` and `"""..."""`.
+fn unquote_ini(v: &str) -> &str {
+    for q in ["\"\"\"", "`", "\""] {
+        if v.len() >= 2 * q.len() && v.starts_with(q) && v.ends_with(q) {
+            return &v[q.len()..v.len() - q.len()];
+        }
+    }
+    v
+}
+
+/// A parsed ini file: one map entry per section (keys before any section go
+/// to `DEFAULT`), and the `[sops]` section's pairs.
+pub fn parse_ini(text: &str) -> Result<(Value, Vec<(String, Value)>), FlatError> {
+    let mut sections: Vec<(String, Vec<MapEntry>)> = vec![("DEFAULT".to_owned(), Vec::new())];
+    let mut pending_comment: Option<String> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with(';') || line.starts_with('#') {
+            let c = strip_comment_marker(line);
+            pending_comment = Some(match pending_comment {
+                Some(prev) => format!("{prev}\n{c}"),
+                None => c,
+            });
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let mut entries = Vec::new();
+            if let Some(c) = pending_comment.take() {
+                entries.push(MapEntry::Comment(Comment {
+                    text: c,
+                    inline: false,
+                }));
+            }
+            sections.push((name.trim().to_owned(), entries));
+            continue;
+        }
+        let split = line.find(['=', ':']).ok_or(FlatError::IniLine(i + 1))?;
+        let key = line[..split].trim().to_owned();
+        let value = unquote_ini(line[split + 1..].trim()).to_owned();
+        let entries = &mut sections.last_mut().expect("DEFAULT is always there").1;
+        entries.push(MapEntry::Pair(key, Value::Str(value)));
+        // sops keeps a key's comment after the key and writes it back before it.
+        if let Some(c) = pending_comment.take() {
+            entries.push(MapEntry::Comment(Comment {
+                text: c,
+                inline: false,
+            }));
+        }
+    }
+    let mut metadata = Vec::new();
+    let mut out = Vec::new();
+    for (name, entries) in sections {
+        if name == "sops" {
+            for e in entries {
+                if let MapEntry::Pair(k, Value::Str(v)) = e {
+                    metadata.push((k, Value::Str(v.replace("\\n", "\n"))));
+                }
+            }
+        } else if !(name == "DEFAULT" && entries.is_empty()) {
+            out.push(MapEntry::Pair(name, Value::Map(entries)));
+        }
+    }
+    Ok((Value::Map(out), metadata))
+}
+
+/// Quotes an ini value the way sops's ini library writes it.
+fn quote_ini(v: &str) -> String {
+    if v.contains('\n') || v.contains('`') {
+        format!("\"\"\"{v}\"\"\"")
+    } else if v.contains('#') || v.contains(';') {
+        format!("`{v}`")
+    } else if v.trim() != v {
+        format!("\"{v}\"")
+    } else {
+        v.to_owned()
+    }
+}
+
+/// What `sops -d` prints for an ini file: sections separated by blank lines,
+/// `=` aligned within a section, comments as `; text` before what they describe.
+pub fn emit_ini(root: &Value) -> String {
+    let mut blocks = Vec::new();
+    let Value::Map(sections) = root else {
+        return String::new();
+    };
+    for section in sections {
+        let MapEntry::Pair(name, Value::Map(entries)) = section else {
+            continue;
+        };
+        let mut block = String::new();
+        let mut rest: &[MapEntry] = entries;
+        if let Some(MapEntry::Comment(c)) = rest.first() {
+            push_comment(&mut block, &c.text);
+            rest = &rest[1..];
+        }
+        block.push_str(&format!("[{name}]\n"));
+        let width = rest
+            .iter()
+            .filter_map(|e| match e {
+                MapEntry::Pair(k, _) => Some(k.chars().count()),
+                MapEntry::Comment(_) => None,
+            })
+            .max()
+            .unwrap_or(0);
+        // A comment entry describes the key before it; print it first.
+        let mut i = 0;
+        while i < rest.len() {
+            if let MapEntry::Pair(k, v) = &rest[i] {
+                if let Some(MapEntry::Comment(c)) = rest.get(i + 1) {
+                    push_comment(&mut block, &c.text);
+                }
+                let pad = width - k.chars().count();
+                block.push_str(&format!(
+                    "{k}{} = {}\n",
+                    " ".repeat(pad),
+                    quote_ini(&scalar_text(v))
+                ));
+            }
+            i += 1;
+        }
+        blocks.push(block);
+    }
+    blocks.join("\n")
+}
+
+fn push_comment(out: &mut String, text: &str) {
+    for line in text.split('\n') {
+        if line.starts_with(';') || line.starts_with('#') {
+            out.push_str(line);
+        } else {
+            out.push_str("; ");
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattened_metadata_rebuilds_lists_of_maps() {
+        let v = unflatten(vec![
+            ("age__list_0__map_recipient".into(), Value::Str("r0".into())),
+            ("age__list_1__map_recipient".into(), Value::Str("r1".into())),
+            ("mac".into(), Value::Str("m".into())),
+        ])
+        .unwrap();
+        assert_eq!(
+            v.get("age").unwrap().item(1).unwrap().get("recipient"),
+            Some(&Value::Str("r1".into()))
+        );
+        assert_eq!(v.get("mac"), Some(&Value::Str("m".into())));
+    }
+
+    #[test]
+    fn dotenv_splits_at_the_first_equals_and_unescapes_newlines() {
+        let (v, meta) = parse_dotenv("# c\nA=b=c\nsops_mac=x\nM=1\\n2\n").unwrap();
+        assert_eq!(v.get("A"), Some(&Value::Str("b=c".into())));
+        assert_eq!(v.get("M"), Some(&Value::Str("1\n2".into())));
+        assert_eq!(meta.len(), 1);
+        assert_eq!(emit_dotenv(&v), "# c\nA=b=c\nM=1\\n2\n");
+    }
+
+    #[test]
+    fn ini_aligns_keys_and_keeps_comments_before_keys() {
+        let (v, _) = parse_ini("; top\n[s]\nhost = h\n# about long\nlonger_key = v\n").unwrap();
+        assert_eq!(
+            emit_ini(&v),
+            "; top\n[s]\nhost       = h\n; about long\nlonger_key = v\n"
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! sops JSON files (and the JSON envelope of sops's binary format).
+//!
+//! Reading keeps key order (serde_json's `preserve_order`) and tells integers
+//! from floats as sops does (`1.0` and `1e6` are floats). Writing reproduces
+//! what sops prints: Go's `encoding/json` escaping and number spelling,
+//! re-indented with one tab per level.
+
+use super::gofmt;
+use super::tree::{MapEntry, SeqEntry, Value};
+
+/// Why a JSON document could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JsonError {
+    /// Not valid JSON.
+    #[error("invalid JSON at line {line}, column {col}: {reason}")]
+    Syntax {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The top level is not an object.
+    #[error("the top level of the JSON document is not an object; sops files must be objects")]
+    NotAnObject,
+}
+
+/// Parses a JSON document whose top level is an object.
+pub fn parse(text: &[u8]) -> Result<Value, JsonError> {
+    let v: serde_json::Value = serde_json::from_slice(text).map_err(|e| JsonError::Syntax {
+        line: e.line(),
+        col: e.column(),
+        reason: e.to_string(),
+    })?;
+    if !v.is_object() {
+        return Err(JsonError::NotAnObject);
+    }
+    Ok(convert(v))
+}
+
+fn convert(v: serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Value::Str(s),
+        serde_json::Value::Array(a) => {
+            Value::Seq(a.into_iter().map(|v| SeqEntry::Item(convert(v))).collect())
+        }
+        serde_json::Value::Object(o) => Value::Map(
+            o.into_iter()
+                .map(|(k, v)| MapEntry::Pair(k, convert(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Go's `json.Marshal` of a string: HTML-safe escapes, `\u2028`/`\u2029` escaped.
+fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn indent(out: &mut String, level: usize) {
+    out.push('\n');
+    for _ in 0..level {
+        out.push('\t');
+    }
+}
+
+/// Writes a value as sops prints it (comments are dropped: JSON has none).
+fn write_value(out: &mut String, v: &Value, level: usize) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => out.push_str(&i.to_string()),
+        Value::Float(f) => out.push_str(&gofmt::format_json(*f)),
+        Value::Str(s) | Value::Time(s) => write_string(out, s),
+        Value::Bytes(b) => {
+            use base64::Engine;
+            write_string(out, &base64::engine::general_purpose::STANDARD.encode(b))
+        }
+        Value::Map(entries) => {
+            let pairs: Vec<_> = entries
+                .iter()
+                .filter_map(|e| match e {
+                    MapEntry::Pair(k, v) => Some((k, v)),
+                    MapEntry::Comment(_) => None,
+                })
+                .collect();
+            if pairs.is_empty() {
+                out.push_str("{}");
+                return;
+            }
+            out.push('{');
+            for (i, (k, v)) in pairs.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                indent(out, level + 1);
+                write_string(out, k);
+                out.push_str(": ");
+                write_value(out, v, level + 1);
+            }
+            indent(out, level);
+            out.push('}');
+        }
+        Value::Seq(entries) => {
+            let items: Vec<_> = entries
+                .iter()
+                .filter_map(|e| match e {
+                    SeqEntry::Item(v) => Some(v),
+                    SeqEntry::Comment(_) => None,
+                })
+                .collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return;
+            }
+            out.push('[');
+            for (i, v) in items.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                indent(out, level + 1);
+                write_value(out, v, level + 1);
+            }
+            indent(out, level);
+            out.push(']');
+        }
+    }
+}
+
+/// What `sops -d` prints for a JSON file: the document and a newline.
+pub fn emit_document(root: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, root, 0);
+    out.push('\n');
+    out
+}
+
+/// What `sops -d --extract` prints for a non-string, non-map value: no newline.
+pub fn emit_value(v: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, v, 0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ints_and_floats_are_told_apart_like_go() {
+        let v = parse(br#"{"a": 1, "b": 1.0, "c": 1e6}"#).unwrap();
+        assert_eq!(v.get("a"), Some(&Value::Int(1)));
+        assert_eq!(v.get("b"), Some(&Value::Float(1.0)));
+        assert_eq!(v.get("c"), Some(&Value::Float(1e6)));
+    }
+
+    #[test]
+    fn strings_are_escaped_like_go() {
+        let mut s = String::new();
+        write_string(&mut s, "<a&b>\u{2028}\u{1}é");
+        assert_eq!(s, r#""\u003ca\u0026b\u003e\u2028\u0001é""#);
+    }
+
+    #[test]
+    fn key_order_is_kept() {
+        let v = parse(br#"{"z": 1, "a": 2}"#).unwrap();
+        assert_eq!(emit_document(&v), "{\n\t\"z\": 1,\n\t\"a\": 2\n}\n");
+    }
+
+    #[test]
+    fn top_level_array_is_refused() {
+        assert_eq!(parse(b"[1]").unwrap_err(), JsonError::NotAnObject);
+    }
+}

@@ -1,0 +1,361 @@
+//! The sops file format, decrypt side.
+//!
+//! A sops file is a document in one of five stores (yaml, json, dotenv, ini,
+//! binary) whose leaves are encrypted one by one, plus a `sops` metadata block.
+//! Decrypting it takes three steps, each in its own module:
+//! 1. read the store into a [`tree::Value`] and the [`metadata::Metadata`]
+//!    ([`yaml`], [`json`], [`flat`]);
+//! 2. recover the data key from the key groups (`crate::keys`, [`shamir`]);
+//! 3. decrypt every leaf and verify the MAC ([`decrypt`], [`cipher`]).
+//!
+//! The result, a [`Document`], prints itself as `sops -d` would, whole or one
+//! value at a time, and zeroizes its plaintext when dropped.
+
+pub mod cipher;
+pub mod decrypt;
+pub mod flat;
+pub mod gofmt;
+pub mod json;
+pub mod metadata;
+pub mod shamir;
+pub mod tree;
+pub mod yaml;
+#[path = "yaml_emit_stub.rs"]
+pub mod yaml_emit;
+
+use std::fmt;
+use std::path::Path;
+
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::keys::{self, DataKeyError, Keyring};
+use metadata::{METADATA_KEY, Metadata, MetadataError};
+use tree::{MapEntry, PathNotFound, PathStep, Value};
+
+/// The five stores sops reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// YAML (the default for sops-nix secrets).
+    Yaml,
+    /// JSON.
+    Json,
+    /// `KEY=value` lines.
+    Dotenv,
+    /// INI sections.
+    Ini,
+    /// Any file, stored whole as the `data` value of a JSON document.
+    Binary,
+}
+
+impl Format {
+    /// The format sops infers from a file name: `.yaml`/`.yml`, `.json`,
+    /// `.env`, `.ini`; anything else is binary.
+    pub fn from_path(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Format::Yaml,
+            Some("json") => Format::Json,
+            Some("env") => Format::Dotenv,
+            Some("ini") => Format::Ini,
+            _ => Format::Binary,
+        }
+    }
+
+    /// Parses a format name as sops and sops-nix spell it.
+    pub fn from_name(name: &str) -> Option<Format> {
+        Some(match name {
+            "yaml" => Format::Yaml,
+            "json" => Format::Json,
+            "dotenv" => Format::Dotenv,
+            "ini" => Format::Ini,
+            "binary" => Format::Binary,
+            _ => return None,
+        })
+    }
+
+    /// The format's name as sops spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Yaml => "yaml",
+            Format::Json => "json",
+            Format::Dotenv => "dotenv",
+            Format::Ini => "ini",
+            Format::Binary => "binary",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a file could not be read as an encrypted sops file.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// Invalid YAML.
+    #[error(transparent)]
+    Yaml(#[from] yaml::YamlError),
+    /// Invalid JSON.
+    #[error(transparent)]
+    Json(#[from] json::JsonError),
+    /// Invalid dotenv or ini.
+    #[error(transparent)]
+    Flat(#[from] flat::FlatError),
+    /// Not valid UTF-8.
+    #[error("the file is not valid UTF-8 text")]
+    Utf8,
+    /// The binary store's `data` value is missing.
+    #[error("the binary sops document has no `data` value")]
+    NoData,
+    /// The `sops` block is missing or wrong.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
+
+/// A sops file as stored: the encrypted tree and its metadata.
+pub struct EncryptedFile {
+    /// The store it was read from.
+    pub format: Format,
+    /// One root map per document (YAML files can hold several).
+    pub branches: Vec<Value>,
+    /// The `sops` block.
+    pub metadata: Metadata,
+}
+
+fn take_metadata(branch: &mut Value) -> Option<Value> {
+    let Value::Map(entries) = branch else { return None };
+    let i = entries
+        .iter()
+        .position(|e| matches!(e, MapEntry::Pair(k, _) if k == METADATA_KEY))?;
+    match entries.remove(i) {
+        MapEntry::Pair(_, v) => Some(v),
+        MapEntry::Comment(_) => None,
+    }
+}
+
+impl EncryptedFile {
+    /// Reads the bytes of a sops file in the given store. Needs no key.
+    pub fn parse(bytes: &[u8], format: Format) -> Result<EncryptedFile, ParseError> {
+        let text = || std::str::from_utf8(bytes).map_err(|_| ParseError::Utf8);
+        let (branches, metadata_value) = match format {
+            Format::Yaml => {
+                let mut branches = yaml::parse(text()?)?;
+                let mut meta = None;
+                for (i, b) in branches.iter_mut().enumerate() {
+                    let m = take_metadata(b);
+                    if i == 0 {
+                        meta = m;
+                    }
+                }
+                (branches, meta)
+            }
+            Format::Json | Format::Binary => {
+                let mut root = json::parse(bytes)?;
+                let meta = take_metadata(&mut root);
+                if format == Format::Binary && !matches!(root.get("data"), Some(Value::Str(_))) {
+                    if meta.is_none() {
+                        return Err(MetadataError::Missing.into());
+                    }
+                    return Err(ParseError::NoData);
+                }
+                (vec![root], meta)
+            }
+            Format::Dotenv => {
+                let (root, pairs) = flat::parse_dotenv(text()?)?;
+                (
+                    vec![root],
+                    if pairs.is_empty() {
+                        None
+                    } else {
+                        Some(flat::unflatten(pairs)?)
+                    },
+                )
+            }
+            Format::Ini => {
+                let (root, pairs) = flat::parse_ini(text()?)?;
+                (
+                    vec![root],
+                    if pairs.is_empty() {
+                        None
+                    } else {
+                        Some(flat::unflatten(pairs)?)
+                    },
+                )
+            }
+        };
+        let metadata_value = metadata_value.ok_or(MetadataError::Missing)?;
+        let metadata = Metadata::from_value(&metadata_value)?;
+        Ok(EncryptedFile {
+            format,
+            branches,
+            metadata,
+        })
+    }
+
+    /// Recovers the data key, decrypts every value and verifies the MAC.
+    pub fn decrypt(mut self, keyring: &Keyring) -> Result<Document, DecryptError> {
+        let key =
+            keys::recover_data_key(&self.metadata, keyring).map_err(|source| DecryptError::DataKey {
+                source,
+                offered: keyring.offered().to_vec(),
+            })?;
+        let mut doc = Document {
+            format: self.format,
+            branches: std::mem::take(&mut self.branches),
+        };
+        decrypt::decrypt_and_verify(&mut doc.branches, &self.metadata, &key)?;
+        Ok(doc)
+    }
+}
+
+/// Why a file could not be decrypted.
+#[derive(Debug, thiserror::Error)]
+pub enum DecryptError {
+    /// The file is not a readable sops file.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// No usable key.
+    #[error("{source}\n{}", describe_offered(.offered))]
+    DataKey {
+        /// Which stanzas failed and why.
+        source: DataKeyError,
+        /// What this host offered.
+        offered: Vec<keys::Offered>,
+    },
+    /// A value or the MAC failed.
+    #[error(transparent)]
+    Tree(#[from] decrypt::TreeError),
+}
+
+fn describe_offered(offered: &[keys::Offered]) -> String {
+    let mut s = String::new();
+    if offered.is_empty() {
+        s.push_str("This host offers no identity (no age key file, no SSH key).");
+    } else {
+        s.push_str("This host offers:");
+        for o in offered {
+            s.push_str(&format!("\n    {} (from {})", o.recipient, o.origin));
+        }
+    }
+    s.push_str(
+        "\nAdd one of this host's recipients to the file's creation rule in .sops.yaml and run `sops updatekeys` on the file.",
+    );
+    s
+}
+
+/// Decrypts the bytes of a sops file.
+pub fn decrypt_bytes(bytes: &[u8], format: Format, keyring: &Keyring) -> Result<Document, DecryptError> {
+    EncryptedFile::parse(bytes, format)?.decrypt(keyring)
+}
+
+/// A decrypted sops document. Its plaintext is zeroized on drop.
+pub struct Document {
+    format: Format,
+    branches: Vec<Value>,
+}
+
+impl Drop for Document {
+    fn drop(&mut self) {
+        for b in &mut self.branches {
+            b.zeroize();
+        }
+    }
+}
+
+/// Why a value could not be extracted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExtractError {
+    /// The path does not exist.
+    #[error("{}", describe_missing(.0))]
+    NotFound(PathNotFound),
+    /// The output store cannot print this value.
+    #[error("a {kind} cannot be written in {format} format")]
+    Unprintable {
+        /// What was found.
+        kind: &'static str,
+        /// The output format.
+        format: Format,
+    },
+}
+
+fn describe_missing(p: &PathNotFound) -> String {
+    let missing = match &p.missing {
+        PathStep::Key(k) => format!("key {k:?}"),
+        PathStep::Index(i) => format!("index {i}"),
+    };
+    if p.found.is_empty() {
+        format!("the document has no {missing} at its top level")
+    } else {
+        format!(
+            "{} exists but has no {missing} (it is a {})",
+            tree::display_path(&p.found),
+            p.parent_kind
+        )
+    }
+}
+
+impl Document {
+    /// The store the document was read from.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The first (usually only) root map.
+    pub fn root(&self) -> &Value {
+        &self.branches[0]
+    }
+
+    /// The whole file as `sops -d --output-type <output>` prints it.
+    pub fn to_plaintext(&self, output: Format) -> Result<Zeroizing<Vec<u8>>, ExtractError> {
+        let text = match output {
+            Format::Yaml => yaml_emit::emit_documents(&self.branches),
+            Format::Json => json::emit_document(self.root()),
+            Format::Dotenv => flat::emit_dotenv(self.root()),
+            Format::Ini => flat::emit_ini(self.root()),
+            Format::Binary => match self.root().get("data") {
+                Some(Value::Str(s)) => s.clone(),
+                Some(Value::Bytes(b)) => return Ok(Zeroizing::new(b.clone())),
+                other => {
+                    return Err(ExtractError::Unprintable {
+                        kind: other.map_or("document without data", Value::kind),
+                        format: Format::Binary,
+                    });
+                }
+            },
+        };
+        Ok(Zeroizing::new(text.into_bytes()))
+    }
+
+    /// The value at `path` as `sops -d --extract` prints it: strings as they
+    /// are, maps as a document, other values in the output store's syntax.
+    /// An empty path is the whole file.
+    pub fn extract(&self, path: &[PathStep], output: Format) -> Result<Zeroizing<Vec<u8>>, ExtractError> {
+        if path.is_empty() {
+            return self.to_plaintext(output);
+        }
+        let value = self.root().lookup(path).map_err(ExtractError::NotFound)?;
+        let text = match value {
+            Value::Str(s) => s.clone(),
+            Value::Bytes(b) => return Ok(Zeroizing::new(b.clone())),
+            Value::Map(_) => {
+                let doc = Document {
+                    format: self.format,
+                    branches: vec![value.clone()],
+                };
+                return doc.to_plaintext(output);
+            }
+            other => match output {
+                Format::Yaml => yaml_emit::emit_value(other),
+                Format::Json | Format::Ini => json::emit_value(other),
+                Format::Dotenv | Format::Binary => {
+                    return Err(ExtractError::Unprintable {
+                        kind: other.kind(),
+                        format: output,
+                    });
+                }
+            },
+        };
+        Ok(Zeroizing::new(text.into_bytes()))
+    }
+}

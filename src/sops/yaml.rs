@@ -1,0 +1,565 @@
+//! Reading sops YAML files into the document tree.
+//!
+//! Structure and scalar styles come from `saphyr-parser`'s event stream.
+//! Comments matter too (sops encrypts them and prints them back), and YAML
+//! parsers drop them, so they are found in the source text between the spans
+//! the parser reports and slotted into the tree where sops puts them: a
+//! comment on its own line becomes an entry before the next item of the
+//! collection it is indented with (or the last entry of that collection), and
+//! a comment after a value on the same line becomes an inline entry just
+//! before that value.
+//!
+//! Untagged plain scalars are typed as sops's YAML library (go-yaml v3) types
+//! them, because the type decides the bytes that enter the MAC: `true`, `null`,
+//! `0x1F`, `1e6`, `2024-01-02` (a timestamp) are not strings.
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
+
+use super::tree::{Comment, MapEntry, SeqEntry, Value};
+
+/// Why a YAML document could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum YamlError {
+    /// The text is not valid YAML.
+    #[error("invalid YAML at line {line}, column {col}: {reason}")]
+    Syntax {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The top level is a list or a scalar; sops only handles maps.
+    #[error("the top level of the YAML document is a {0}; sops files must be maps")]
+    NotAMap(&'static str),
+    /// An alias refers to an unknown anchor.
+    #[error("an alias refers to an anchor that is not defined")]
+    UnknownAnchor,
+}
+
+struct RawComment {
+    /// Character index of the `#`.
+    pos: usize,
+    col: usize,
+    text: String,
+    inline: bool,
+}
+
+/// Finds comments outside the given scalar spans (character ranges).
+fn find_comments(text: &str, scalars: &[(usize, usize)]) -> Vec<RawComment> {
+    let mut out = Vec::new();
+    let mut spans = scalars.iter().peekable();
+    let mut line_has_content = false;
+    let mut col = 0;
+    let mut prev_space = true;
+    let mut chars = text.chars().enumerate().peekable();
+    while let Some((i, c)) = chars.next() {
+        while spans.peek().is_some_and(|&&(_, end)| end <= i) {
+            spans.next();
+        }
+        let in_scalar = spans.peek().is_some_and(|&&(start, _)| start <= i);
+        if c == '\n' {
+            line_has_content = false;
+            col = 0;
+            prev_space = true;
+            continue;
+        }
+        if c == '#' && !in_scalar && prev_space {
+            let mut body = String::new();
+            while let Some(&(_, n)) = chars.peek() {
+                if n == '\n' {
+                    break;
+                }
+                body.push(n);
+                chars.next();
+            }
+            if body.ends_with('\r') {
+                body.pop();
+            }
+            out.push(RawComment {
+                pos: i,
+                col,
+                text: body,
+                inline: line_has_content,
+            });
+            continue;
+        }
+        prev_space = c == ' ' || c == '\t';
+        if !prev_space {
+            line_has_content = true;
+        }
+        col += 1;
+    }
+    out
+}
+
+enum Frame {
+    Map {
+        entries: Vec<MapEntry>,
+        key: Option<String>,
+        col: usize,
+        anchor: usize,
+    },
+    Seq {
+        entries: Vec<SeqEntry>,
+        col: usize,
+        anchor: usize,
+    },
+}
+
+impl Frame {
+    fn col(&self) -> usize {
+        match self {
+            Frame::Map { col, .. } | Frame::Seq { col, .. } => *col,
+        }
+    }
+
+    /// Places a comment found before the next event into this collection.
+    /// Returns false if it must wait (it sits between a key and its value).
+    fn take_comment(&mut self, c: &RawComment) -> bool {
+        let comment = Comment {
+            text: c.text.clone(),
+            inline: c.inline,
+        };
+        match self {
+            Frame::Map { entries, key, .. } => {
+                if key.is_some() {
+                    if c.inline {
+                        // `key: # note` above a nested value: sops keeps it before the pair.
+                        entries.push(MapEntry::Comment(Comment {
+                            inline: false,
+                            ..comment
+                        }));
+                        return true;
+                    }
+                    return false;
+                }
+                if c.inline {
+                    let at = entries.len().saturating_sub(1);
+                    entries.insert(at, MapEntry::Comment(comment));
+                } else {
+                    entries.push(MapEntry::Comment(comment));
+                }
+            }
+            Frame::Seq { entries, .. } => {
+                if c.inline {
+                    let at = entries.len().saturating_sub(1);
+                    entries.insert(at, SeqEntry::Comment(comment));
+                } else {
+                    entries.push(SeqEntry::Comment(comment));
+                }
+            }
+        }
+        true
+    }
+}
+
+struct Builder {
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Value>,
+    documents: Vec<Value>,
+    root: Option<Value>,
+    comments: std::collections::VecDeque<RawComment>,
+}
+
+impl Builder {
+    /// Hands comments located before `pos` to the open collection.
+    fn comments_before(&mut self, pos: usize) {
+        while let Some(c) = self.comments.front() {
+            if c.pos >= pos {
+                break;
+            }
+            let Some(frame) = self.stack.last_mut() else { break };
+            if !frame.take_comment(c) {
+                break;
+            }
+            self.comments.pop_front();
+        }
+    }
+
+    /// Before a collection closes: comments indented at least as deep as its
+    /// items are its trailing comments; shallower ones belong further out.
+    fn trailing_comments(&mut self, pos: usize) {
+        while let Some(c) = self.comments.front() {
+            let Some(frame) = self.stack.last_mut() else { break };
+            if c.pos >= pos || (!c.inline && c.col < frame.col()) {
+                break;
+            }
+            if !frame.take_comment(c) {
+                break;
+            }
+            self.comments.pop_front();
+        }
+    }
+
+    fn add(&mut self, value: Value) {
+        match self.stack.last_mut() {
+            None => self.root = Some(value),
+            Some(Frame::Map { entries, key, .. }) => match key.take() {
+                Some(k) => entries.push(MapEntry::Pair(k, value)),
+                None => {
+                    // A non-scalar key (`? [a, b]: c`); sops cannot use it either.
+                    *key = Some(String::new());
+                }
+            },
+            Some(Frame::Seq { entries, .. }) => entries.push(SeqEntry::Item(value)),
+        }
+    }
+
+    fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), YamlError> {
+        let pos = span.start.index();
+        match event {
+            Event::MappingEnd | Event::SequenceEnd => self.trailing_comments(pos),
+            Event::DocumentEnd | Event::StreamEnd => {}
+            _ => self.comments_before(pos),
+        }
+        match event {
+            Event::Nothing | Event::StreamStart | Event::DocumentStart(_) => {}
+            Event::StreamEnd => {}
+            Event::DocumentEnd => {
+                let mut root = self.root.take().unwrap_or(Value::Null);
+                match &mut root {
+                    Value::Map(entries) => {
+                        // Comments after the last item of the document.
+                        for c in self.comments.drain(..) {
+                            entries.push(MapEntry::Comment(Comment {
+                                text: c.text,
+                                inline: false,
+                            }));
+                        }
+                    }
+                    Value::Null => root = Value::Map(Vec::new()),
+                    other => return Err(YamlError::NotAMap(other.kind())),
+                }
+                self.documents.push(root);
+            }
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
+                entries: Vec::new(),
+                key: None,
+                col: span.start.col(),
+                anchor,
+            }),
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
+                entries: Vec::new(),
+                col: span.start.col(),
+                anchor,
+            }),
+            Event::MappingEnd | Event::SequenceEnd => {
+                let (value, anchor) = match self.stack.pop().expect("parser balances collections") {
+                    Frame::Map { entries, anchor, .. } => (Value::Map(entries), anchor),
+                    Frame::Seq { entries, anchor, .. } => (Value::Seq(entries), anchor),
+                };
+                if anchor != 0 {
+                    self.anchors.insert(anchor, value.clone());
+                }
+                self.add(value);
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                if let Some(Frame::Map { key: key @ None, .. }) = self.stack.last_mut() {
+                    *key = Some(text.into_owned());
+                    return Ok(());
+                }
+                let value = resolve(&text, style, tag.as_deref());
+                if anchor != 0 {
+                    self.anchors.insert(anchor, value.clone());
+                }
+                self.add(value);
+            }
+            Event::Alias(id) => {
+                let value = self.anchors.get(&id).cloned().ok_or(YamlError::UnknownAnchor)?;
+                if let Some(Frame::Map { key: key @ None, .. }) = self.stack.last_mut() {
+                    *key = Some(match value {
+                        Value::Str(s) => s,
+                        _ => String::new(),
+                    });
+                    return Ok(());
+                }
+                self.add(value);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses YAML text into one root map per document.
+pub fn parse(text: &str) -> Result<Vec<Value>, YamlError> {
+    let mut events = Vec::new();
+    let mut scalars = Vec::new();
+    for item in Parser::new_from_str(text) {
+        let (event, span) = item.map_err(|e| YamlError::Syntax {
+            line: e.marker().line(),
+            col: e.marker().col() + 1,
+            reason: e.info().to_owned(),
+        })?;
+        if matches!(event, Event::Scalar(..)) {
+            scalars.push((span.start.index(), span.end.index()));
+        }
+        events.push((event, span));
+    }
+    let mut builder = Builder {
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        documents: Vec::new(),
+        root: None,
+        comments: find_comments(text, &scalars).into(),
+    };
+    for (event, span) in events {
+        builder.event(event, span)?;
+    }
+    Ok(builder.documents)
+}
+
+/// Types a scalar as go-yaml v3 does when decoding into `interface{}`.
+fn resolve(text: &str, style: ScalarStyle, tag: Option<&Tag>) -> Value {
+    if let Some(tag) = tag
+        && tag.is_yaml_core_schema()
+    {
+        return match tag.suffix.as_str() {
+            "str" => Value::Str(text.to_owned()),
+            "binary" => {
+                use base64::Engine;
+                let cleaned: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+                match base64::engine::general_purpose::STANDARD.decode(cleaned) {
+                    Ok(bytes) => match String::from_utf8(bytes) {
+                        Ok(s) => Value::Str(s),
+                        Err(e) => Value::Bytes(e.into_bytes()),
+                    },
+                    Err(_) => Value::Str(text.to_owned()),
+                }
+            }
+            _ => resolve_plain(text),
+        };
+    }
+    match style {
+        ScalarStyle::Plain => resolve_plain(text),
+        _ => Value::Str(text.to_owned()),
+    }
+}
+
+fn resolve_plain(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        _ => {}
+    }
+    let first = text.as_bytes()[0];
+    if !(first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.')) {
+        return Value::Str(text.to_owned());
+    }
+    if let Some(t) = timestamp(text) {
+        return Value::Time(t);
+    }
+    let plain: String = text.chars().filter(|&c| c != '_').collect();
+    if let Some(i) = go_parse_int(&plain) {
+        return Value::Int(i);
+    }
+    if is_yaml_float(&plain)
+        && let Ok(f) = plain.parse::<f64>()
+    {
+        return Value::Float(f);
+    }
+    Value::Str(text.to_owned())
+}
+
+/// Go's `strconv.ParseInt(s, 0, 64)`: optional sign, then `0x`, `0o`, `0b`,
+/// a leading `0` for octal, or decimal.
+fn go_parse_int(s: &str) -> Option<i64> {
+    let (neg, body) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (radix, digits) = if let Some(d) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+        (16, d)
+    } else if let Some(d) = body.strip_prefix("0o").or_else(|| body.strip_prefix("0O")) {
+        (8, d)
+    } else if let Some(d) = body.strip_prefix("0b").or_else(|| body.strip_prefix("0B")) {
+        (2, d)
+    } else if body.len() > 1 && body.starts_with('0') {
+        (8, &body[1..])
+    } else {
+        (10, body)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let magnitude = i128::from_str_radix(digits, radix).ok()?;
+    let v = if neg { -magnitude } else { magnitude };
+    i64::try_from(v).ok()
+}
+
+/// go-yaml's float shape: `^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`.
+fn is_yaml_float(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    if i < b.len() && matches!(b[i], b'-' | b'+') {
+        i += 1;
+    }
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    } else {
+        if digits(&mut i) == 0 {
+            return false;
+        }
+        if i < b.len() && b[i] == b'.' {
+            i += 1;
+            digits(&mut i);
+        }
+    }
+    if i < b.len() && matches!(b[i], b'e' | b'E') {
+        i += 1;
+        if i < b.len() && matches!(b[i], b'-' | b'+') {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+/// go-yaml's timestamp forms (`2006-1-2`, `2006-1-2T15:4:5.999999999Z07:00`,
+/// with `t` or a space for `T`), returned as Go's `MarshalText` spells them.
+fn timestamp(s: &str) -> Option<String> {
+    fn num(s: &str, min: usize, max: usize) -> Option<(u32, &str)> {
+        let n = s.bytes().take_while(u8::is_ascii_digit).count();
+        if n < min || n > max {
+            return None;
+        }
+        Some((s[..n].parse().ok()?, &s[n..]))
+    }
+    let (year, rest) = num(s, 4, 4)?;
+    let rest = rest.strip_prefix('-')?;
+    let (month, rest) = num(rest, 1, 2)?;
+    let rest = rest.strip_prefix('-')?;
+    let (day, rest) = num(rest, 1, 2)?;
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    let date = format!("{year:04}-{month:02}-{day:02}");
+    if rest.is_empty() {
+        return Some(format!("{date}T00:00:00Z"));
+    }
+    let with_zone = rest.starts_with(['T', 't']);
+    let rest = rest.strip_prefix(['T', 't', ' '])?;
+    let (h, rest) = num(rest, 1, 2)?;
+    let rest = rest.strip_prefix(':')?;
+    let (m, rest) = num(rest, 1, 2)?;
+    let rest = rest.strip_prefix(':')?;
+    let (sec, mut rest) = num(rest, 1, 2)?;
+    if h > 23 || m > 59 || sec > 59 {
+        return None;
+    }
+    let mut frac = String::new();
+    if let Some(r) = rest.strip_prefix('.') {
+        let n = r.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 || n > 9 {
+            return None;
+        }
+        frac = r[..n].trim_end_matches('0').to_owned();
+        rest = &r[n..];
+    }
+    let zone = if with_zone {
+        match rest {
+            "Z" => "Z".to_owned(),
+            z if z.len() == 6 && z.starts_with(['+', '-']) && &z[3..4] == ":" => {
+                if &z[1..3] == "00" && &z[4..6] == "00" {
+                    "Z".to_owned()
+                } else {
+                    z.to_owned()
+                }
+            }
+            _ => return None,
+        }
+    } else if rest.is_empty() {
+        "Z".to_owned()
+    } else {
+        return None;
+    };
+    let frac = if frac.is_empty() {
+        String::new()
+    } else {
+        format!(".{frac}")
+    };
+    Some(format!("{date}T{h:02}:{m:02}:{sec:02}{frac}{zone}"))
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_scalars_are_typed_like_go_yaml() {
+        assert_eq!(resolve_plain("0x1F"), Value::Int(31));
+        assert_eq!(resolve_plain("0o17"), Value::Int(15));
+        assert_eq!(resolve_plain("1_000"), Value::Int(1000));
+        assert_eq!(resolve_plain("1e6"), Value::Float(1e6));
+        assert_eq!(resolve_plain("yes"), Value::Str("yes".into()));
+        assert_eq!(
+            resolve_plain("2024-01-02"),
+            Value::Time("2024-01-02T00:00:00Z".into())
+        );
+        assert_eq!(
+            resolve_plain("2024-01-02T03:04:05.500Z"),
+            Value::Time("2024-01-02T03:04:05.5Z".into())
+        );
+        assert_eq!(resolve_plain("1.2.3"), Value::Str("1.2.3".into()));
+    }
+
+    #[test]
+    fn comments_keep_their_place() {
+        let docs = parse("# head\na: 1 # line\nb:\n  c: 2\n  # foot of b\n# before d\nd: x\n").unwrap();
+        let Value::Map(entries) = &docs[0] else { panic!() };
+        let shape: Vec<String> = entries
+            .iter()
+            .map(|e| match e {
+                MapEntry::Pair(k, _) => k.clone(),
+                MapEntry::Comment(c) => format!("#{}{}", c.text, if c.inline { "(inline)" } else { "" }),
+            })
+            .collect();
+        assert_eq!(shape, ["# head", "# line(inline)", "a", "b", "# before d", "d"]);
+        let Some(Value::Map(b)) = docs[0].get("b") else {
+            panic!()
+        };
+        assert!(matches!(&b[1], MapEntry::Comment(c) if c.text == " foot of b"));
+    }
+
+    #[test]
+    fn hash_inside_a_quoted_string_is_not_a_comment() {
+        let docs = parse("a: 'x # y'\nb: \"#z\"\n").unwrap();
+        assert_eq!(docs[0].get("a"), Some(&Value::Str("x # y".into())));
+        let Value::Map(entries) = &docs[0] else { panic!() };
+        assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn top_level_list_is_refused() {
+        assert_eq!(parse("- a\n").unwrap_err(), YamlError::NotAMap("list"));
+    }
+}

@@ -244,3 +244,20 @@ fn ssh_to_age_recipient_matches_the_independent_derivation() {
     let ids = sops_install_secrets::keys::ssh::load(&fixtures().join("keys/host_ed25519")).unwrap();
     assert_eq!(ids.derived.unwrap().recipient, want.trim());
 }
+
+#[test]
+fn what_real_age_encrypted_to_the_derived_recipient_opens_with_our_derived_identity() {
+    use std::io::Read;
+    let ids = sops_install_secrets::keys::ssh::load(&fixtures().join("keys/host_ed25519")).unwrap();
+    let identity: age::x25519::Identity = ids.derived.unwrap().identity.parse().unwrap();
+    let armored = std::fs::read(fixtures().join("keys/host_ed25519.age-check.age")).unwrap();
+    let decryptor = age::Decryptor::new(age::armor::ArmoredReader::new(&armored[..])).unwrap();
+    let mut plain = Vec::new();
+    decryptor
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+        .unwrap()
+        .read_to_end(&mut plain)
+        .unwrap();
+    let want = std::fs::read(fixtures().join("keys/host_ed25519.age-check.txt")).unwrap();
+    assert_eq!(plain, want);
+}

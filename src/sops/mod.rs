@@ -22,6 +22,7 @@ pub mod tree;
 pub mod yaml;
 #[path = "yaml_emit_stub.rs"]
 pub mod yaml_emit;
+pub mod yaml_subset;
 
 use std::fmt;
 use std::path::Path;

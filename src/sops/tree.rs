@@ -265,6 +265,42 @@ impl Value {
     }
 }
 
+impl Value {
+    /// Every value spelled out, for test failure messages only (never in production paths).
+    #[cfg(test)]
+    pub(crate) fn dump(&self) -> String {
+        match self {
+            Value::Null => "null".into(),
+            Value::Bool(b) => format!("{b}"),
+            Value::Int(i) => format!("{i}"),
+            Value::Float(f) => format!("{f}f"),
+            Value::Str(s) => format!("{s:?}"),
+            Value::Bytes(b) => format!("bytes{b:?}"),
+            Value::Time(t) => format!("time({t})"),
+            Value::Map(m) => {
+                let inner: Vec<String> = m
+                    .iter()
+                    .map(|e| match e {
+                        MapEntry::Pair(k, v) => format!("{k:?}: {}", v.dump()),
+                        MapEntry::Comment(c) => format!("#{:?}{}", c.text, if c.inline { "i" } else { "" }),
+                    })
+                    .collect();
+                format!("{{{}}}", inner.join(", "))
+            }
+            Value::Seq(s) => {
+                let inner: Vec<String> = s
+                    .iter()
+                    .map(|e| match e {
+                        SeqEntry::Item(v) => v.dump(),
+                        SeqEntry::Comment(c) => format!("#{:?}{}", c.text, if c.inline { "i" } else { "" }),
+                    })
+                    .collect();
+                format!("[{}]", inner.join(", "))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,50 +48,43 @@ struct RawComment {
     inline: bool,
 }
 
-/// Finds comments outside the given scalar spans (character ranges).
+/// Finds comments outside the given scalar spans (sorted character ranges).
+///
+/// Only `#` characters are examined, so the cost is one pass of `memchr`
+/// over the text plus work proportional to the number of `#`s.
 fn find_comments(text: &str, scalars: &[(usize, usize)]) -> Vec<RawComment> {
+    let ascii = text.is_ascii();
     let mut out = Vec::new();
-    let mut spans = scalars.iter().peekable();
-    let mut line_has_content = false;
-    let mut col = 0;
-    let mut prev_space = true;
-    let mut chars = text.chars().enumerate().peekable();
-    while let Some((i, c)) = chars.next() {
-        while spans.peek().is_some_and(|&&(_, end)| end <= i) {
-            spans.next();
-        }
-        let in_scalar = spans.peek().is_some_and(|&&(start, _)| start <= i);
-        if c == '\n' {
-            line_has_content = false;
-            col = 0;
-            prev_space = true;
+    // Character index of the last byte position converted, for non-ASCII text.
+    let (mut last_byte, mut last_char) = (0usize, 0usize);
+    for (byte, _) in text.match_indices('#') {
+        let line_start = text[..byte].rfind('\n').map_or(0, |i| i + 1);
+        let before = &text[line_start..byte];
+        if !(before.is_empty() || before.ends_with([' ', '\t'])) {
             continue;
         }
-        if c == '#' && !in_scalar && prev_space {
-            let mut body = String::new();
-            while let Some(&(_, n)) = chars.peek() {
-                if n == '\n' {
-                    break;
-                }
-                body.push(n);
-                chars.next();
-            }
-            if body.ends_with('\r') {
-                body.pop();
-            }
-            out.push(RawComment {
-                pos: i,
-                col,
-                text: body,
-                inline: line_has_content,
-            });
+        let pos = if ascii {
+            byte
+        } else {
+            last_char += text[last_byte..byte].chars().count();
+            last_byte = byte;
+            last_char
+        };
+        // The scalar span starting at or before `pos`, if any, may cover it.
+        let i = scalars.partition_point(|&(start, _)| start <= pos);
+        if i > 0 && scalars[i - 1].1 > pos {
             continue;
         }
-        prev_space = c == ' ' || c == '\t';
-        if !prev_space {
-            line_has_content = true;
-        }
-        col += 1;
+        let end = text[byte..].find('\n').map_or(text.len(), |e| byte + e);
+        let body = text[byte + 1..end]
+            .strip_suffix('\r')
+            .unwrap_or(&text[byte + 1..end]);
+        out.push(RawComment {
+            pos,
+            col: before.chars().count(),
+            text: body.to_owned(),
+            inline: !before.trim().is_empty(),
+        });
     }
     out
 }
@@ -285,20 +278,36 @@ impl Builder {
 }
 
 /// Parses YAML text into one root map per document.
+///
+/// Files in the subset sops writes are read by the fast line reader; any
+/// other YAML goes through the general parser. Both feed the same builder.
 pub fn parse(text: &str) -> Result<Vec<Value>, YamlError> {
+    match super::yaml_subset::events(text) {
+        Some(events) => build(text, events),
+        None => parse_general(text),
+    }
+}
+
+/// Parses with the general YAML parser only.
+pub fn parse_general(text: &str) -> Result<Vec<Value>, YamlError> {
     let mut events = Vec::new();
-    let mut scalars = Vec::new();
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|e| YamlError::Syntax {
             line: e.marker().line(),
             col: e.marker().col() + 1,
             reason: e.info().to_owned(),
         })?;
-        if matches!(event, Event::Scalar(..)) {
-            scalars.push((span.start.index(), span.end.index()));
-        }
         events.push((event, span));
     }
+    build(text, events)
+}
+
+fn build<'a>(text: &str, events: Vec<(Event<'a>, Span)>) -> Result<Vec<Value>, YamlError> {
+    let scalars: Vec<(usize, usize)> = events
+        .iter()
+        .filter(|(e, _)| matches!(e, Event::Scalar(..)))
+        .map(|(_, s)| (s.start.index(), s.end.index()))
+        .collect();
     let mut builder = Builder {
         stack: Vec::new(),
         anchors: HashMap::new(),
@@ -561,5 +570,89 @@ mod tests {
     #[test]
     fn top_level_list_is_refused() {
         assert_eq!(parse("- a\n").unwrap_err(), YamlError::NotAMap("list"));
+    }
+}
+
+#[cfg(test)]
+mod differential {
+    //! The fast reader of the subset sops writes must build exactly the tree
+    //! the general parser builds, for every YAML fixture it accepts.
+    use super::*;
+
+    fn dump(r: &Result<Vec<Value>, YamlError>) -> String {
+        match r {
+            Ok(docs) => docs.iter().map(Value::dump).collect::<Vec<_>>().join("\n---\n"),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    fn yaml_fixtures() -> Vec<std::path::PathBuf> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut files = Vec::new();
+        for dir in ["enc", "plain", "neg"] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "yaml") {
+                    files.push(p);
+                }
+            }
+        }
+        files
+    }
+
+    #[test]
+    fn fast_reader_agrees_with_the_general_parser_on_every_fixture() {
+        let mut accepted = 0;
+        for path in yaml_fixtures() {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let Some(events) = crate::sops::yaml_subset::events(&text) else {
+                continue;
+            };
+            accepted += 1;
+            let fast = build(&text, events);
+            let general = parse_general(&text);
+            let (f, g) = (dump(&fast), dump(&general));
+            if f != g {
+                let at = f.bytes().zip(g.bytes()).position(|(a, b)| a != b).unwrap_or(0);
+                panic!(
+                    "{}: fast {:?} vs general {:?}",
+                    path.display(),
+                    &f[at.saturating_sub(80)..(at + 80).min(f.len())],
+                    &g[at.saturating_sub(80)..(at + 80).min(g.len())]
+                );
+            }
+        }
+        // Every file real sops encrypted must take the fast path.
+        assert!(accepted >= 25, "only {accepted} fixtures took the fast path");
+    }
+
+    #[test]
+    fn fast_reader_declines_what_it_does_not_know() {
+        for text in [
+            "a: &x 1\nb: *x\n",
+            "a: !!str 1\n",
+            "a: [1, 2]\n",
+            "a: \"x\\ty\"\n",
+            "a: plain\n  continued\n",
+            "a: >\n  folded\n",
+            "a:\n- b\n",
+            "---\na: 1\n---\nb: 2\n",
+            "a: ключ\n",
+            "a:\n\tb: 1\n",
+            "a:\n    b: 1\n  c: 2\n",
+        ] {
+            assert!(crate::sops::yaml_subset::events(text).is_none(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn fast_reader_handles_the_shapes_sops_writes() {
+        for text in [
+            "# head\na: 1\nb:\n    c: 'it''s'\n    d: \"q\"\n    # foot\nl:\n    - x\n    - k: v\n      m: w\n    - {}\n    - []\ne: |\n    line\n\n    more\nf: |-\n    strip\ng:\n",
+            "s: |+\n    keep\n\n\nt: x # note\n",
+        ] {
+            let events = crate::sops::yaml_subset::events(text).expect(text);
+            assert_eq!(dump(&build(text, events)), dump(&parse_general(text)), "{text:?}");
+        }
     }
 }

@@ -32,15 +32,15 @@ const MAC_ONLY_ENCRYPTED_PREFIX: [u8; 32] = [
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TreeError {
     /// One leaf failed to decrypt.
-    #[error("the value at {path} could not be decrypted: {source}")]
+    #[error("the value at key path `{path}` could not be decrypted: {source}")]
     Value {
-        /// The key path, `a:b:` style as sops uses it for additional data.
+        /// The key path, `a/b/c` (list items share their list's path).
         path: String,
         /// What failed.
         source: CipherError,
     },
     /// A leaf the rules say is encrypted is not a string.
-    #[error("the value at {path} should be encrypted but is a plain {kind}")]
+    #[error("the value at key path `{path}` should be encrypted but is a plain {kind}")]
     NotEncrypted {
         /// The key path.
         path: String,

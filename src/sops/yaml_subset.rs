@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use saphyr_parser::{Event, Marker, ScalarStyle, Span};
 
 /// One event and its span, as `saphyr_parser::Parser` yields them.
-pub type Spanned = (Event<'static>, Span);
+pub type Spanned<'a> = (Event<'a>, Span);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -36,7 +36,7 @@ struct Reader<'a> {
     text: &'a str,
     /// Byte offset of each line's start.
     lines: Vec<usize>,
-    out: Vec<Spanned>,
+    out: Vec<Spanned<'a>>,
     stack: Vec<Open>,
     /// Set when the last value read continues on the following lines.
     pending: bool,
@@ -86,12 +86,12 @@ impl<'a> Reader<'a> {
         self.span(line, col, col)
     }
 
-    fn push(&mut self, event: Event<'static>, span: Span) {
+    fn push(&mut self, event: Event<'a>, span: Span) {
         self.out.push((event, span));
     }
 
-    fn scalar(&mut self, value: String, style: ScalarStyle, span: Span) {
-        self.push(Event::Scalar(Cow::Owned(value), style, 0, None), span);
+    fn scalar(&mut self, value: impl Into<Cow<'a, str>>, style: ScalarStyle, span: Span) {
+        self.push(Event::Scalar(value.into(), style, 0, None), span);
     }
 
     /// Index of the next line with content (not blank, not a comment), if any.
@@ -159,9 +159,9 @@ impl<'a> Reader<'a> {
                 None
             }
             _ => {
-                let end = rest.find(" #").unwrap_or(rest.len());
+                let end = find_pair(rest, b' ', b'#').unwrap_or(rest.len());
                 let value = rest[..end].trim_end_matches(' ');
-                if value.contains(": ") || value.ends_with(':') {
+                if find_pair(value, b':', b' ').is_some() || value.ends_with(':') {
                     return None;
                 }
                 self.scalar(
@@ -336,14 +336,15 @@ impl<'a> Reader<'a> {
         self.value(line, key_end + 1, col)
     }
 
-    fn run(mut self) -> Option<Vec<Spanned>> {
+    fn run(mut self) -> Option<Vec<Spanned<'a>>> {
         let origin = self.at(0, 0);
         self.push(Event::StreamStart, origin);
         let mut i = 0;
         let mut started = false;
         // Whether the next line may open a collection: at the start, or after `key:`.
         let mut nested_ok = true;
-        while let Some(line) = self.next_content(i) {
+        let mut next = self.next_content(i);
+        while let Some(line) = next {
             let text = self.line(line);
             let indent = indent_of(text);
             if text.contains('\t')
@@ -386,14 +387,12 @@ impl<'a> Reader<'a> {
             };
             i = last + 1;
             nested_ok = self.pending;
+            next = self.next_content(i);
             // A value complete on its line cannot be followed by deeper lines
             // (that would be a multi-line plain scalar, or invalid).
             if !self.pending {
                 let deepest = self.stack.last().map_or(0, |o| o.indent);
-                if self
-                    .next_content(i)
-                    .is_some_and(|next| indent_of(self.line(next)) > deepest)
-                {
+                if next.is_some_and(|n| indent_of(self.line(n)) > deepest) {
                     return None;
                 }
             }
@@ -430,7 +429,7 @@ impl<'a> Reader<'a> {
         let rest = &text[inner..];
         let looks_like_key = match rest.as_bytes()[0] {
             b'"' | b'\'' => false,
-            _ => rest.contains(": ") || rest.ends_with(':'),
+            _ => find_pair(rest, b':', b' ').is_some() || rest.ends_with(':'),
         };
         if looks_like_key && !rest.starts_with(['{', '[', '|', '-']) {
             let at = self.at(line, inner);
@@ -445,16 +444,32 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Position of the two-byte sequence `a b` in `s`. Searching for the rarer
+/// second byte first keeps this fast on long base64 values.
+fn find_pair(s: &str, a: u8, b: u8) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut from = 1;
+    while from < bytes.len() {
+        let i = from + bytes[from..].iter().position(|&c| c == b)?;
+        if bytes[i - 1] == a {
+            return Some(i - 1);
+        }
+        from = i + 1;
+    }
+    None
+}
+
 fn indent_of(line: &str) -> usize {
     line.len() - line.trim_start_matches(' ').len()
 }
 
 /// Reads `text` if it is in the subset sops writes; `None` means "use the general parser".
-pub fn events(text: &str) -> Option<Vec<Spanned>> {
+pub fn events(text: &str) -> Option<Vec<Spanned<'_>>> {
     if !text.is_ascii() || text.contains('\r') {
         return None;
     }
     let mut lines = vec![0];
+    lines.reserve(text.len() / 64);
     lines.extend(
         text.match_indices('\n')
             .map(|(i, _)| i + 1)

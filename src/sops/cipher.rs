@@ -126,14 +126,15 @@ fn utf8(plain: Zeroizing<Vec<u8>>, kind: &'static str) -> Result<String, CipherE
 }
 
 /// Turns plaintext bytes into the value its type names, as Go's strconv would.
-pub(crate) fn typed(plain: Zeroizing<Vec<u8>>, kind: &str) -> Result<Value, CipherError> {
+pub(crate) fn typed(mut plain: Zeroizing<Vec<u8>>, kind: &str) -> Result<Value, CipherError> {
     Ok(match kind {
+        // The buffer moves into the value (which wipes itself) instead of being copied.
         // Go strings are bytes: a binary file stored whole is a `str` that need not be UTF-8.
-        "str" => match String::from_utf8(plain.to_vec()) {
+        "str" => match String::from_utf8(std::mem::take(&mut *plain)) {
             Ok(s) => Value::Str(s),
             Err(e) => Value::Bytes(e.into_bytes()),
         },
-        "bytes" => Value::Bytes(plain.to_vec()),
+        "bytes" => Value::Bytes(std::mem::take(&mut *plain)),
         "comment" => Value::Str(utf8(plain, "comment")?),
         "time" => Value::Time(utf8(plain, "timestamp")?),
         "int" => {

@@ -142,8 +142,8 @@ impl Walk<'_> {
                 return Ok(Some(String::from_utf8_lossy(&plain).into_owned()));
             }
             let plain = cipher::typed(plain, kind).map_err(fail)?;
-            let mut old = std::mem::replace(v, plain);
-            zeroize::Zeroize::zeroize(&mut old);
+            // What is replaced is ciphertext: nothing to wipe.
+            *v = plain;
         }
         if encrypted || !self.mac_only_encrypted {
             self.hash_leaf(v);

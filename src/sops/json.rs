@@ -151,7 +151,8 @@ fn write_value(out: &mut String, v: &Value, level: usize) {
 
 /// What `sops -d` prints for a JSON file: the document and a newline.
 pub fn emit_document(root: &Value) -> String {
-    let mut out = String::new();
+    // Sized once: a growing String frees (unwiped) copies of the plaintext.
+    let mut out = String::with_capacity(2 * root.text_len() + 4096);
     write_value(&mut out, root, 0);
     out.push('\n');
     out
@@ -159,7 +160,7 @@ pub fn emit_document(root: &Value) -> String {
 
 /// What `sops -d --extract` prints for a non-string, non-map value: no newline.
 pub fn emit_value(v: &Value) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(2 * v.text_len() + 4096);
     write_value(&mut out, v, 0);
     out
 }

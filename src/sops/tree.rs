@@ -156,6 +156,30 @@ impl Value {
         }
     }
 
+    /// Roughly how many bytes of text the value holds (keys, strings,
+    /// comments), to size output buffers once instead of growing them.
+    pub fn text_len(&self) -> usize {
+        match self {
+            Value::Str(s) | Value::Time(s) => s.len() + 8,
+            Value::Bytes(b) => b.len() * 2 + 8,
+            Value::Map(entries) => entries
+                .iter()
+                .map(|e| match e {
+                    MapEntry::Pair(k, v) => k.len() + 8 + v.text_len(),
+                    MapEntry::Comment(c) => c.text.len() + 8,
+                })
+                .sum(),
+            Value::Seq(entries) => entries
+                .iter()
+                .map(|e| match e {
+                    SeqEntry::Item(v) => v.text_len() + 8,
+                    SeqEntry::Comment(c) => c.text.len() + 8,
+                })
+                .sum(),
+            _ => 24,
+        }
+    }
+
     /// A short name of the value's kind, for error messages (never the value).
     pub fn kind(&self) -> &'static str {
         match self {

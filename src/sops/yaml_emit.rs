@@ -24,6 +24,8 @@
 //! ([`emit_documents`]) and single values printed by `--extract`
 //! ([`emit_value`]). It only prints; nothing here can fail.
 
+use zeroize::Zeroize;
+
 use super::gofmt::format_g;
 use super::tree::{MapEntry, SeqEntry, Value};
 
@@ -31,7 +33,7 @@ use super::tree::{MapEntry, SeqEntry, Value};
 /// document, like sops's YAML store `EmitPlainFile` (documents after the
 /// first start with `---`).
 pub fn emit_documents(branches: &[Value]) -> String {
-    let mut emitter = Emitter::new();
+    let mut emitter = Emitter::new(branches.iter().map(Value::text_len).sum());
     for (i, branch) in branches.iter().enumerate() {
         emitter.document(&value_node(branch), i == 0);
     }
@@ -42,7 +44,7 @@ pub fn emit_documents(branches: &[Value]) -> String {
 /// YAML store `EmitValue`, i.e. `yaml.Marshal` of the node): lists, ints,
 /// floats, bools, null, timestamps, bytes.
 pub fn emit_value(value: &Value) -> String {
-    let mut emitter = Emitter::new();
+    let mut emitter = Emitter::new(value.text_len());
     emitter.document(&value_node(value), true);
     emitter.out
 }
@@ -76,6 +78,20 @@ struct Scalar {
     /// A plain `<<` parses back with go-yaml's merge tag, which the encoder
     /// then spells out (`!!merge <<`).
     merge_tag: bool,
+}
+
+// Scalars and comments are plaintext: wipe them when the node tree is dropped.
+impl Drop for Scalar {
+    fn drop(&mut self) {
+        self.text.zeroize();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.head.zeroize();
+        self.foot.zeroize();
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -255,6 +271,9 @@ fn seq_node(entries: &[SeqEntry]) -> Node {
 /// single quotes → double quotes; literal → double quotes). `Node.Encode`
 /// parses that output back, and the style it reads is the one printed later.
 fn encoded_string_style(s: &str) -> Option<Style> {
+    if obviously_plain(s) {
+        return Some(Style::Plain);
+    }
     let caps = Capabilities::of(s);
     if s.contains('\n') {
         if !caps.literal {
@@ -279,6 +298,20 @@ fn encoded_string_style(s: &str) -> Option<Style> {
     } else {
         Style::DoubleQuoted
     })
+}
+
+/// Most keys and many values (identifiers, tokens, paths, base64) need no
+/// analysis: they start with a letter and hold only characters that are plain
+/// anywhere in a block scalar. Only the fixed words (`true`, `null`, `yes`,
+/// ...) among them read back as something else.
+fn obviously_plain(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphabetic()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'/' | b'+' | b'='))
+        && !RESOLVE_TABLE.contains(&s)
+        && !is_yaml11_bool(s)
 }
 
 /// Line breaks as YAML (1.1) and go-yaml count them.
@@ -770,9 +803,11 @@ struct Emitter {
 }
 
 impl Emitter {
-    fn new() -> Emitter {
+    /// `text_len` sizes the output up front: every time a `String` grows, the
+    /// old buffer (plaintext) would be freed without being wiped.
+    fn new(text_len: usize) -> Emitter {
         Emitter {
-            out: String::new(),
+            out: String::with_capacity(2 * text_len + 4096),
             column: 0,
             indent: None,
             indents: Vec::new(),
@@ -2067,6 +2102,40 @@ mod tests {
             "0O-5",
         ] {
             assert!(plain_reads_as_string(s), "{s:?} must be plain");
+        }
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    /// The shortcut must agree with the full analysis wherever it applies.
+    #[test]
+    fn obviously_plain_agrees_with_the_full_analysis() {
+        let alphabet = b"aZy_-./+=09nOTteurlsfY";
+        let mut checked = 0;
+        // Every string of up to four characters over the alphabet.
+        let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+        while let Some(s) = stack.pop() {
+            if let Ok(text) = std::str::from_utf8(&s) {
+                if obviously_plain(text) {
+                    checked += 1;
+                    let caps = Capabilities::of(text);
+                    assert!(caps.plain && plain_reads_as_string(text), "{text:?}");
+                }
+            }
+            if s.len() < 4 {
+                for &c in alphabet {
+                    let mut t = s.clone();
+                    t.push(c);
+                    stack.push(t);
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+        for word in ["true", "null", "yes", "on", "No", "y"] {
+            assert!(!obviously_plain(word));
         }
     }
 }

@@ -450,7 +450,8 @@ fn find_pair(s: &str, a: u8, b: u8) -> Option<usize> {
     let bytes = s.as_bytes();
     let mut from = 1;
     while from < bytes.len() {
-        let i = from + bytes[from..].iter().position(|&c| c == b)?;
+        // `str::find(char)` is memchr-backed; `a` and `b` are ASCII.
+        let i = from + s[from..].find(b as char)?;
         if bytes[i - 1] == a {
             return Some(i - 1);
         }

@@ -2118,12 +2118,12 @@ mod fast_path_tests {
         // Every string of up to four characters over the alphabet.
         let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
         while let Some(s) = stack.pop() {
-            if let Ok(text) = std::str::from_utf8(&s) {
-                if obviously_plain(text) {
-                    checked += 1;
-                    let caps = Capabilities::of(text);
-                    assert!(caps.plain && plain_reads_as_string(text), "{text:?}");
-                }
+            if let Ok(text) = std::str::from_utf8(&s)
+                && obviously_plain(text)
+            {
+                checked += 1;
+                let caps = Capabilities::of(text);
+                assert!(caps.plain && plain_reads_as_string(text), "{text:?}");
             }
             if s.len() < 4 {
                 for &c in alphabet {

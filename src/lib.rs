@@ -1,9 +1,13 @@
 //! sops-install-secrets: decrypt sops files with the keys a NixOS host has,
-//! and (in time) install them as a RAM-only generation of `/run/secrets`.
+//! and install them as a RAM-only generation of `/run/secrets`.
 //!
-//! The crate is a drop-in successor to sops-nix's Go installer. This part of
-//! it is the foundation: a reader for every file real sops 3.x writes, whose
-//! output is byte-identical to `sops -d`.
+//! The crate is a drop-in successor to sops-nix's Go installer:
+//! - [`sops`] reads every file real sops 3.x writes; its output is
+//!   byte-identical to `sops -d`;
+//! - [`keys`] holds the host's identities and recovers data keys;
+//! - [`manifest`] reads the JSON sops-nix's NixOS module writes;
+//! - [`install`] is the activation-time pipeline, readable top to bottom in
+//!   [`install::install`].
 //!
 //! ```no_run
 //! use sops_install_secrets::keys::Keyring;
@@ -19,5 +23,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod install;
 pub mod keys;
+pub mod manifest;
 pub mod sops;
+pub mod templates;
+pub mod units;

@@ -6,17 +6,21 @@
 //! - `ssh-to-age [--private] FILE` prints the age recipient (or identity) of an
 //!   OpenSSH Ed25519 key, as ssh-to-age does.
 //!
-//! Installing a manifest (the activation-time mode) arrives with the installer.
+//! - `[-check-mode=off|manifest|sopsfile] [-ignore-passwd] manifest.json`
+//!   installs a manifest, exactly as sops-nix's installer is invoked.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use sops_install_secrets::install::{self, CheckMode, Options};
 use sops_install_secrets::keys::{Keyring, ssh};
+use sops_install_secrets::manifest::Manifest;
 use sops_install_secrets::sops::tree::{parse_extract_path, parse_slash_path};
 use sops_install_secrets::sops::{Format, decrypt_bytes};
 
 const USAGE: &str = "usage:
+  sops-install-secrets [-check-mode=off|manifest|sopsfile] [-ignore-passwd] manifest.json
   sops-install-secrets decrypt [--age-key-file FILE]... [--ssh-key FILE]...
                                [--input-type yaml|json|dotenv|ini|binary]
                                [--output-type yaml|json|dotenv|ini|binary]
@@ -206,26 +210,121 @@ fn ssh_to_age(mut args: Args) -> Result<ExitCode, UsageError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The activation-time mode, with sops-nix's flags (Go style `-flag`, GNU `--flag` too).
+fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
+    let mut check_mode = CheckMode::Off;
+    let mut ignore_passwd = false;
+    let mut manifest_path = None;
+    let mut args = Args {
+        rest: argv.into_iter(),
+    };
+    while let Some((flag, value)) = args.next_flag() {
+        match flag.as_str() {
+            "" => {
+                if manifest_path
+                    .replace(value.expect("positional has a value"))
+                    .is_some()
+                {
+                    return Err(UsageError("only one manifest can be installed per run".into()));
+                }
+            }
+            "check-mode" => {
+                check_mode = match args.value(&flag, value)?.as_str() {
+                    "off" => CheckMode::Off,
+                    "manifest" => CheckMode::Manifest,
+                    "sopsfile" => CheckMode::SopsFile,
+                    other => {
+                        return Err(UsageError(format!(
+                            "invalid -check-mode {other:?}: use off, manifest or sopsfile"
+                        )));
+                    }
+                }
+            }
+            "ignore-passwd" => ignore_passwd = value.is_none_or(|v| v != "false"),
+            other => return Err(UsageError(format!("unknown flag -{other}"))),
+        }
+    }
+    let manifest_path = PathBuf::from(manifest_path.ok_or_else(|| UsageError("no manifest given".into()))?);
+    let runtime_dir = std::env::var("XDG_RUNTIME_DIR").ok();
+    let manifest = match Manifest::load(&manifest_path, runtime_dir.as_deref()) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("sops-install-secrets: {}: {e}", manifest_path.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if check_mode != CheckMode::Off {
+        return Ok(match install::check(&manifest, check_mode) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(install::Failed(problems)) => {
+                eprintln!("sops-install-secrets: {} is not valid:", manifest_path.display());
+                for p in problems {
+                    eprintln!("  {p}");
+                }
+                ExitCode::FAILURE
+            }
+        });
+    }
+    let opts = Options {
+        check_mode,
+        ignore_passwd,
+        dry_run: std::env::var("NIXOS_ACTION").is_ok_and(|v| v == "dry-activate"),
+        restart_via_systemctl: std::env::var("SOPS_RESTART_UNITS_VIA_SYSTEMCTL").is_ok_and(|v| v == "1"),
+        nixos_run_dir: PathBuf::from("/run/nixos"),
+        age_key_file_env: std::env::var_os("SOPS_AGE_KEY_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+    };
+    match install::install(&manifest, &opts) {
+        Ok(report) => {
+            for line in &report.log {
+                eprintln!("sops-install-secrets: {line}");
+            }
+            let mut stdout = std::io::stdout().lock();
+            for line in &report.changes {
+                let _ = writeln!(stdout, "{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(install::Failed(problems)) => {
+            eprintln!(
+                "sops-install-secrets: installing {} failed:",
+                manifest_path.display()
+            );
+            for p in problems {
+                for (i, line) in p.lines().enumerate() {
+                    eprintln!("{}{line}", if i == 0 { "  " } else { "    " });
+                }
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
-    let command = argv.remove(0);
-    let args = Args {
-        rest: argv.into_iter(),
-    };
-    let result = match command.as_str() {
-        "decrypt" => decrypt(args),
-        "ssh-to-age" => ssh_to_age(args),
+    let result = match argv[0].as_str() {
+        "decrypt" => {
+            argv.remove(0);
+            decrypt(Args {
+                rest: argv.into_iter(),
+            })
+        }
+        "ssh-to-age" => {
+            argv.remove(0);
+            ssh_to_age(Args {
+                rest: argv.into_iter(),
+            })
+        }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
         }
-        other => Err(UsageError(format!(
-            "unknown command {other:?} (installing a manifest is not available in this version)"
-        ))),
+        _ => install_manifest(argv),
     };
     match result {
         Ok(code) => code,

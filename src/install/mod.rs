@@ -1,0 +1,581 @@
+//! Installing a manifest: the activation-time pipeline, top to bottom.
+//!
+//! ```text
+//! identities → owners → decrypt each sops file once → pick values → render templates
+//!   (any problem so far: report all, touch nothing)
+//! → compare with the live generation → (dry run: report and stop)
+//! → mount → write generation N+1 → swap the link → request restarts → custom links → prune
+//! ```
+//! Nothing on disk changes before every secret is decrypted and every owner
+//! resolved; a failure while writing removes the partial generation, so the
+//! live one is never touched.
+
+pub mod generation;
+pub mod links;
+pub mod mount;
+pub mod owners;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::keys::Keyring;
+use crate::manifest::{Manifest, Mode, Name, TemplateSource};
+use crate::sops::tree::parse_slash_path;
+use crate::sops::{EncryptedFile, Format};
+use crate::{templates, units};
+use generation::{Generation, Ids};
+
+/// The build-time checks (`-check-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckMode {
+    /// Install for real.
+    Off,
+    /// Check the manifest alone.
+    Manifest,
+    /// Also parse every sops file (no key needed) and check key paths and formats.
+    SopsFile,
+}
+
+/// How this run was asked to behave.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `-check-mode`.
+    pub check_mode: CheckMode,
+    /// `-ignore-passwd`: no NSS lookups, everything root-owned.
+    pub ignore_passwd: bool,
+    /// `NIXOS_ACTION=dry-activate`: report what would change, change nothing.
+    pub dry_run: bool,
+    /// `SOPS_RESTART_UNITS_VIA_SYSTEMCTL=1`.
+    pub restart_via_systemctl: bool,
+    /// Where switch-to-configuration reads restart lists (`/run/nixos`).
+    pub nixos_run_dir: PathBuf,
+    /// `SOPS_AGE_KEY_FILE`, used when the manifest names no age identity.
+    pub age_key_file_env: Option<PathBuf>,
+}
+
+/// Every problem that stopped the run.
+#[derive(Debug)]
+pub struct Failed(pub Vec<String>);
+
+/// What a successful run did, for the caller to print.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Lines for stderr (warnings, key imports).
+    pub log: Vec<String>,
+    /// sops-nix's change lines, for stdout.
+    pub changes: Vec<String>,
+    /// The generation now live (none in dry runs and check modes).
+    pub generation: Option<u64>,
+}
+
+/// A file ready to be written: plaintext, owner, mode.
+struct Prepared<'m> {
+    name: &'m Name,
+    value: Zeroizing<Vec<u8>>,
+    ids: Option<Ids>,
+    mode: Mode,
+    path: &'m Path,
+    restart: &'m [String],
+    reload: &'m [String],
+}
+
+fn identities(
+    manifest: &Manifest,
+    opts: &Options,
+    report: &mut Report,
+    problems: &mut Vec<String>,
+) -> Keyring {
+    let mut keyring = Keyring::new();
+    if let Some(f) = &manifest.age_key_file
+        && let Err(e) = keyring.add_age_key_file(f)
+    {
+        problems.push(format!("ageKeyFile: {e}"));
+    }
+    for p in &manifest.age_ssh_key_paths {
+        match keyring.add_ssh_key(p) {
+            Ok(()) => {
+                if manifest.logging.key_import {
+                    let recipient = keyring
+                        .offered()
+                        .iter()
+                        .rev()
+                        .find(|o| o.origin.contains("ssh-to-age"));
+                    if let Some(o) = recipient {
+                        report.log.push(format!(
+                            "Imported {} as age key with fingerprint {}",
+                            p.display(),
+                            o.recipient
+                        ));
+                    }
+                }
+            }
+            // A host may lack one of the listed key types; sops-nix warns and goes on.
+            Err(e) => report.log.push(format!("warning: {e}")),
+        }
+    }
+    if manifest.age_key_file.is_none()
+        && manifest.age_ssh_key_paths.is_empty()
+        && let Some(f) = &opts.age_key_file_env
+        && let Err(e) = keyring.add_age_key_file(f)
+    {
+        problems.push(format!("SOPS_AGE_KEY_FILE: {e}"));
+    }
+    if !manifest.ssh_key_paths.is_empty() || manifest.gnupg_home.is_some() {
+        report.log.push(
+            "warning: sshKeyPaths/gnupgHome (GPG keys) are not supported by this version; pgp stanzas cannot be opened"
+                .into(),
+        );
+    }
+    keyring
+}
+
+/// Groups secrets by sops file, checking that they agree on its format.
+fn files_by_use(manifest: &Manifest, problems: &mut Vec<String>) -> Vec<(PathBuf, Format, Vec<usize>)> {
+    let mut files: Vec<(PathBuf, Format, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<&Path, usize> = HashMap::new();
+    for (i, s) in manifest.secrets.iter().enumerate() {
+        match index.get(s.sops_file.as_path()) {
+            Some(&f) => {
+                let (_, format, users) = &mut files[f];
+                if *format != s.format {
+                    let first = &manifest.secrets[users[0]];
+                    problems.push(format!(
+                        "secret {:?} reads {} as {}, but secret {:?} reads it as {}; one file has one format",
+                        s.name.as_str(),
+                        s.sops_file.display(),
+                        s.format,
+                        first.name.as_str(),
+                        format
+                    ));
+                }
+                users.push(i);
+            }
+            None => {
+                index.insert(&s.sops_file, files.len());
+                files.push((s.sops_file.clone(), s.format, vec![i]));
+            }
+        }
+    }
+    files
+}
+
+fn secret_names(manifest: &Manifest, users: &[usize]) -> String {
+    users
+        .iter()
+        .map(|&i| format!("{:?}", manifest.secrets[i].name.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The build-time checks: the manifest was already checked by parsing it;
+/// `sopsfile` also reads every sops file (no decryption) and checks key paths.
+pub fn check(manifest: &Manifest, mode: CheckMode) -> Result<(), Failed> {
+    let mut problems = Vec::new();
+    let files = files_by_use(manifest, &mut problems);
+    if mode == CheckMode::SopsFile {
+        for (path, format, users) in &files {
+            let file = match std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| EncryptedFile::parse(&b, *format).map_err(|e| e.to_string()))
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    problems.push(format!(
+                        "{} (used by {}): {e}",
+                        path.display(),
+                        secret_names(manifest, users)
+                    ));
+                    continue;
+                }
+            };
+            if matches!(format, Format::Yaml | Format::Json) {
+                for &i in users {
+                    let s = &manifest.secrets[i];
+                    if s.key.is_empty() {
+                        continue;
+                    }
+                    // Keys are stored in the clear, so the path can be checked without a key.
+                    if let Err(e) = file.branches[0].lookup(&parse_slash_path(&s.key)) {
+                        problems.push(format!(
+                            "secret {:?}: {} has no key path {:?} ({})",
+                            s.name.as_str(),
+                            path.display(),
+                            s.key,
+                            crate::sops::ExtractError::NotFound(e)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for t in &manifest.templates {
+        if let TemplateSource::File(f) = &t.source
+            && let Err(e) = std::fs::metadata(f)
+        {
+            problems.push(format!(
+                "template {:?}: cannot read {}: {e}",
+                t.name.as_str(),
+                f.display()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failed(problems))
+    }
+}
+
+fn resolve_ids(owner: &crate::manifest::Owner, group: &crate::manifest::Owner) -> Result<Ids, String> {
+    let uid = owners::uid(owner);
+    let gid = owners::gid(group);
+    match (uid, gid) {
+        (Ok(uid), Ok(gid)) => Ok(Ids { uid, gid }),
+        (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+/// Reads the live copy of a file for comparison; `None` if it did not exist.
+fn read_live(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, std::io::Error> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(Zeroizing::new(b))),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::IsADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Relative paths of the regular files under `dir` (not following links).
+fn files_under(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(ty) = e.file_type() else { continue };
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if ty.is_dir() {
+            files_under(&e.path(), &rel, out);
+        } else {
+            out.push(rel);
+        }
+    }
+}
+
+/// Compares what is about to be installed with the live generation.
+fn compare(live_root: &Path, files: &[Prepared<'_>], subdir: &str, report: &mut Report) -> units::Changes {
+    let mut changes = units::Changes::default();
+    let base = if subdir.is_empty() {
+        live_root.to_path_buf()
+    } else {
+        live_root.join(subdir)
+    };
+    for f in files {
+        match read_live(&base.join(f.name.as_str())) {
+            Ok(None) => changes.added.push(f.name.to_string()),
+            Ok(Some(old)) if old.as_slice() == f.value.as_slice() => continue,
+            Ok(Some(_)) => changes.modified.push(f.name.to_string()),
+            Err(e) => {
+                report.log.push(format!(
+                    "warning: cannot read the live copy of {}: {e}; treating it as changed",
+                    f.name
+                ));
+                changes.modified.push(f.name.to_string());
+            }
+        }
+    }
+    let mut live = Vec::new();
+    files_under(&base, "", &mut live);
+    for name in live {
+        if subdir.is_empty() && (name == "rendered" || name.starts_with("rendered/")) {
+            continue;
+        }
+        if !files.iter().any(|f| f.name.as_str() == name) {
+            changes.removed.push(name);
+        }
+    }
+    changes
+}
+
+/// Runs the installation.
+pub fn install(manifest: &Manifest, opts: &Options) -> Result<Report, Failed> {
+    let mut report = Report::default();
+    let mut problems = Vec::new();
+    let root_owned = opts.ignore_passwd || opts.dry_run;
+
+    let keyring = identities(manifest, opts, &mut report, &mut problems);
+
+    // Owners first: an unknown user is cheaper to report than a decryption.
+    let ids_for = |owner, group, what: &str, name: &Name, problems: &mut Vec<String>| -> Option<Ids> {
+        if manifest.user_mode {
+            return None;
+        }
+        if root_owned {
+            return Some(Ids { uid: 0, gid: 0 });
+        }
+        match resolve_ids(owner, group) {
+            Ok(ids) => Some(ids),
+            Err(e) => {
+                problems.push(format!("{what} {:?}: {e}", name.as_str()));
+                Some(Ids { uid: 0, gid: 0 })
+            }
+        }
+    };
+    let secret_ids: Vec<Option<Ids>> = manifest
+        .secrets
+        .iter()
+        .map(|s| ids_for(&s.owner, &s.group, "secret", &s.name, &mut problems))
+        .collect();
+    let template_ids: Vec<Option<Ids>> = manifest
+        .templates
+        .iter()
+        .map(|t| ids_for(&t.owner, &t.group, "template", &t.name, &mut problems))
+        .collect();
+    let keys_gid = if manifest.user_mode || root_owned {
+        0
+    } else {
+        owners::keys_gid().unwrap_or_else(|e| {
+            problems.push(e);
+            0
+        })
+    };
+
+    // Each sops file is read and decrypted once, however many secrets use it.
+    let mut values: Vec<Option<Zeroizing<Vec<u8>>>> = (0..manifest.secrets.len()).map(|_| None).collect();
+    for (path, format, users) in files_by_use(manifest, &mut problems) {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                problems.push(format!(
+                    "cannot read sops file {} (used by {}): {e}",
+                    path.display(),
+                    secret_names(manifest, &users)
+                ));
+                continue;
+            }
+        };
+        let doc = match crate::sops::decrypt_bytes(&bytes, format, &keyring) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!(
+                    "cannot decrypt {} (used by {}): {e}",
+                    path.display(),
+                    secret_names(manifest, &users)
+                ));
+                continue;
+            }
+        };
+        for i in users {
+            let s = &manifest.secrets[i];
+            let whole = s.key.is_empty() || matches!(format, Format::Binary | Format::Dotenv | Format::Ini);
+            let result = if whole {
+                doc.to_plaintext(format)
+            } else {
+                doc.extract(&parse_slash_path(&s.key), format)
+            };
+            match result {
+                Ok(v) => values[i] = Some(v),
+                Err(e) => problems.push(format!(
+                    "secret {:?}: key {:?} in {}: {e}",
+                    s.name.as_str(),
+                    s.key,
+                    path.display()
+                )),
+            }
+        }
+    }
+
+    let mut template_texts = Vec::new();
+    for t in &manifest.templates {
+        match &t.source {
+            TemplateSource::Content(c) => template_texts.push(Some(c.as_bytes().to_vec())),
+            TemplateSource::File(f) => match std::fs::read(f) {
+                Ok(b) => template_texts.push(Some(b)),
+                Err(e) => {
+                    problems.push(format!(
+                        "template {:?}: cannot read {}: {e}",
+                        t.name.as_str(),
+                        f.display()
+                    ));
+                    template_texts.push(None);
+                }
+            },
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(Failed(problems));
+    }
+
+    let secrets: Vec<Prepared<'_>> = manifest
+        .secrets
+        .iter()
+        .zip(values)
+        .zip(&secret_ids)
+        .map(|((s, v), ids)| Prepared {
+            name: &s.name,
+            value: v.expect("every secret has a value when there are no problems"),
+            ids: *ids,
+            mode: s.mode,
+            path: &s.path,
+            restart: &s.restart_units,
+            reload: &s.reload_units,
+        })
+        .collect();
+    let placeholders: Vec<(&[u8], &[u8])> = manifest
+        .placeholders
+        .iter()
+        .filter_map(|(p, name)| {
+            secrets
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| (p.as_bytes(), s.value.as_slice()))
+        })
+        .collect();
+    let rendered: Vec<Prepared<'_>> = manifest
+        .templates
+        .iter()
+        .zip(template_texts)
+        .zip(&template_ids)
+        .map(|((t, text), ids)| Prepared {
+            name: &t.name,
+            value: templates::render(&text.expect("read above"), &placeholders),
+            ids: *ids,
+            mode: t.mode,
+            path: &t.path,
+            restart: &t.restart_units,
+            reload: &t.reload_units,
+        })
+        .collect();
+
+    // Changes against the live generation. At boot there is none: nothing to restart.
+    let mut requests = units::Requests::default();
+    let live_exists = manifest.symlink_path.exists();
+    if live_exists {
+        let secret_changes = compare(&manifest.symlink_path, &secrets, "", &mut report);
+        let template_changes = compare(&manifest.symlink_path, &rendered, "rendered", &mut report);
+        if manifest.logging.secret_changes {
+            report
+                .changes
+                .extend(units::describe(&secret_changes, "secret", opts.dry_run));
+            report.changes.extend(units::describe(
+                &template_changes,
+                "rendered secret",
+                opts.dry_run,
+            ));
+        }
+        for (files, changes) in [(&secrets, &secret_changes), (&rendered, &template_changes)] {
+            for f in files.iter() {
+                let name = f.name.as_str();
+                if changes.added.iter().chain(&changes.modified).any(|c| c == name) {
+                    requests.add(f.restart, f.reload);
+                }
+            }
+        }
+    }
+
+    if opts.dry_run {
+        if !manifest.user_mode {
+            let log = units::request(&requests, true, opts.restart_via_systemctl, &opts.nixos_run_dir)
+                .map_err(|e| Failed(vec![e]))?;
+            report.log.extend(log);
+        }
+        return Ok(report);
+    }
+
+    // From here on the disk changes.
+    let mount = &manifest.secrets_mount_point;
+    if manifest.user_mode {
+        std::fs::create_dir_all(mount)
+            .map_err(|e| Failed(vec![format!("cannot create {}: {e}", mount.display())]))?;
+    } else {
+        match mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(|e| Failed(vec![e]))? {
+            mount::Mounted::TmpfsWithoutNoswap => report.log.push(
+                "warning: this kernel does not support tmpfs noswap; secrets may be swapped out".into(),
+            ),
+            mount::Mounted::Fresh | mount::Mounted::AlreadyThere => {}
+        }
+    }
+    let live = links::live_generation(mount, &manifest.symlink_path).unwrap_or(0);
+    links::remove_leftovers(mount, live).map_err(|e| Failed(vec![e]))?;
+    let next = live + 1;
+    let dir_ids = (!manifest.user_mode).then_some(Ids {
+        uid: 0,
+        gid: keys_gid,
+    });
+    let mut generation = Generation::create(mount, next, dir_ids).map_err(|e| Failed(vec![e]))?;
+    let written = (|| {
+        for f in &secrets {
+            generation
+                .write_file(f.name.as_str(), f.ids, f.mode.0, &f.value)
+                .map_err(|e| format!("secret {:?}: {e}", f.name.as_str()))?;
+        }
+        for f in &rendered {
+            generation
+                .write_file(&format!("rendered/{}", f.name), f.ids, f.mode.0, &f.value)
+                .map_err(|e| format!("template {:?}: {e}", f.name.as_str()))?;
+        }
+        Ok::<(), String>(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(generation.path());
+        return Err(Failed(vec![
+            e,
+            format!("generation {next} was removed; the live secrets are unchanged"),
+        ]));
+    }
+    links::swap(&manifest.symlink_path, generation.path()).map_err(|e| {
+        let _ = std::fs::remove_dir_all(generation.path());
+        Failed(vec![e])
+    })?;
+    report.generation = Some(next);
+
+    // The new generation is live; what follows cannot undo it, so collect problems and go on.
+    let mut late = Vec::new();
+    if live_exists && !manifest.user_mode {
+        match units::request(&requests, false, opts.restart_via_systemctl, &opts.nixos_run_dir) {
+            Ok(log) => report.log.extend(log),
+            Err(e) => late.push(e),
+        }
+    }
+    let trusted_uid = nix::unistd::getuid().as_raw();
+    for (f, subdir) in secrets
+        .iter()
+        .map(|f| (f, ""))
+        .chain(rendered.iter().map(|f| (f, "rendered")))
+    {
+        let default = if subdir.is_empty() {
+            manifest.symlink_path.join(f.name.as_str())
+        } else {
+            manifest.symlink_path.join(subdir).join(f.name.as_str())
+        };
+        if f.path != default
+            && let Err(e) = links::link_at(f.path, &default, f.ids, trusted_uid)
+        {
+            late.push(format!("{:?}: {e}", f.name.as_str()));
+        }
+    }
+    if let Err(e) = links::prune(mount, next, manifest.keep_generations) {
+        late.push(e);
+    }
+    if late.is_empty() {
+        Ok(report)
+    } else {
+        Err(Failed(late))
+    }
+}

@@ -1,0 +1,106 @@
+//! The secrets filesystem: a ramfs (never swapped) or, on request, a tmpfs
+//! with `noswap`, mounted `nodev,nosuid,noexec` and owned `root:keys 0751`.
+
+use std::path::Path;
+
+use nix::mount::{MsFlags, mount};
+use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
+use nix::unistd::{Gid, Uid, chown};
+
+/// ramfs's magic number (linux/magic.h); `nix` names tmpfs's but not this one.
+const RAMFS_MAGIC: FsType = FsType(0x858458f6);
+
+/// What happened while mounting, for the log.
+pub enum Mounted {
+    /// A suitable filesystem was already there.
+    AlreadyThere,
+    /// Mounted now.
+    Fresh,
+    /// tmpfs mounted without `noswap`: the kernel refused the option.
+    TmpfsWithoutNoswap,
+}
+
+/// Whether `dir` is itself a mount point (its device differs from its parent's,
+/// or it is the root of its filesystem as /proc/self/mountinfo lists it).
+fn is_mount_point(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Ok(canonical) = dir.canonicalize() else {
+        return false;
+    };
+    let want = canonical.to_string_lossy();
+    info.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|mp| unescape_mountinfo(mp) == want)
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            if let Ok(v) = u8::from_str_radix(&code, 8) {
+                out.push(v as char);
+                continue;
+            }
+            out.push('\\');
+            out.push_str(&code);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Mounts the secrets filesystem at `dir` unless the right kind is mounted there.
+pub fn ensure(dir: &Path, keys_gid: u32, use_tmpfs: bool) -> Result<Mounted, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let want = if use_tmpfs { TMPFS_MAGIC } else { RAMFS_MAGIC };
+    let fs = statfs(dir).map_err(|e| format!("cannot statfs {}: {e}", dir.display()))?;
+    let mut result = Mounted::AlreadyThere;
+    if fs.filesystem_type() != want || !is_mount_point(dir) {
+        let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+        let fstype = if use_tmpfs { "tmpfs" } else { "ramfs" };
+        let options = if use_tmpfs {
+            "mode=0751,noswap"
+        } else {
+            "mode=0751"
+        };
+        match mount(Some("none"), dir, Some(fstype), flags, Some(options)) {
+            Ok(()) => result = Mounted::Fresh,
+            // Kernels before 6.4 do not know `noswap`.
+            Err(nix::errno::Errno::EINVAL) if use_tmpfs => {
+                mount(Some("none"), dir, Some(fstype), flags, Some("mode=0751"))
+                    .map_err(|e| format!("cannot mount tmpfs at {}: {e}", dir.display()))?;
+                result = Mounted::TmpfsWithoutNoswap;
+            }
+            Err(e) => return Err(format!("cannot mount {fstype} at {}: {e}", dir.display())),
+        }
+    }
+    chown(dir, Some(Uid::from_raw(0)), Some(Gid::from_raw(keys_gid)))
+        .map_err(|e| format!("cannot chown {} to root:{keys_gid}: {e}", dir.display()))?;
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        dir,
+        nix::sys::stat::Mode::from_bits_truncate(0o751),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/run/my\040secrets"), "/run/my secrets");
+        assert_eq!(unescape_mountinfo("/run/secrets.d"), "/run/secrets.d");
+    }
+}

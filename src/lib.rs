@@ -23,6 +23,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod demo;
 pub mod install;
 pub mod keys;
 pub mod manifest;

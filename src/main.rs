@@ -20,6 +20,7 @@ use sops_install_secrets::sops::tree::{parse_extract_path, parse_slash_path};
 use sops_install_secrets::sops::{Format, decrypt_bytes};
 
 const USAGE: &str = "usage:
+  sops-install-secrets demo        (installs bundled examples into a temporary directory)
   sops-install-secrets [-check-mode=off|manifest|sopsfile] [-ignore-passwd] manifest.json
   sops-install-secrets decrypt [--age-key-file FILE]... [--ssh-key FILE]...
                                [--input-type yaml|json|dotenv|ini|binary]
@@ -320,6 +321,16 @@ fn main() -> ExitCode {
                 rest: argv.into_iter(),
             })
         }
+        "demo" => match sops_install_secrets::demo::demo() {
+            Ok(text) => {
+                print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("sops-install-secrets: demo failed: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

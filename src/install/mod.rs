@@ -68,6 +68,8 @@ pub struct Report {
     pub changes: Vec<String>,
     /// The generation now live (none in dry runs and check modes).
     pub generation: Option<u64>,
+    /// Units of new or changed secrets and templates.
+    pub requests: units::Requests,
 }
 
 /// A file ready to be written: plaintext, owner, mode.
@@ -489,6 +491,10 @@ pub fn install(manifest: &Manifest, opts: &Options) -> Result<Report, Failed> {
         }
     }
 
+    report.requests = units::Requests {
+        restart: requests.restart.clone(),
+        reload: requests.reload.clone(),
+    };
     if opts.dry_run {
         if !manifest.user_mode {
             let log = units::request(&requests, true, opts.restart_via_systemctl, &opts.nixos_run_dir)

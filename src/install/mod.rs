@@ -509,6 +509,9 @@ pub fn install(manifest: &Manifest, opts: &Options) -> Result<Report, Failed> {
     if manifest.user_mode {
         std::fs::create_dir_all(mount)
             .map_err(|e| Failed(vec![format!("cannot create {}: {e}", mount.display())]))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(mount, std::fs::Permissions::from_mode(0o751))
+            .map_err(|e| Failed(vec![format!("cannot chmod {}: {e}", mount.display())]))?;
     } else {
         match mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(|e| Failed(vec![e]))? {
             mount::Mounted::TmpfsWithoutNoswap => report.log.push(

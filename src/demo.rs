@@ -89,7 +89,7 @@ fn run(dir: &Path, template: &str, out: &mut String) -> Result<(), String> {
         age_key_file_env: None,
     };
     let report = install::install(&manifest, &opts).map_err(|f| f.0.join("\n"))?;
-    for line in report.log.iter().chain(&report.changes) {
+    for line in report.log.iter().map(|l| &l.message).chain(&report.changes) {
         let _ = writeln!(out, "  {line}");
     }
     if !report.requests.restart.is_empty() {

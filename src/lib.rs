@@ -26,6 +26,7 @@
 pub mod demo;
 pub mod install;
 pub mod keys;
+pub mod log;
 pub mod manifest;
 pub mod sops;
 pub mod templates;

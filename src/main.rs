@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use sops_install_secrets::install::{self, CheckMode, Options};
 use sops_install_secrets::keys::{Keyring, ssh};
+use sops_install_secrets::log::{Logger, Priority};
 use sops_install_secrets::manifest::Manifest;
 use sops_install_secrets::sops::tree::{parse_extract_path, parse_slash_path};
 use sops_install_secrets::sops::{Format, decrypt_bytes};
@@ -276,10 +277,12 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),
     };
+    let logger = Logger::from_env();
     match install::install(&manifest, &opts) {
         Ok(report) => {
             for line in &report.log {
-                eprintln!("sops-install-secrets: {line}");
+                let fields: Vec<(&str, &str)> = line.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                logger.log(line.priority, &line.message, &fields);
             }
             let mut stdout = std::io::stdout().lock();
             for line in &report.changes {
@@ -288,14 +291,23 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
             Ok(ExitCode::SUCCESS)
         }
         Err(install::Failed(problems)) => {
-            eprintln!(
-                "sops-install-secrets: installing {} failed:",
-                manifest_path.display()
+            let manifest_shown = manifest_path.display().to_string();
+            logger.log(
+                Priority::Error,
+                &format!("installing {manifest_shown} failed; the live secrets are unchanged:"),
+                &[("manifest", &manifest_shown)],
             );
             for p in problems {
-                for (i, line) in p.lines().enumerate() {
-                    eprintln!("{}{line}", if i == 0 { "  " } else { "    " });
-                }
+                let indented: Vec<String> = p
+                    .lines()
+                    .enumerate()
+                    .map(|(i, l)| format!("{}{l}", if i == 0 { "  " } else { "    " }))
+                    .collect();
+                logger.log(
+                    Priority::Error,
+                    &indented.join("\n"),
+                    &[("manifest", &manifest_shown)],
+                );
             }
             Ok(ExitCode::FAILURE)
         }

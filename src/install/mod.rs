@@ -59,11 +59,40 @@ pub struct Options {
 #[derive(Debug)]
 pub struct Failed(pub Vec<String>);
 
+/// One message for the log, with fields for the journal.
+#[derive(Debug)]
+pub struct LogLine {
+    /// How serious.
+    pub priority: crate::log::Priority,
+    /// The text (never a secret value).
+    pub message: String,
+    /// Journal fields: `("secret", name)`, `("file", path)`.
+    pub fields: Vec<(&'static str, String)>,
+}
+
+impl LogLine {
+    fn warning(message: String) -> LogLine {
+        LogLine {
+            priority: crate::log::Priority::Warning,
+            message,
+            fields: Vec::new(),
+        }
+    }
+
+    fn info(message: String, fields: Vec<(&'static str, String)>) -> LogLine {
+        LogLine {
+            priority: crate::log::Priority::Info,
+            message,
+            fields,
+        }
+    }
+}
+
 /// What a successful run did, for the caller to print.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Lines for stderr (warnings, key imports).
-    pub log: Vec<String>,
+    /// Messages for the log (warnings, key imports).
+    pub log: Vec<LogLine>,
     /// sops-nix's change lines, for stdout.
     pub changes: Vec<String>,
     /// The generation now live (none in dry runs and check modes).
@@ -105,16 +134,22 @@ fn identities(
                         .rev()
                         .find(|o| o.origin.contains("ssh-to-age"));
                     if let Some(o) = recipient {
-                        report.log.push(format!(
-                            "Imported {} as age key with fingerprint {}",
-                            p.display(),
-                            o.recipient
+                        report.log.push(LogLine::info(
+                            format!(
+                                "Imported {} as age key with fingerprint {}",
+                                p.display(),
+                                o.recipient
+                            ),
+                            vec![
+                                ("key_file", p.display().to_string()),
+                                ("recipient", o.recipient.clone()),
+                            ],
                         ));
                     }
                 }
             }
             // A host may lack one of the listed key types; sops-nix warns and goes on.
-            Err(e) => report.log.push(format!("warning: {e}")),
+            Err(e) => report.log.push(LogLine::warning(format!("{e}"))),
         }
     }
     if manifest.age_key_file.is_none()
@@ -125,10 +160,9 @@ fn identities(
         problems.push(format!("SOPS_AGE_KEY_FILE: {e}"));
     }
     if !manifest.ssh_key_paths.is_empty() || manifest.gnupg_home.is_some() {
-        report.log.push(
-            "warning: sshKeyPaths/gnupgHome (GPG keys) are not supported by this version; pgp stanzas cannot be opened"
-                .into(),
-        );
+        report.log.push(LogLine::warning(
+            "sshKeyPaths/gnupgHome (GPG keys) are not supported by this version; pgp stanzas cannot be opened".into(),
+        ));
     }
     keyring
 }
@@ -293,10 +327,10 @@ fn compare(live_root: &Path, files: &[Prepared<'_>], subdir: &str, report: &mut 
             Ok(Some(old)) if old.as_slice() == f.value.as_slice() => continue,
             Ok(Some(_)) => changes.modified.push(f.name.to_string()),
             Err(e) => {
-                report.log.push(format!(
-                    "warning: cannot read the live copy of {}: {e}; treating it as changed",
+                report.log.push(LogLine::warning(format!(
+                    "cannot read the live copy of {}: {e}; treating it as changed",
                     f.name
-                ));
+                )));
                 changes.modified.push(f.name.to_string());
             }
         }
@@ -499,7 +533,9 @@ pub fn install(manifest: &Manifest, opts: &Options) -> Result<Report, Failed> {
         if !manifest.user_mode {
             let log = units::request(&requests, true, opts.restart_via_systemctl, &opts.nixos_run_dir)
                 .map_err(|e| Failed(vec![e]))?;
-            report.log.extend(log);
+            report
+                .log
+                .extend(log.into_iter().map(|l| LogLine::info(l, Vec::new())));
         }
         return Ok(report);
     }
@@ -514,9 +550,9 @@ pub fn install(manifest: &Manifest, opts: &Options) -> Result<Report, Failed> {
             .map_err(|e| Failed(vec![format!("cannot chmod {}: {e}", mount.display())]))?;
     } else {
         match mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(|e| Failed(vec![e]))? {
-            mount::Mounted::TmpfsWithoutNoswap => report.log.push(
-                "warning: this kernel does not support tmpfs noswap; secrets may be swapped out".into(),
-            ),
+            mount::Mounted::TmpfsWithoutNoswap => report.log.push(LogLine::warning(
+                "this kernel does not support tmpfs noswap; secrets may be swapped out".into(),
+            )),
             mount::Mounted::Fresh | mount::Mounted::AlreadyThere => {}
         }
     }
@@ -558,7 +594,9 @@ pub fn install(manifest: &Manifest, opts: &Options) -> Result<Report, Failed> {
     let mut late = Vec::new();
     if live_exists && !manifest.user_mode {
         match units::request(&requests, false, opts.restart_via_systemctl, &opts.nixos_run_dir) {
-            Ok(log) => report.log.extend(log),
+            Ok(log) => report
+                .log
+                .extend(log.into_iter().map(|l| LogLine::info(l, Vec::new()))),
             Err(e) => late.push(e),
         }
     }

@@ -620,6 +620,15 @@ pub fn install(manifest: &Manifest, opts: &Options) -> Result<Report, Failed> {
     if let Err(e) = links::prune(mount, next, manifest.keep_generations) {
         late.push(e);
     }
+    report.log.push(LogLine::info(
+        format!(
+            "installed {} secrets and {} templates as generation {next} in {}",
+            secrets.len(),
+            rendered.len(),
+            mount.display()
+        ),
+        vec![("generation", next.to_string())],
+    ));
     if late.is_empty() {
         Ok(report)
     } else {

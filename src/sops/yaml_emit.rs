@@ -1172,9 +1172,8 @@ impl Emitter {
     }
 
     fn write_str(&mut self, s: &str) {
-        for c in s.chars() {
-            self.put(c);
-        }
+        self.out.push_str(s);
+        self.column += s.chars().count();
     }
 
     fn put_break(&mut self) {

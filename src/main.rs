@@ -248,7 +248,7 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
     }
     let manifest_path = PathBuf::from(manifest_path.ok_or_else(|| UsageError("no manifest given".into()))?);
     let runtime_dir = std::env::var("XDG_RUNTIME_DIR").ok();
-    let manifest = match Manifest::load(&manifest_path, runtime_dir.as_deref()) {
+    let (manifest, earlier) = match Manifest::load_lenient(&manifest_path, runtime_dir.as_deref()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("sops-install-secrets: {}: {e}", manifest_path.display());
@@ -256,7 +256,7 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
         }
     };
     if check_mode != CheckMode::Off {
-        return Ok(match install::check(&manifest, check_mode) {
+        return Ok(match install::check(&manifest, check_mode, earlier) {
             Ok(()) => ExitCode::SUCCESS,
             Err(install::Failed(problems)) => {
                 eprintln!("sops-install-secrets: {} is not valid:", manifest_path.display());
@@ -278,7 +278,7 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
             .map(PathBuf::from),
     };
     let logger = Logger::from_env();
-    match install::install(&manifest, &opts) {
+    match install::install(&manifest, &opts, earlier) {
         Ok(report) => {
             for line in &report.log {
                 let fields: Vec<(&str, &str)> = line.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();

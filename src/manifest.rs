@@ -264,8 +264,30 @@ impl Manifest {
     /// Reads and checks the manifest JSON. `runtime_dir` replaces `%r` in
     /// user mode (`$XDG_RUNTIME_DIR`); it is needed only then.
     pub fn from_json(bytes: &[u8], runtime_dir: Option<&str>) -> Result<Manifest, ManifestErrors> {
-        let raw: RawManifest = serde_json::from_slice(bytes)
-            .map_err(|e| ManifestErrors(vec![format!("it is not valid manifest JSON: {e}")]))?;
+        let (manifest, problems) = Manifest::parse(bytes, runtime_dir)?;
+        if problems.is_empty() {
+            Ok(manifest)
+        } else {
+            Err(ManifestErrors(problems))
+        }
+    }
+
+    /// Reads the manifest JSON, keeping every entry that is valid and
+    /// returning the problems of the others, so that a run can go on to find
+    /// the problems further along (unknown owners, undecryptable files) and
+    /// report them all at once. Only JSON that is not a manifest at all is an
+    /// error here.
+    pub fn parse(bytes: &[u8], runtime_dir: Option<&str>) -> Result<(Manifest, Vec<String>), ManifestErrors> {
+        let json: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| ManifestErrors(vec![format!("it is not valid JSON: {e}")]))?;
+        if !json.is_object() {
+            return Err(ManifestErrors(vec![
+                "it is not a JSON object; a manifest is an object with `secrets`, `secretsMountPoint`, ..."
+                    .into(),
+            ]));
+        }
+        let raw: RawManifest = serde_json::from_value(json)
+            .map_err(|e| ManifestErrors(vec![format!("it is not a valid manifest: {e}")]))?;
         let mut problems = Vec::new();
         let user_mode = raw.user_mode.unwrap_or(false);
         let expand = |p: String| -> String {
@@ -280,10 +302,13 @@ impl Manifest {
             );
         }
 
-        let mount = expand(raw.secrets_mount_point.unwrap_or_else(|| "/run/secrets.d".into()));
-        let link = expand(raw.symlink_path.unwrap_or_else(|| "/run/secrets".into()));
+        // Required, as for sops-nix's installer: a default here could mount over the host's /run/secrets.d.
+        let mount = expand(raw.secrets_mount_point.unwrap_or_default());
+        let link = expand(raw.symlink_path.unwrap_or_default());
         for (what, p) in [("secretsMountPoint", &mount), ("symlinkPath", &link)] {
-            if !p.starts_with('/') {
+            if p.is_empty() {
+                problems.push(format!("{what} is missing"));
+            } else if !p.starts_with('/') {
                 problems.push(format!("{what} {p:?} is not an absolute path"));
             }
         }
@@ -447,10 +472,7 @@ impl Manifest {
             problems.push(format!("keepGenerations {keep} is negative"));
         }
 
-        if !problems.is_empty() {
-            return Err(ManifestErrors(problems));
-        }
-        Ok(Manifest {
+        let manifest = Manifest {
             secrets,
             templates,
             placeholders,
@@ -469,14 +491,28 @@ impl Manifest {
             use_tmpfs: raw.use_tmpfs.unwrap_or(false),
             user_mode,
             logging: raw.logging.unwrap_or_default(),
-        })
+        };
+        Ok((manifest, problems))
     }
 
     /// Reads and checks a manifest file.
     pub fn load(path: &Path, runtime_dir: Option<&str>) -> Result<Manifest, ManifestErrors> {
+        let (manifest, problems) = Manifest::load_lenient(path, runtime_dir)?;
+        if problems.is_empty() {
+            Ok(manifest)
+        } else {
+            Err(ManifestErrors(problems))
+        }
+    }
+
+    /// Reads a manifest file like [`Manifest::parse`].
+    pub fn load_lenient(
+        path: &Path,
+        runtime_dir: Option<&str>,
+    ) -> Result<(Manifest, Vec<String>), ManifestErrors> {
         let bytes = std::fs::read(path)
             .map_err(|e| ManifestErrors(vec![format!("cannot read manifest {}: {e}", path.display())]))?;
-        Manifest::from_json(&bytes, runtime_dir)
+        Manifest::parse(&bytes, runtime_dir)
     }
 }
 
@@ -545,7 +581,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported() {
         let err = Manifest::from_json(
-            br#"{"secrets":[
+            br#"{"secretsMountPoint":"/run/secrets.d","symlinkPath":"/run/secrets","secrets":[
                 {"name":"../x","sopsFile":"/s"},
                 {"name":"b","sopsFile":"/s","mode":"9"},
                 {"name":"c","sopsFile":"/s","format":"toml"},
@@ -561,9 +597,21 @@ mod tests {
     }
 
     #[test]
+    fn only_a_json_object_is_a_manifest() {
+        assert!(Manifest::parse(b"[]", None).is_err());
+        let (_, problems) = Manifest::parse(b"{}", None).unwrap();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("secretsMountPoint is missing")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn file_and_directory_names_clash() {
         let err = Manifest::from_json(
-            br#"{"secrets":[{"name":"a","sopsFile":"/s"},{"name":"a/b","sopsFile":"/s"}]}"#,
+            br#"{"secretsMountPoint":"/m","symlinkPath":"/l","secrets":[{"name":"a","sopsFile":"/s"},{"name":"a/b","sopsFile":"/s"}]}"#,
             None,
         )
         .unwrap_err();

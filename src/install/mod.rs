@@ -207,8 +207,8 @@ fn secret_names(manifest: &Manifest, users: &[usize]) -> String {
 
 /// The build-time checks: the manifest was already checked by parsing it;
 /// `sopsfile` also reads every sops file (no decryption) and checks key paths.
-pub fn check(manifest: &Manifest, mode: CheckMode) -> Result<(), Failed> {
-    let mut problems = Vec::new();
+pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Result<(), Failed> {
+    let mut problems = earlier;
     let files = files_by_use(manifest, &mut problems);
     if mode == CheckMode::SopsFile {
         for (path, format, users) in &files {
@@ -348,10 +348,12 @@ fn compare(live_root: &Path, files: &[Prepared<'_>], subdir: &str, report: &mut 
     changes
 }
 
-/// Runs the installation.
-pub fn install(manifest: &Manifest, opts: &Options) -> Result<Report, Failed> {
+/// Runs the installation. `earlier` are the manifest's own problems: the run
+/// still looks for more (owners, sops files) so that all are reported at
+/// once, and writes nothing if there are any.
+pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Result<Report, Failed> {
     let mut report = Report::default();
-    let mut problems = Vec::new();
+    let mut problems = earlier;
     let root_owned = opts.ignore_passwd || opts.dry_run;
 
     let keyring = identities(manifest, opts, &mut report, &mut problems);

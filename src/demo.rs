@@ -88,7 +88,8 @@ fn run(dir: &Path, template: &str, out: &mut String) -> Result<(), String> {
         nixos_run_dir: dir.join("no-nixos"),
         age_key_file_env: None,
     };
-    let report = install::install(&manifest, &opts, Vec::new()).map_err(|f| f.0.join("\n"))?;
+    let report = install::install(&manifest, &opts, Vec::new())
+        .map_err(|f| f.0.into_iter().map(|p| p.message).collect::<Vec<_>>().join("\n"))?;
     for line in report.log.iter().map(|l| &l.message).chain(&report.changes) {
         let _ = writeln!(out, "  {line}");
     }

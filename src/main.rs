@@ -261,7 +261,7 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
             Err(install::Failed(problems)) => {
                 eprintln!("sops-install-secrets: {} is not valid:", manifest_path.display());
                 for p in problems {
-                    eprintln!("  {p}");
+                    eprintln!("  {}", p.message);
                 }
                 ExitCode::FAILURE
             }
@@ -299,15 +299,14 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
             );
             for p in problems {
                 let indented: Vec<String> = p
+                    .message
                     .lines()
                     .enumerate()
                     .map(|(i, l)| format!("{}{l}", if i == 0 { "  " } else { "    " }))
                     .collect();
-                logger.log(
-                    Priority::Error,
-                    &indented.join("\n"),
-                    &[("manifest", &manifest_shown)],
-                );
+                let mut fields: Vec<(&str, &str)> = vec![("manifest", &manifest_shown)];
+                fields.extend(p.fields.iter().map(|(k, v)| (*k, v.as_str())));
+                logger.log(Priority::Error, &indented.join("\n"), &fields);
             }
             Ok(ExitCode::FAILURE)
         }

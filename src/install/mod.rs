@@ -55,9 +55,56 @@ pub struct Options {
     pub age_key_file_env: Option<PathBuf>,
 }
 
+/// One thing that stopped the run, with journal fields naming what it is about.
+#[derive(Debug)]
+pub struct Problem {
+    /// What is wrong and what to do (never a secret value).
+    pub message: String,
+    /// `("secret", name)`, `("file", path)`.
+    pub fields: Vec<(&'static str, String)>,
+}
+
+impl From<String> for Problem {
+    fn from(message: String) -> Problem {
+        Problem {
+            message,
+            fields: Vec::new(),
+        }
+    }
+}
+
+impl Problem {
+    fn about(message: String, fields: &[(&'static str, &str)]) -> Problem {
+        Problem {
+            message,
+            fields: fields.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        }
+    }
+}
+
+/// Problems collected along the way.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, p: impl Into<Problem>) {
+        self.0.push(p.into());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Every problem that stopped the run.
 #[derive(Debug)]
-pub struct Failed(pub Vec<String>);
+pub struct Failed(pub Vec<Problem>);
+
+impl Failed {
+    fn one(message: String) -> Failed {
+        Failed(vec![message.into()])
+    }
+}
 
 /// One message for the log, with fields for the journal.
 #[derive(Debug)]
@@ -112,12 +159,7 @@ struct Prepared<'m> {
     reload: &'m [String],
 }
 
-fn identities(
-    manifest: &Manifest,
-    opts: &Options,
-    report: &mut Report,
-    problems: &mut Vec<String>,
-) -> Keyring {
+fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems: &mut Problems) -> Keyring {
     let mut keyring = Keyring::new();
     if let Some(f) = &manifest.age_key_file
         && let Err(e) = keyring.add_age_key_file(f)
@@ -168,7 +210,7 @@ fn identities(
 }
 
 /// Groups secrets by sops file, checking that they agree on its format.
-fn files_by_use(manifest: &Manifest, problems: &mut Vec<String>) -> Vec<(PathBuf, Format, Vec<usize>)> {
+fn files_by_use(manifest: &Manifest, problems: &mut Problems) -> Vec<(PathBuf, Format, Vec<usize>)> {
     let mut files: Vec<(PathBuf, Format, Vec<usize>)> = Vec::new();
     let mut index: HashMap<&Path, usize> = HashMap::new();
     for (i, s) in manifest.secrets.iter().enumerate() {
@@ -208,7 +250,7 @@ fn secret_names(manifest: &Manifest, users: &[usize]) -> String {
 /// The build-time checks: the manifest was already checked by parsing it;
 /// `sopsfile` also reads every sops file (no decryption) and checks key paths.
 pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Result<(), Failed> {
-    let mut problems = earlier;
+    let mut problems = Problems(earlier.into_iter().map(Problem::from).collect());
     let files = files_by_use(manifest, &mut problems);
     if mode == CheckMode::SopsFile {
         for (path, format, users) in &files {
@@ -260,7 +302,7 @@ pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Resu
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Failed(problems))
+        Err(Failed(problems.0))
     }
 }
 
@@ -353,13 +395,13 @@ fn compare(live_root: &Path, files: &[Prepared<'_>], subdir: &str, report: &mut 
 /// once, and writes nothing if there are any.
 pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Result<Report, Failed> {
     let mut report = Report::default();
-    let mut problems = earlier;
+    let mut problems = Problems(earlier.into_iter().map(Problem::from).collect());
     let root_owned = opts.ignore_passwd || opts.dry_run;
 
     let keyring = identities(manifest, opts, &mut report, &mut problems);
 
     // Owners first: an unknown user is cheaper to report than a decryption.
-    let ids_for = |owner, group, what: &str, name: &Name, problems: &mut Vec<String>| -> Option<Ids> {
+    let ids_for = |owner, group, what: &'static str, name: &Name, problems: &mut Problems| -> Option<Ids> {
         if manifest.user_mode {
             return None;
         }
@@ -369,7 +411,10 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
         match resolve_ids(owner, group) {
             Ok(ids) => Some(ids),
             Err(e) => {
-                problems.push(format!("{what} {:?}: {e}", name.as_str()));
+                problems.push(Problem::about(
+                    format!("{what} {:?}: {e}", name.as_str()),
+                    &[(what, name.as_str())],
+                ));
                 Some(Ids { uid: 0, gid: 0 })
             }
         }
@@ -399,10 +444,13 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {
-                problems.push(format!(
-                    "cannot read sops file {} (used by {}): {e}",
-                    path.display(),
-                    secret_names(manifest, &users)
+                let file = path.display().to_string();
+                problems.push(Problem::about(
+                    format!(
+                        "cannot read sops file {file} (used by {}): {e}",
+                        secret_names(manifest, &users)
+                    ),
+                    &[("file", &file)],
                 ));
                 continue;
             }
@@ -410,10 +458,13 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
         let doc = match crate::sops::decrypt_bytes(&bytes, format, &keyring) {
             Ok(d) => d,
             Err(e) => {
-                problems.push(format!(
-                    "cannot decrypt {} (used by {}): {e}",
-                    path.display(),
-                    secret_names(manifest, &users)
+                let file = path.display().to_string();
+                problems.push(Problem::about(
+                    format!(
+                        "cannot decrypt {file} (used by {}): {e}",
+                        secret_names(manifest, &users)
+                    ),
+                    &[("file", &file)],
                 ));
                 continue;
             }
@@ -428,12 +479,13 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
             };
             match result {
                 Ok(v) => values[i] = Some(v),
-                Err(e) => problems.push(format!(
-                    "secret {:?}: key {:?} in {}: {e}",
-                    s.name.as_str(),
-                    s.key,
-                    path.display()
-                )),
+                Err(e) => {
+                    let file = path.display().to_string();
+                    problems.push(Problem::about(
+                        format!("secret {:?}: key {:?} in {file}: {e}", s.name.as_str(), s.key),
+                        &[("secret", s.name.as_str()), ("file", &file)],
+                    ))
+                }
             }
         }
     }
@@ -445,10 +497,10 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
             TemplateSource::File(f) => match std::fs::read(f) {
                 Ok(b) => template_texts.push(Some(b)),
                 Err(e) => {
-                    problems.push(format!(
-                        "template {:?}: cannot read {}: {e}",
-                        t.name.as_str(),
-                        f.display()
+                    let file = f.display().to_string();
+                    problems.push(Problem::about(
+                        format!("template {:?}: cannot read {file}: {e}", t.name.as_str()),
+                        &[("template", t.name.as_str()), ("file", &file)],
                     ));
                     template_texts.push(None);
                 }
@@ -457,7 +509,7 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
     }
 
     if !problems.is_empty() {
-        return Err(Failed(problems));
+        return Err(Failed(problems.0));
     }
 
     let secrets: Vec<Prepared<'_>> = manifest
@@ -534,7 +586,7 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
     if opts.dry_run {
         if !manifest.user_mode {
             let log = units::request(&requests, true, opts.restart_via_systemctl, &opts.nixos_run_dir)
-                .map_err(|e| Failed(vec![e]))?;
+                .map_err(Failed::one)?;
             report
                 .log
                 .extend(log.into_iter().map(|l| LogLine::info(l, Vec::new())));
@@ -546,12 +598,12 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
     let mount = &manifest.secrets_mount_point;
     if manifest.user_mode {
         std::fs::create_dir_all(mount)
-            .map_err(|e| Failed(vec![format!("cannot create {}: {e}", mount.display())]))?;
+            .map_err(|e| Failed::one(format!("cannot create {}: {e}", mount.display())))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(mount, std::fs::Permissions::from_mode(0o751))
-            .map_err(|e| Failed(vec![format!("cannot chmod {}: {e}", mount.display())]))?;
+            .map_err(|e| Failed::one(format!("cannot chmod {}: {e}", mount.display())))?;
     } else {
-        match mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(|e| Failed(vec![e]))? {
+        match mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(Failed::one)? {
             mount::Mounted::TmpfsWithoutNoswap => report.log.push(LogLine::warning(
                 "this kernel does not support tmpfs noswap; secrets may be swapped out".into(),
             )),
@@ -559,13 +611,13 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
         }
     }
     let live = links::live_generation(mount, &manifest.symlink_path).unwrap_or(0);
-    links::remove_leftovers(mount, live).map_err(|e| Failed(vec![e]))?;
+    links::remove_leftovers(mount, live).map_err(Failed::one)?;
     let next = live + 1;
     let dir_ids = (!manifest.user_mode).then_some(Ids {
         uid: 0,
         gid: keys_gid,
     });
-    let mut generation = Generation::create(mount, next, dir_ids).map_err(|e| Failed(vec![e]))?;
+    let mut generation = Generation::create(mount, next, dir_ids).map_err(Failed::one)?;
     let written = (|| {
         for f in &secrets {
             generation
@@ -582,13 +634,13 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(generation.path());
         return Err(Failed(vec![
-            e,
-            format!("generation {next} was removed; the live secrets are unchanged"),
+            e.into(),
+            format!("generation {next} was removed; the live secrets are unchanged").into(),
         ]));
     }
     links::swap(&manifest.symlink_path, generation.path()).map_err(|e| {
         let _ = std::fs::remove_dir_all(generation.path());
-        Failed(vec![e])
+        Failed::one(e)
     })?;
     report.generation = Some(next);
 
@@ -634,6 +686,6 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
     if late.is_empty() {
         Ok(report)
     } else {
-        Err(Failed(late))
+        Err(Failed(late.into_iter().map(Problem::from).collect()))
     }
 }

@@ -186,6 +186,9 @@ pub struct Manifest {
     pub user_mode: bool,
     /// What to log.
     pub logging: Logging,
+    /// The host's public keys (`age1...` or OpenSSH lines): with
+    /// `-check-mode=sopsfile`, every sops file must be openable by them.
+    pub host_pub_keys: Vec<String>,
 }
 
 // The JSON as sops-nix writes it. Strings may be null where the Nix option is nullable.
@@ -205,6 +208,7 @@ struct RawManifest {
     use_tmpfs: Option<bool>,
     user_mode: Option<bool>,
     logging: Option<Logging>,
+    host_pub_keys: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -491,6 +495,7 @@ impl Manifest {
             use_tmpfs: raw.use_tmpfs.unwrap_or(false),
             user_mode,
             logging: raw.logging.unwrap_or_default(),
+            host_pub_keys: raw.host_pub_keys.unwrap_or_default(),
         };
         Ok((manifest, problems))
     }

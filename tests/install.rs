@@ -2120,3 +2120,53 @@ fn a_crash_while_writing_leaves_the_live_generation_and_the_next_run_cleans_up()
         assert_eq!(activation_list("activation-restart-list"), ["db.service"]);
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// What we do that sops-nix does not
+// ---------------------------------------------------------------------------------------------
+
+fn public_key_of(age_key_file: &str) -> String {
+    let text = fs::read_to_string(fixtures().join("keys").join(age_key_file)).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn host_pub_keys_turn_an_unopenable_sops_file_into_a_build_failure() {
+    isolated(|env| {
+        let app = env.public_copy("app.yaml");
+        let host = env.public_copy("host.yaml");
+        let foreign = env.public_copy("other_key.yaml");
+        let ssh_pub = fs::read_to_string(fixtures().join("keys/host_ed25519.pub")).unwrap();
+
+        // age1 opens app.yaml; the SSH host key opens host.yaml through its ssh-to-age recipient.
+        let mut m = env.manifest(vec![
+            env.secret_from("db_password", &app, "app/db_password"),
+            env.secret_from("host_secret", &host, "host_secret"),
+        ]);
+        m["hostPubKeys"] = json!([public_key_of("age1.txt"), ssh_pub.trim()]);
+        check_as_nobody(env, &m, "-check-mode=sopsfile").assert_success();
+
+        // Without the SSH key, host.yaml cannot be opened by this host: the build fails.
+        let mut only_age = m.clone();
+        only_age["hostPubKeys"] = json!([public_key_of("age1.txt")]);
+        let run = check_as_nobody(env, &only_age, "-check-mode=sopsfile");
+        run.assert_failure();
+        run.assert_stderr_names(&["host.yaml", "host_secret", "sops updatekeys"]);
+
+        // A file encrypted only to another key names that key.
+        let mut with_foreign = m.clone();
+        with_foreign["secrets"]
+            .as_array_mut()
+            .unwrap()
+            .push(env.secret_from("foreign", &foreign, "other"));
+        let run = check_as_nobody(env, &with_foreign, "-check-mode=sopsfile");
+        run.assert_failure();
+        run.assert_stderr_names(&["other_key.yaml", &public_key_of("age2.txt"), "sops updatekeys"]);
+
+        // The manifest check alone does not read sops files, so it cannot tell.
+        check_as_nobody(env, &with_foreign, "-check-mode=manifest").assert_success();
+    });
+}

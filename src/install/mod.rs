@@ -247,11 +247,67 @@ fn secret_names(manifest: &Manifest, users: &[usize]) -> String {
         .join(", ")
 }
 
+/// Whether the host's public keys open enough key groups of a file; if not,
+/// a message naming what is missing.
+fn host_opens(
+    metadata: &crate::sops::metadata::Metadata,
+    host: &[crate::keys::ssh::HostKey],
+) -> Result<(), String> {
+    use crate::sops::metadata::Stanza;
+    let opens = |stanza: &Stanza| match stanza {
+        Stanza::Age { recipient, .. } => {
+            let r = recipient.trim();
+            host.iter().any(|h| {
+                h.age.as_deref() == Some(r)
+                    || h.ssh
+                        .as_deref()
+                        .is_some_and(|ssh| r.split_whitespace().take(2).collect::<Vec<_>>().join(" ") == ssh)
+            })
+        }
+        _ => false,
+    };
+    let groups = &metadata.key_groups;
+    let needed = if groups.len() <= 1 {
+        1
+    } else if metadata.shamir_threshold == 0 {
+        groups.len()
+    } else {
+        metadata.shamir_threshold
+    };
+    let opened = groups.iter().filter(|g| g.stanzas.iter().any(opens)).count();
+    if opened >= needed {
+        return Ok(());
+    }
+    let recipients: Vec<String> = metadata
+        .stanzas()
+        .map(|s| format!("{} {}", s.kind(), s.target()))
+        .collect();
+    let offered: Vec<&str> = host
+        .iter()
+        .filter_map(|h| h.age.as_deref().or(h.ssh.as_deref()))
+        .collect();
+    Err(format!(
+        "the host's keys open {opened} of the {needed} key group(s) needed. The file lists: {}. The host has: {}. \
+         Add the host's recipient (e.g. {}) to the file's creation rule in .sops.yaml and run `sops updatekeys` on it.",
+        recipients.join(", "),
+        offered.join(", "),
+        offered.first().copied().unwrap_or("its age recipient")
+    ))
+}
+
 /// The build-time checks: the manifest was already checked by parsing it;
-/// `sopsfile` also reads every sops file (no decryption) and checks key paths.
+/// `sopsfile` also reads every sops file (no decryption) and checks key paths,
+/// and, given `hostPubKeys`, that the host will be able to open each file.
 pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Result<(), Failed> {
     let mut problems = Problems(earlier.into_iter().map(Problem::from).collect());
     let files = files_by_use(manifest, &mut problems);
+    let mut host = Vec::new();
+    for k in &manifest.host_pub_keys {
+        match crate::keys::ssh::parse_host_key(k) {
+            Ok(h) => host.push(h),
+            Err(e) => problems.push(format!("hostPubKeys: {e}")),
+        }
+    }
     if mode == CheckMode::SopsFile {
         for (path, format, users) in &files {
             let file = match std::fs::read(path)
@@ -268,6 +324,15 @@ pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Resu
                     continue;
                 }
             };
+            if !host.is_empty()
+                && let Err(e) = host_opens(&file.metadata, &host)
+            {
+                let shown = path.display().to_string();
+                problems.push(Problem::about(
+                    format!("{shown} (used by {}): {e}", secret_names(manifest, users)),
+                    &[("file", &shown)],
+                ));
+            }
             if matches!(format, Format::Yaml | Format::Json) {
                 for &i in users {
                     let s = &manifest.secrets[i];

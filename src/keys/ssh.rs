@@ -89,6 +89,45 @@ pub fn derive_age_key(seed: &[u8; 32]) -> DerivedAgeKey {
     }
 }
 
+/// The age recipient ssh-to-age derives from an Ed25519 public key: the
+/// Montgomery form of the Edwards point, bech32-encoded.
+pub fn ed25519_public_to_age(public: &[u8; 32]) -> Option<String> {
+    let point = curve25519_dalek::edwards::CompressedEdwardsY(*public).decompress()?;
+    let hrp = Hrp::parse("age").expect("valid HRP");
+    bech32::encode::<Bech32>(hrp, &point.to_montgomery().to_bytes()).ok()
+}
+
+/// A host's public key as a recipient check sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostKey {
+    /// The age recipient that opens files encrypted to it (`age1...`).
+    pub age: Option<String>,
+    /// For SSH keys, `type base64` without the comment.
+    pub ssh: Option<String>,
+}
+
+/// Reads `age1...` or an OpenSSH public key line (`ssh-ed25519 AAAA... comment`).
+pub fn parse_host_key(text: &str) -> Result<HostKey, String> {
+    let text = text.trim();
+    if text.starts_with("age1") {
+        text.parse::<age::x25519::Recipient>()
+            .map_err(|e| format!("{text:?} is not an age recipient: {e}"))?;
+        return Ok(HostKey {
+            age: Some(text.to_owned()),
+            ssh: None,
+        });
+    }
+    let key = ssh_key::PublicKey::from_openssh(text)
+        .map_err(|e| format!("{text:?} is neither an age recipient nor an OpenSSH public key: {e}"))?;
+    let line = key.to_openssh().map_err(|e| e.to_string())?;
+    let ssh = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let age = match key.key_data() {
+        ssh_key::public::KeyData::Ed25519(pk) => ed25519_public_to_age(&pk.0),
+        _ => None,
+    };
+    Ok(HostKey { age, ssh: Some(ssh) })
+}
+
 /// Reads an OpenSSH private key file and builds its age identities.
 pub fn load(path: &Path) -> Result<SshIdentities, SshKeyError> {
     let shown = path.display().to_string();
@@ -163,6 +202,21 @@ pub fn from_openssh(text: &str, shown: &str) -> Result<SshIdentities, SshKeyErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_key_conversion_matches_the_private_one() {
+        let seed = [5u8; 32];
+        // Ed25519 public key: clamp(SHA-512(seed)[..32]) * B.
+        let mut scalar = [0u8; 32];
+        scalar.copy_from_slice(&Sha512::digest(seed)[..32]);
+        let public = curve25519_dalek::edwards::EdwardsPoint::mul_base_clamped(scalar)
+            .compress()
+            .to_bytes();
+        assert_eq!(
+            ed25519_public_to_age(&public),
+            Some(derive_age_key(&seed).recipient)
+        );
+    }
 
     #[test]
     fn derived_identity_and_recipient_agree() {

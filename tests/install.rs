@@ -723,6 +723,14 @@ fn assert_content(p: &Path, want: &[u8]) {
 }
 
 /// Sorted names in a directory (empty if it does not exist).
+/// The root-only record each generation keeps of its secrets' units and paths.
+const STATE_FILE: &str = ".sops-install-secrets.json";
+
+/// The secrets and directories of a generation: its entries without the record.
+fn secret_entries(dir: &Path) -> Vec<String> {
+    entries(dir).into_iter().filter(|e| e != STATE_FILE).collect()
+}
+
 fn entries(dir: &Path) -> Vec<String> {
     let Ok(rd) = fs::read_dir(dir) else {
         return Vec::new();
@@ -893,8 +901,15 @@ fn generation_files_and_dirs_get_the_manifests_owners_groups_and_modes() {
         let g = env.generation(1);
         assert_dir(&g, 0o751, 0, KEYS_GID);
         assert_eq!(
-            entries(&g),
+            secret_entries(&g),
             ["api_token", "db_password", "root_only", "shared", "ssh_keys"]
+        );
+        // The generation's record of units and paths: root-only, no secrets in it.
+        assert_file(&g.join(STATE_FILE), 0o400, 0, 0);
+        assert!(
+            !fs::read_to_string(g.join(STATE_FILE))
+                .unwrap()
+                .contains("PLAINTEXT")
         );
         assert_file(&g.join("db_password"), 0o440, SECRET_TEST, SECRET_TEST);
         assert_file(&g.join("api_token"), 0o400, ALICE, KEYS_GID);
@@ -1040,7 +1055,10 @@ fn ssh_host_key_is_an_identity_and_nothing_is_written_for_it() {
         assert_content(&env.link.join("from_age_key"), &expected("app.db_password"));
         // sops-nix writes age-keys.txt into the mount point; we keep derived keys in memory.
         assert_eq!(entries(&env.mount), ["1"]);
-        assert_eq!(entries(&env.generation(1)), ["from_age_key", "from_host_key"]);
+        assert_eq!(
+            secret_entries(&env.generation(1)),
+            ["from_age_key", "from_host_key"]
+        );
 
         // The SSH key alone.
         let mut m = env.manifest(vec![env.secret("from_host_key", "host.yaml", "host_secret")]);
@@ -1224,7 +1242,7 @@ fn keep_generations_2_keeps_the_two_newest() {
 }
 
 #[test]
-fn added_modified_and_removed_secrets_are_reported_and_only_new_or_changed_ones_restart() {
+fn added_modified_and_removed_secrets_are_reported_and_only_new_changed_or_removed_ones_restart() {
     isolated(|env| {
         let unit = |mut v: Value, name: &str| {
             v["restartUnits"] = json!([format!("{name}.service")]);
@@ -1255,14 +1273,21 @@ fn added_modified_and_removed_secrets_are_reported_and_only_new_or_changed_ones_
             "`same` did not change:\n{}",
             run.describe()
         );
+        // Unlike sops-nix, the units of a removed secret restart too: their file is gone.
         assert_eq!(
             activation_list("activation-restart-list"),
-            sorted(&["changing.service", "new_one.service", "new_two.service"])
+            sorted(&[
+                "changing.service",
+                "going.service",
+                "new_one.service",
+                "new_two.service"
+            ])
         );
         assert_eq!(
             activation_list("activation-reload-list"),
             sorted(&[
                 "changing-reload.service",
+                "going-reload.service",
                 "new_one-reload.service",
                 "new_two-reload.service"
             ])
@@ -2112,7 +2137,7 @@ fn a_crash_while_writing_leaves_the_live_generation_and_the_next_run_cleans_up()
         assert_ne!(newest, 1);
         env.assert_live(newest);
         let g = env.generation(newest);
-        assert_eq!(entries(&g), ["api_token", "db_password", "third"]);
+        assert_eq!(secret_entries(&g), ["api_token", "db_password", "third"]);
         assert_content(&g.join("db_password"), &expected("app_v2.db_password"));
         assert_content(&g.join("api_token"), &expected("app.api_token"));
         assert_content(&g.join("third"), &expected("app.multiline"));
@@ -2168,5 +2193,101 @@ fn host_pub_keys_turn_an_unopenable_sops_file_into_a_build_failure() {
 
         // The manifest check alone does not read sops files, so it cannot tell.
         check_as_nobody(env, &with_foreign, "-check-mode=manifest").assert_success();
+    });
+}
+
+#[test]
+fn a_change_of_owner_group_or_mode_restarts_the_secrets_units() {
+    isolated(|env| {
+        let unit = |mut v: Value, name: &str| {
+            v["restartUnits"] = json!([format!("{name}.service")]);
+            v
+        };
+        let base = vec![
+            unit(env.secret("owner", "app.yaml", "app/db_password"), "owner"),
+            unit(env.secret("group", "app.yaml", "app/api_token"), "group"),
+            unit(env.secret("mode", "app.yaml", "multiline"), "mode"),
+            unit(env.secret("same", "app.yaml", "nested/deep/value"), "same"),
+        ];
+        env.install(&env.manifest(base.clone()));
+
+        let mut changed = base;
+        changed[0]["owner"] = json!("alice");
+        changed[1]["group"] = json!("keys");
+        changed[2]["mode"] = json!("0440");
+        let run = env.install(&env.manifest(changed));
+        run.assert_printed("modifying secrets: group, mode, owner");
+        assert_eq!(
+            activation_list("activation-restart-list"),
+            sorted(&["group.service", "mode.service", "owner.service"]),
+            "only the units of secrets whose owner, group or mode changed:\n{}",
+            run.describe()
+        );
+        assert_file(&env.link.join("owner"), 0o400, ALICE, 0);
+        assert_file(&env.link.join("group"), 0o400, 0, KEYS_GID);
+        assert_file(&env.link.join("mode"), 0o440, 0, 0);
+    });
+}
+
+#[test]
+fn a_template_whose_mode_changed_restarts_its_units() {
+    isolated(|env| {
+        let mut m = env.manifest(vec![env.secret("db_password", "app.yaml", "app/db_password")]);
+        let mut t = env.template("app.conf", &format!("password={}\n", placeholder("db_password")));
+        t["restartUnits"] = json!(["app.service"]);
+        with_templates(&mut m, vec![t.clone()]);
+        env.install(&m);
+
+        t["mode"] = json!("0444");
+        with_templates(&mut m, vec![t]);
+        let run = env.install(&m);
+        run.assert_printed("modifying rendered secret: app.conf");
+        assert_eq!(activation_list("activation-restart-list"), ["app.service"]);
+    });
+}
+
+#[test]
+fn a_dropped_secret_leaves_no_dangling_link_at_its_custom_path() {
+    isolated(|env| {
+        let mut token = env.secret("api_token", "app.yaml", "app/api_token");
+        token["path"] = json!(s(&env.path("custom/token")));
+        let mut other = env.secret("db_password", "app.yaml", "app/db_password");
+        other["path"] = json!(s(&env.path("custom/db_password")));
+        env.install(&env.manifest(vec![token, other.clone()]));
+        assert_symlink(&env.path("custom/token"), &env.link.join("api_token"), 0, 0);
+
+        // Someone else's link at another path must survive, even if it points into our tree.
+        symlink(env.link.join("db_password"), env.path("custom/theirs")).unwrap();
+
+        env.install(&env.manifest(vec![other]));
+        assert!(
+            fs::symlink_metadata(env.path("custom/token")).is_err(),
+            "the link of the dropped secret is still there"
+        );
+        assert_symlink(
+            &env.path("custom/db_password"),
+            &env.link.join("db_password"),
+            0,
+            0,
+        );
+        assert!(
+            fs::symlink_metadata(env.path("custom/theirs")).is_ok(),
+            "a link we did not make was removed"
+        );
+    });
+}
+
+#[test]
+fn a_dropped_secrets_link_replaced_by_a_file_is_left_alone() {
+    isolated(|env| {
+        let mut token = env.secret("api_token", "app.yaml", "app/api_token");
+        token["path"] = json!(s(&env.path("custom/token")));
+        env.install(&env.manifest(vec![token]));
+        // The admin replaced our link with a file of their own.
+        fs::remove_file(env.path("custom/token")).unwrap();
+        fs::write(env.path("custom/token"), "mine").unwrap();
+
+        env.install(&env.manifest(vec![env.secret("db_password", "app.yaml", "app/db_password")]));
+        assert_eq!(fs::read_to_string(env.path("custom/token")).unwrap(), "mine");
     });
 }

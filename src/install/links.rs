@@ -234,3 +234,24 @@ pub fn link_at(path: &Path, target: &Path, ids: Option<Ids>, trusted_uid: u32) -
     }
     result
 }
+
+/// Removes the symlink at `path` if it still points at `target` (a link we
+/// made for a secret that is gone); anything else there is left alone.
+pub fn remove_link_if(path: &Path, target: &Path, trusted_uid: u32) -> Result<bool, String> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(false);
+    };
+    if !parent.exists() {
+        return Ok(false);
+    }
+    let dir = open_dir_safely(parent, trusted_uid)?;
+    let name = Path::new(name);
+    match readlinkat(&dir, name) {
+        Ok(t) if t.as_bytes() == target.as_os_str().as_bytes() => {
+            unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| format!("cannot remove the stale link {}: {e}", path.display()))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}

@@ -14,6 +14,7 @@ pub mod generation;
 pub mod links;
 pub mod mount;
 pub mod owners;
+pub mod state;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -421,7 +422,15 @@ fn files_under(dir: &Path, prefix: &str, out: &mut Vec<String>) {
 }
 
 /// Compares what is about to be installed with the live generation.
-fn compare(live_root: &Path, files: &[Prepared<'_>], subdir: &str, report: &mut Report) -> units::Changes {
+/// A change of owner, group or mode counts like a change of content: a
+/// service that could read its secret may no longer (or now another can).
+fn compare(
+    live_root: &Path,
+    files: &[Prepared<'_>],
+    subdir: &str,
+    compare_owner: bool,
+    report: &mut Report,
+) -> units::Changes {
     let mut changes = units::Changes::default();
     let base = if subdir.is_empty() {
         live_root.to_path_buf()
@@ -431,7 +440,17 @@ fn compare(live_root: &Path, files: &[Prepared<'_>], subdir: &str, report: &mut 
     for f in files {
         match read_live(&base.join(f.name.as_str())) {
             Ok(None) => changes.added.push(f.name.to_string()),
-            Ok(Some(old)) if old.as_slice() == f.value.as_slice() => continue,
+            Ok(Some(old)) if old.as_slice() == f.value.as_slice() => {
+                use std::os::unix::fs::MetadataExt;
+                let same_meta = std::fs::metadata(base.join(f.name.as_str())).is_ok_and(|m| {
+                    m.mode() & 0o7777 == f.mode.0
+                        && (!compare_owner
+                            || f.ids.is_none_or(|ids| m.uid() == ids.uid && m.gid() == ids.gid))
+                });
+                if !same_meta {
+                    changes.modified.push(f.name.to_string());
+                }
+            }
             Ok(Some(_)) => changes.modified.push(f.name.to_string()),
             Err(e) => {
                 report.log.push(LogLine::warning(format!(
@@ -445,7 +464,7 @@ fn compare(live_root: &Path, files: &[Prepared<'_>], subdir: &str, report: &mut 
     let mut live = Vec::new();
     files_under(&base, "", &mut live);
     for name in live {
-        if subdir.is_empty() && (name == "rendered" || name.starts_with("rendered/")) {
+        if subdir.is_empty() && (name == "rendered" || name.starts_with("rendered/") || name == state::FILE) {
             continue;
         }
         if !files.iter().any(|f| f.name.as_str() == name) {
@@ -621,9 +640,18 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
     // Changes against the live generation. At boot there is none: nothing to restart.
     let mut requests = units::Requests::default();
     let live_exists = manifest.symlink_path.exists();
+    let old_state = state::State::load(&manifest.symlink_path);
     if live_exists {
-        let secret_changes = compare(&manifest.symlink_path, &secrets, "", &mut report);
-        let template_changes = compare(&manifest.symlink_path, &rendered, "rendered", &mut report);
+        // A dry run does not look owners up, so it cannot compare them.
+        let compare_owner = !opts.dry_run;
+        let secret_changes = compare(&manifest.symlink_path, &secrets, "", compare_owner, &mut report);
+        let template_changes = compare(
+            &manifest.symlink_path,
+            &rendered,
+            "rendered",
+            compare_owner,
+            &mut report,
+        );
         if manifest.logging.secret_changes {
             report
                 .changes
@@ -639,6 +667,14 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
                 let name = f.name.as_str();
                 if changes.added.iter().chain(&changes.modified).any(|c| c == name) {
                     requests.add(f.restart, f.reload);
+                }
+            }
+        }
+        // A service whose secret disappeared must notice too.
+        for (old, files) in [(&old_state.secrets, &secrets), (&old_state.templates, &rendered)] {
+            for (name, entry) in old {
+                if !files.iter().any(|f| f.name.as_str() == name) {
+                    requests.add(&entry.restart_units, &entry.reload_units);
                 }
             }
         }
@@ -694,6 +730,17 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
                 .write_file(&format!("rendered/{}", f.name), f.ids, f.mode.0, &f.value)
                 .map_err(|e| format!("template {:?}: {e}", f.name.as_str()))?;
         }
+        let entry = |f: &Prepared<'_>| state::Entry {
+            path: f.path.to_path_buf(),
+            restart_units: f.restart.to_vec(),
+            reload_units: f.reload.to_vec(),
+        };
+        let record = state::State {
+            secrets: secrets.iter().map(|f| (f.name.to_string(), entry(f))).collect(),
+            templates: rendered.iter().map(|f| (f.name.to_string(), entry(f))).collect(),
+        };
+        let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
+        generation.write_file(state::FILE, root, 0o400, &record.to_json())?;
         Ok::<(), String>(())
     })();
     if let Err(e) = written {
@@ -734,6 +781,30 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
             && let Err(e) = links::link_at(f.path, &default, f.ids, trusted_uid)
         {
             late.push(format!("{:?}: {e}", f.name.as_str()));
+        }
+    }
+    // Links left at the custom paths of secrets and templates that are gone.
+    for (old, subdir, files) in [
+        (&old_state.secrets, "", &secrets),
+        (&old_state.templates, "rendered", &rendered),
+    ] {
+        for (name, entry) in old {
+            let target = if subdir.is_empty() {
+                manifest.symlink_path.join(name)
+            } else {
+                manifest.symlink_path.join(subdir).join(name)
+            };
+            let still_used = files.iter().any(|f| f.path == entry.path.as_path());
+            if entry.path != target && !still_used {
+                match links::remove_link_if(&entry.path, &target, trusted_uid) {
+                    Ok(true) => report.log.push(LogLine::info(
+                        format!("removed the stale link {}", entry.path.display()),
+                        Vec::new(),
+                    )),
+                    Ok(false) => {}
+                    Err(e) => late.push(e),
+                }
+            }
         }
     }
     if let Err(e) = links::prune(mount, next, manifest.keep_generations) {

@@ -147,6 +147,16 @@ pub struct Template {
     pub reload_units: Vec<String>,
 }
 
+/// What to do when some secrets cannot be installed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Install nothing; the live generation stays (sops-nix's behaviour).
+    #[default]
+    Abort,
+    /// Install the rest; each failed secret keeps its live copy (or is absent).
+    KeepPrevious,
+}
+
 /// Which changes to log.
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -189,6 +199,8 @@ pub struct Manifest {
     /// The host's public keys (`age1...` or OpenSSH lines): with
     /// `-check-mode=sopsfile`, every sops file must be openable by them.
     pub host_pub_keys: Vec<String>,
+    /// `onFailure`: `abort` (default) or `keep-previous`.
+    pub on_failure: OnFailure,
 }
 
 // The JSON as sops-nix writes it. Strings may be null where the Nix option is nullable.
@@ -209,6 +221,7 @@ struct RawManifest {
     user_mode: Option<bool>,
     logging: Option<Logging>,
     host_pub_keys: Option<Vec<String>>,
+    on_failure: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -476,6 +489,14 @@ impl Manifest {
             problems.push(format!("keepGenerations {keep} is negative"));
         }
 
+        let on_failure = match raw.on_failure.as_deref() {
+            None | Some("abort") => OnFailure::Abort,
+            Some("keep-previous") => OnFailure::KeepPrevious,
+            Some(other) => {
+                problems.push(format!("onFailure {other:?} is not `abort` or `keep-previous`"));
+                OnFailure::Abort
+            }
+        };
         let manifest = Manifest {
             secrets,
             templates,
@@ -496,6 +517,7 @@ impl Manifest {
             user_mode,
             logging: raw.logging.unwrap_or_default(),
             host_pub_keys: raw.host_pub_keys.unwrap_or_default(),
+            on_failure,
         };
         Ok((manifest, problems))
     }

@@ -2291,3 +2291,53 @@ fn a_dropped_secrets_link_replaced_by_a_file_is_left_alone() {
         assert_eq!(fs::read_to_string(env.path("custom/token")).unwrap(), "mine");
     });
 }
+
+#[test]
+fn keep_previous_installs_the_others_and_keeps_the_failed_secrets_old_bytes() {
+    isolated(|env| {
+        let unit = |mut v: Value, name: &str| {
+            v["restartUnits"] = json!([format!("{name}.service")]);
+            v
+        };
+        let mut token = unit(env.secret("api_token", "app.yaml", "app/api_token"), "api");
+        token["owner"] = json!("alice");
+        token["mode"] = json!("0440");
+        let mut m = env.manifest(vec![
+            unit(env.secret("db_password", "app.yaml", "app/db_password"), "db"),
+            token,
+        ]);
+        m["onFailure"] = json!("keep-previous");
+        env.install(&m);
+
+        // db_password changes (v2); api_token's file is now one this host cannot open;
+        // a brand-new secret from that file has nothing to keep.
+        let mut m2 = env.manifest(vec![
+            unit(env.secret("db_password", "app_v2.yaml", "app/db_password"), "db"),
+            // The failing version would also change its owner and mode: neither applies.
+            unit(env.secret("api_token", "other_key.yaml", "other"), "api"),
+            unit(env.secret("brand_new", "other_key.yaml", "other"), "new"),
+        ]);
+        m2["onFailure"] = json!("keep-previous");
+        let run = env.run(&m2);
+        run.assert_failure();
+        run.assert_stderr_names(&["api_token", "brand_new", "other_key.yaml"]);
+        env.assert_live(2);
+        assert_content(&env.link.join("db_password"), &expected("app_v2.db_password"));
+        assert_content(&env.link.join("api_token"), &expected("app.api_token"));
+        assert_file(&env.generation(2).join("api_token"), 0o440, ALICE, 0);
+        assert!(
+            fs::symlink_metadata(env.link.join("brand_new")).is_err(),
+            "a secret with nothing to keep appeared"
+        );
+        // Only the secret that really changed restarts its units.
+        assert_eq!(activation_list("activation-restart-list"), ["db.service"]);
+
+        // The default stays all-or-nothing: nothing is installed.
+        let mut abort = m2.clone();
+        abort["onFailure"] = Value::Null;
+        let (tree_before, _, _) = live_state(env);
+        env.run(&abort).assert_failure();
+        assert_eq!(live_state(env).0, tree_before);
+        env.assert_live(2);
+    });
+}

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use crate::keys::Keyring;
-use crate::manifest::{Manifest, Mode, Name, TemplateSource};
+use crate::manifest::{Manifest, Mode, Name, OnFailure, TemplateSource};
 use crate::sops::tree::parse_slash_path;
 use crate::sops::{EncryptedFile, Format};
 use crate::{templates, units};
@@ -484,35 +484,45 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
 
     let keyring = identities(manifest, opts, &mut report, &mut problems);
 
+    // Problems of one secret or template (its file, its key, its owner), kept
+    // apart from problems of the whole run: with `onFailure = "keep-previous"`
+    // those items keep their live copy and the rest is installed.
+    let mut item_problems = Problems::default();
+    let mut secret_failed = vec![false; manifest.secrets.len()];
+    let mut template_failed = vec![false; manifest.templates.len()];
+
     // Owners first: an unknown user is cheaper to report than a decryption.
-    let ids_for = |owner, group, what: &'static str, name: &Name, problems: &mut Problems| -> Option<Ids> {
+    let ids_for = |owner, group| -> Result<Option<Ids>, String> {
         if manifest.user_mode {
-            return None;
+            return Ok(None);
         }
         if root_owned {
-            return Some(Ids { uid: 0, gid: 0 });
+            return Ok(Some(Ids { uid: 0, gid: 0 }));
         }
-        match resolve_ids(owner, group) {
-            Ok(ids) => Some(ids),
-            Err(e) => {
-                problems.push(Problem::about(
-                    format!("{what} {:?}: {e}", name.as_str()),
-                    &[(what, name.as_str())],
-                ));
-                Some(Ids { uid: 0, gid: 0 })
-            }
-        }
+        resolve_ids(owner, group).map(Some)
     };
-    let secret_ids: Vec<Option<Ids>> = manifest
-        .secrets
-        .iter()
-        .map(|s| ids_for(&s.owner, &s.group, "secret", &s.name, &mut problems))
-        .collect();
-    let template_ids: Vec<Option<Ids>> = manifest
-        .templates
-        .iter()
-        .map(|t| ids_for(&t.owner, &t.group, "template", &t.name, &mut problems))
-        .collect();
+    let mut secret_ids = Vec::new();
+    for (i, s) in manifest.secrets.iter().enumerate() {
+        secret_ids.push(ids_for(&s.owner, &s.group).unwrap_or_else(|e| {
+            item_problems.push(Problem::about(
+                format!("secret {:?}: {e}", s.name.as_str()),
+                &[("secret", s.name.as_str())],
+            ));
+            secret_failed[i] = true;
+            None
+        }));
+    }
+    let mut template_ids = Vec::new();
+    for (i, t) in manifest.templates.iter().enumerate() {
+        template_ids.push(ids_for(&t.owner, &t.group).unwrap_or_else(|e| {
+            item_problems.push(Problem::about(
+                format!("template {:?}: {e}", t.name.as_str()),
+                &[("template", t.name.as_str())],
+            ));
+            template_failed[i] = true;
+            None
+        }));
+    }
     let keys_gid = if manifest.user_mode || root_owned {
         0
     } else {
@@ -525,35 +535,36 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
     // Each sops file is read and decrypted once, however many secrets use it.
     let mut values: Vec<Option<Zeroizing<Vec<u8>>>> = (0..manifest.secrets.len()).map(|_| None).collect();
     for (path, format, users) in files_by_use(manifest, &mut problems) {
+        let file = path.display().to_string();
+        let fail_all = |why: String, item_problems: &mut Problems, failed: &mut [bool]| {
+            item_problems.push(Problem::about(why, &[("file", &file)]));
+            for &i in &users {
+                failed[i] = true;
+            }
+        };
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {
-                let file = path.display().to_string();
-                problems.push(Problem::about(
-                    format!(
-                        "cannot read sops file {file} (used by {}): {e}",
-                        secret_names(manifest, &users)
-                    ),
-                    &[("file", &file)],
-                ));
+                let why = format!(
+                    "cannot read sops file {file} (used by {}): {e}",
+                    secret_names(manifest, &users)
+                );
+                fail_all(why, &mut item_problems, &mut secret_failed);
                 continue;
             }
         };
         let doc = match crate::sops::decrypt_bytes(&bytes, format, &keyring) {
             Ok(d) => d,
             Err(e) => {
-                let file = path.display().to_string();
-                problems.push(Problem::about(
-                    format!(
-                        "cannot decrypt {file} (used by {}): {e}",
-                        secret_names(manifest, &users)
-                    ),
-                    &[("file", &file)],
-                ));
+                let why = format!(
+                    "cannot decrypt {file} (used by {}): {e}",
+                    secret_names(manifest, &users)
+                );
+                fail_all(why, &mut item_problems, &mut secret_failed);
                 continue;
             }
         };
-        for i in users {
+        for &i in &users {
             let s = &manifest.secrets[i];
             let whole = s.key.is_empty() || matches!(format, Format::Binary | Format::Dotenv | Format::Ini);
             let result = if whole {
@@ -564,53 +575,82 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
             match result {
                 Ok(v) => values[i] = Some(v),
                 Err(e) => {
-                    let file = path.display().to_string();
-                    problems.push(Problem::about(
+                    item_problems.push(Problem::about(
                         format!("secret {:?}: key {:?} in {file}: {e}", s.name.as_str(), s.key),
                         &[("secret", s.name.as_str()), ("file", &file)],
-                    ))
+                    ));
+                    secret_failed[i] = true;
                 }
             }
         }
     }
 
     let mut template_texts = Vec::new();
-    for t in &manifest.templates {
+    for (i, t) in manifest.templates.iter().enumerate() {
         match &t.source {
             TemplateSource::Content(c) => template_texts.push(Some(c.as_bytes().to_vec())),
             TemplateSource::File(f) => match std::fs::read(f) {
                 Ok(b) => template_texts.push(Some(b)),
                 Err(e) => {
                     let file = f.display().to_string();
-                    problems.push(Problem::about(
+                    item_problems.push(Problem::about(
                         format!("template {:?}: cannot read {file}: {e}", t.name.as_str()),
                         &[("template", t.name.as_str()), ("file", &file)],
                     ));
+                    template_failed[i] = true;
                     template_texts.push(None);
                 }
             },
         }
     }
 
-    if !problems.is_empty() {
+    let keep_previous = manifest.on_failure == OnFailure::KeepPrevious;
+    if !problems.is_empty() || (!item_problems.is_empty() && !keep_previous) {
+        problems.0.extend(item_problems.0);
         return Err(Failed(problems.0));
     }
 
-    let secrets: Vec<Prepared<'_>> = manifest
-        .secrets
-        .iter()
-        .zip(values)
-        .zip(&secret_ids)
-        .map(|((s, v), ids)| Prepared {
+    // Keeping the previous copy of a failed item: its live bytes, owner and mode.
+    let previous = |rel: &str| -> Option<(Zeroizing<Vec<u8>>, Option<Ids>, Mode)> {
+        use std::os::unix::fs::MetadataExt;
+        let path = manifest.symlink_path.join(rel);
+        let meta = std::fs::metadata(&path).ok()?;
+        let bytes = read_live(&path).ok()??;
+        let ids = (!manifest.user_mode).then_some(Ids {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        });
+        Some((bytes, ids, Mode(meta.mode() & 0o7777)))
+    };
+    let mut kept = Vec::new();
+    let mut secrets: Vec<Prepared<'_>> = Vec::new();
+    for (i, (s, v)) in manifest.secrets.iter().zip(values).enumerate() {
+        let (value, ids, mode) = match (secret_failed[i], v) {
+            (false, Some(v)) => (v, secret_ids[i], s.mode),
+            _ => match previous(s.name.as_str()) {
+                Some(p) => {
+                    kept.push(format!("secret {:?} keeps its previous value", s.name.as_str()));
+                    p
+                }
+                None => {
+                    kept.push(format!(
+                        "secret {:?} is not installed (it had no previous value)",
+                        s.name.as_str()
+                    ));
+                    continue;
+                }
+            },
+        };
+        secrets.push(Prepared {
             name: &s.name,
-            value: v.expect("every secret has a value when there are no problems"),
-            ids: *ids,
-            mode: s.mode,
+            value,
+            ids,
+            mode,
             path: &s.path,
             restart: &s.restart_units,
             reload: &s.reload_units,
-        })
-        .collect();
+        });
+    }
     let placeholders: Vec<(&[u8], &[u8])> = manifest
         .placeholders
         .iter()
@@ -621,21 +661,47 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
                 .map(|s| (p.as_bytes(), s.value.as_slice()))
         })
         .collect();
-    let rendered: Vec<Prepared<'_>> = manifest
-        .templates
+    // A template that needs a secret which is not installed cannot be rendered either.
+    let missing: Vec<&[u8]> = manifest
+        .placeholders
         .iter()
-        .zip(template_texts)
-        .zip(&template_ids)
-        .map(|((t, text), ids)| Prepared {
+        .filter(|(_, name)| !secrets.iter().any(|s| s.name == name))
+        .map(|(p, _)| p.as_bytes())
+        .collect();
+    let mut rendered: Vec<Prepared<'_>> = Vec::new();
+    for (i, (t, text)) in manifest.templates.iter().zip(template_texts).enumerate() {
+        let usable = text.filter(|text| {
+            !template_failed[i] && !missing.iter().any(|p| text.windows(p.len()).any(|w| w == *p))
+        });
+        let (value, ids, mode) = match usable {
+            Some(text) => (templates::render(&text, &placeholders), template_ids[i], t.mode),
+            None => match previous(&format!("rendered/{}", t.name)) {
+                Some(p) => {
+                    kept.push(format!(
+                        "template {:?} keeps its previous rendering",
+                        t.name.as_str()
+                    ));
+                    p
+                }
+                None => {
+                    kept.push(format!(
+                        "template {:?} is not installed (it had no previous rendering)",
+                        t.name.as_str()
+                    ));
+                    continue;
+                }
+            },
+        };
+        rendered.push(Prepared {
             name: &t.name,
-            value: templates::render(&text.expect("read above"), &placeholders),
-            ids: *ids,
-            mode: t.mode,
+            value,
+            ids,
+            mode,
             path: &t.path,
             restart: &t.restart_units,
             reload: &t.reload_units,
-        })
-        .collect();
+        });
+    }
 
     // Changes against the live generation. At boot there is none: nothing to restart.
     let mut requests = units::Requests::default();
@@ -819,9 +885,13 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
         ),
         vec![("generation", next.to_string())],
     ));
-    if late.is_empty() {
-        Ok(report)
-    } else {
-        Err(Failed(late.into_iter().map(Problem::from).collect()))
+    if late.is_empty() && item_problems.is_empty() {
+        return Ok(report);
     }
+    // Installed, but not everything: the run still fails so that the unit is
+    // marked failed and the operator sees which secrets are stale or missing.
+    let mut all = item_problems.0;
+    all.extend(kept.into_iter().map(Problem::from));
+    all.extend(late.into_iter().map(Problem::from));
+    Err(Failed(all))
 }

@@ -115,6 +115,8 @@ pub struct Secret {
     pub restart_units: Vec<String>,
     /// Units to reload when it changes.
     pub reload_units: Vec<String>,
+    /// Also offer it as a systemd credential (`LoadCredential=<name>`).
+    pub credential: bool,
 }
 
 /// Where a template's text comes from.
@@ -201,6 +203,8 @@ pub struct Manifest {
     pub host_pub_keys: Vec<String>,
     /// `onFailure`: `abort` (default) or `keep-previous`.
     pub on_failure: OnFailure,
+    /// Where credential links go (`/run/credstore`, searched by `LoadCredential=`).
+    pub credstore_dir: PathBuf,
 }
 
 // The JSON as sops-nix writes it. Strings may be null where the Nix option is nullable.
@@ -222,6 +226,7 @@ struct RawManifest {
     logging: Option<Logging>,
     host_pub_keys: Option<Vec<String>>,
     on_failure: Option<String>,
+    credstore_dir: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -239,6 +244,7 @@ struct RawSecret {
     mode: Option<String>,
     restart_units: Option<Vec<String>>,
     reload_units: Option<Vec<String>>,
+    credential: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -388,10 +394,20 @@ impl Manifest {
                     mode,
                     restart_units: s.restart_units.unwrap_or_default(),
                     reload_units: s.reload_units.unwrap_or_default(),
+                    credential: s.credential.unwrap_or(false),
                 });
             }
         }
         check_file_dir_clashes(secrets.iter().map(|s| &s.name), "secret", &mut problems);
+        for s in secrets
+            .iter()
+            .filter(|s| s.credential && s.name.as_str().contains('/'))
+        {
+            problems.push(format!(
+                "secret {:?}: a systemd credential name cannot contain `/`; give the secret a name without one",
+                s.name.as_str()
+            ));
+        }
 
         let mut templates = Vec::new();
         let mut seen_templates: HashMap<String, usize> = HashMap::new();
@@ -518,6 +534,7 @@ impl Manifest {
             logging: raw.logging.unwrap_or_default(),
             host_pub_keys: raw.host_pub_keys.unwrap_or_default(),
             on_failure,
+            credstore_dir: PathBuf::from(raw.credstore_dir.unwrap_or_else(|| "/run/credstore".into())),
         };
         Ok((manifest, problems))
     }

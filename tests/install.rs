@@ -2341,3 +2341,45 @@ fn keep_previous_installs_the_others_and_keeps_the_failed_secrets_old_bytes() {
         env.assert_live(2);
     });
 }
+
+#[test]
+fn a_credential_secret_is_linked_into_the_credstore_for_load_credential() {
+    isolated(|env| {
+        let credstore = env.path("credstore");
+        let mut token = env.secret("api_token", "app.yaml", "app/api_token");
+        token["credential"] = json!(true);
+        token["owner"] = json!("alice");
+        let plain = env.secret("db_password", "app.yaml", "app/db_password");
+        let mut m = env.manifest(vec![token, plain.clone()]);
+        m["credstoreDir"] = json!(s(&credstore));
+        env.install(&m);
+
+        assert_dir(&credstore, 0o700, 0, 0);
+        assert_symlink(&credstore.join("api_token"), &env.link.join("api_token"), 0, 0);
+        assert_content(&credstore.join("api_token"), &expected("app.api_token"));
+        assert_eq!(
+            entries(&credstore),
+            ["api_token"],
+            "only secrets marked as credentials"
+        );
+        // The secret itself keeps its owner and mode.
+        assert_file(&env.link.join("api_token"), 0o400, ALICE, 0);
+
+        // No longer a credential: the link goes.
+        let mut m2 = env.manifest(vec![env.secret("api_token", "app.yaml", "app/api_token"), plain]);
+        m2["credstoreDir"] = json!(s(&credstore));
+        env.install(&m2);
+        assert_eq!(entries(&credstore), Vec::<String>::new());
+    });
+}
+
+#[test]
+fn a_credential_name_with_a_slash_is_refused() {
+    isolated(|env| {
+        let mut nested = env.secret("ssh/key", "app.yaml", "app/api_token");
+        nested["credential"] = json!(true);
+        let mut m = env.manifest(vec![nested]);
+        m["credstoreDir"] = json!(s(&env.path("credstore")));
+        assert_refused(env, &m, &["ssh/key", "credential"]);
+    });
+}

@@ -158,6 +158,7 @@ struct Prepared<'m> {
     path: &'m Path,
     restart: &'m [String],
     reload: &'m [String],
+    credential: bool,
 }
 
 fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems: &mut Problems) -> Keyring {
@@ -649,6 +650,7 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
             path: &s.path,
             restart: &s.restart_units,
             reload: &s.reload_units,
+            credential: s.credential,
         });
     }
     let placeholders: Vec<(&[u8], &[u8])> = manifest
@@ -700,6 +702,7 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
             path: &t.path,
             restart: &t.restart_units,
             reload: &t.reload_units,
+            credential: false,
         });
     }
 
@@ -800,6 +803,7 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
             path: f.path.to_path_buf(),
             restart_units: f.restart.to_vec(),
             reload_units: f.reload.to_vec(),
+            credential: f.credential,
         };
         let record = state::State {
             secrets: secrets.iter().map(|f| (f.name.to_string(), entry(f))).collect(),
@@ -847,6 +851,39 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
             && let Err(e) = links::link_at(f.path, &default, f.ids, trusted_uid)
         {
             late.push(format!("{:?}: {e}", f.name.as_str()));
+        }
+    }
+    // systemd credentials: `LoadCredential=<name>` finds /run/credstore/<name>,
+    // which systemd reads as root, so a root-owned link into /run/secrets serves
+    // any service, DynamicUser= ones included, without widening the file's mode.
+    if !manifest.user_mode {
+        let wanted = secrets.iter().any(|f| f.credential);
+        if wanted && !manifest.credstore_dir.exists() {
+            // systemd's own credential directories are root-only.
+            use std::os::unix::fs::DirBuilderExt;
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&manifest.credstore_dir)
+            {
+                late.push(format!("cannot create {}: {e}", manifest.credstore_dir.display()));
+            }
+        }
+        for f in secrets.iter().filter(|f| f.credential) {
+            let link = manifest.credstore_dir.join(f.name.as_str());
+            let target = manifest.symlink_path.join(f.name.as_str());
+            if let Err(e) = links::link_at(&link, &target, Some(Ids { uid: 0, gid: 0 }), 0) {
+                late.push(format!("secret {:?}: credential: {e}", f.name.as_str()));
+            }
+        }
+        for (name, entry) in &old_state.secrets {
+            let still = secrets.iter().any(|f| f.credential && f.name.as_str() == name);
+            if entry.credential && !still {
+                let target = manifest.symlink_path.join(name);
+                if let Err(e) = links::remove_link_if(&manifest.credstore_dir.join(name), &target, 0) {
+                    late.push(e);
+                }
+            }
         }
     }
     // Links left at the custom paths of secrets and templates that are gone.

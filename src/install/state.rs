@@ -24,6 +24,9 @@ pub struct Entry {
     pub restart_units: Vec<String>,
     /// Its units.
     pub reload_units: Vec<String>,
+    /// Whether a credential link was made for it.
+    #[serde(default)]
+    pub credential: bool,
 }
 
 /// Everything a generation holds, by name.

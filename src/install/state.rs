@@ -69,6 +69,7 @@ mod tests {
                 path: "/run/secrets/a".into(),
                 restart_units: vec!["x.service".into()],
                 reload_units: vec![],
+                credential: true,
             },
         );
         std::fs::write(dir.path().join(FILE), s.to_json()).unwrap();

@@ -56,7 +56,45 @@ fn field(buf: &mut Vec<u8>, key: &str, value: &str) {
     buf.push(b'\n');
 }
 
+/// The event field a failed installation carries, whether or not stderr is
+/// the journal: `journalctl SOPS_EVENT=sops-install-secrets-failed` finds
+/// every failed activation, including activation-script runs whose output
+/// only reached the terminal.
+pub const FAILED_EVENT: &str = "sops-install-secrets-failed";
+
+/// Sends one entry to the journal socket at `socket`, if there is one.
+fn send_to_journal(socket: &str, priority: Priority, message: &str, fields: &[(&str, &str)]) -> bool {
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return false;
+    };
+    if sock.connect(socket).is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    field(&mut buf, "MESSAGE", message);
+    field(&mut buf, "PRIORITY", &(priority as u8).to_string());
+    field(&mut buf, "SYSLOG_IDENTIFIER", "sops-install-secrets");
+    for (k, v) in fields {
+        field(&mut buf, &format!("SOPS_{}", k.to_uppercase()), v);
+    }
+    sock.send(&buf).is_ok()
+}
+
 impl Logger {
+    /// Records that the installation failed: in the journal with the
+    /// `SOPS_EVENT` field even when stderr goes elsewhere (the message
+    /// itself is printed by [`Logger::log`] as usual).
+    pub fn mark_failure(&self, manifest: &str) {
+        if self.journal.is_none() {
+            let _ = send_to_journal(
+                JOURNAL_SOCKET,
+                Priority::Error,
+                &format!("installing {manifest} failed"),
+                &[("event", FAILED_EVENT), ("manifest", manifest)],
+            );
+        }
+    }
+
     /// The journal if stderr goes there, else stderr.
     pub fn from_env() -> Logger {
         let journal = stderr_is_journal()

@@ -292,10 +292,14 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
         }
         Err(install::Failed(problems)) => {
             let manifest_shown = manifest_path.display().to_string();
+            logger.mark_failure(&manifest_shown);
             logger.log(
                 Priority::Error,
-                &format!("installing {manifest_shown} failed; the live secrets are unchanged:"),
-                &[("manifest", &manifest_shown)],
+                &format!("installing {manifest_shown} failed:"),
+                &[
+                    ("manifest", &manifest_shown),
+                    ("event", sops_install_secrets::log::FAILED_EVENT),
+                ],
             );
             for p in problems {
                 let indented: Vec<String> = p

@@ -2383,3 +2383,30 @@ fn a_credential_name_with_a_slash_is_refused() {
         assert_refused(env, &m, &["ssh/key", "credential"]);
     });
 }
+
+#[test]
+fn a_failed_install_is_marked_in_the_journal_even_from_an_activation_script() {
+    isolated(|env| {
+        // The test's private /run: a journal socket of our own.
+        fs::create_dir_all("/run/systemd/journal").unwrap();
+        let _ = fs::remove_file("/run/systemd/journal/socket");
+        let journal = std::os::unix::net::UnixDatagram::bind("/run/systemd/journal/socket").unwrap();
+        journal
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+
+        let m = env.manifest(vec![env.secret("foreign", "other_key.yaml", "other")]);
+        let run = env.run(&m);
+        run.assert_failure();
+
+        let mut buf = vec![0u8; 65536];
+        let n = journal.recv(&mut buf).expect("no journal entry for the failure");
+        let entry = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            entry.contains("SOPS_EVENT=sops-install-secrets-failed\n"),
+            "{entry}"
+        );
+        assert!(entry.contains("PRIORITY=3\n"), "{entry}");
+        assert!(!entry.contains("PLAINTEXT"), "{entry}");
+    });
+}

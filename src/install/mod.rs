@@ -608,6 +608,7 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
     let keep_previous = manifest.on_failure == OnFailure::KeepPrevious;
     if !problems.is_empty() || (!item_problems.is_empty() && !keep_previous) {
         problems.0.extend(item_problems.0);
+        problems.push("nothing was installed; the live secrets are unchanged".to_owned());
         return Err(Failed(problems.0));
     }
 

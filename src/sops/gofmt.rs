@@ -14,7 +14,54 @@ fn shortest_digits(f: f64) -> (String, i32) {
     let (mantissa, exp) = sci.split_once('e').expect("{:e} always has an exponent");
     let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
     let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
+    let digits = round_half_even(f.abs(), digits, exp);
     (digits, exp + 1)
+}
+
+/// When the value lies exactly halfway between two shortest spellings that
+/// both round-trip, Go picks the one ending in an even digit; Rust's
+/// formatter may pick the other. Detect that tie from the exact decimal
+/// expansion (an f64 has at most 767 significant digits) and follow Go.
+fn round_half_even(f: f64, digits: String, exp: i32) -> String {
+    let last = digits.as_bytes()[digits.len() - 1] - b'0';
+    if last % 2 == 0 || digits.len() < 2 {
+        return digits;
+    }
+    let exact = format!("{:.800e}", f);
+    let (mantissa, exact_exp) = exact.split_once('e').expect("exponent");
+    if exact_exp.parse::<i32>() != Ok(exp) {
+        return digits;
+    }
+    let exact_digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+    let n = digits.len();
+    for neighbour in [-1i32, 1] {
+        let Some(candidate) = step_last_digit(&digits, neighbour) else {
+            continue;
+        };
+        // Halfway between `digits` and `candidate`: the lower one, then 5, then zeros.
+        let lower = if neighbour < 0 { &candidate } else { &digits };
+        let halfway = exact_digits.len() > n
+            && exact_digits[..n] == *lower.as_bytes()
+            && exact_digits[n] == b'5'
+            && exact_digits[n + 1..].iter().all(|&d| d == b'0');
+        let spelled = format!("{}.{}e{exp}", &candidate[..1], &candidate[1..]);
+        if halfway && spelled.parse::<f64>() == Ok(f) {
+            return candidate;
+        }
+    }
+    digits
+}
+
+/// `digits` with its last digit moved by ±1, if that needs no carry.
+fn step_last_digit(digits: &str, by: i32) -> Option<String> {
+    let mut bytes = digits.as_bytes().to_vec();
+    let last = bytes.last_mut()?;
+    let v = (*last - b'0') as i32 + by;
+    if !(0..=9).contains(&v) {
+        return None;
+    }
+    *last = b'0' + v as u8;
+    String::from_utf8(bytes).ok()
 }
 
 fn special(f: f64) -> Option<&'static str> {
@@ -148,6 +195,14 @@ mod tests {
         assert_eq!(format_g(0.0001), "0.0001");
         assert_eq!(format_g(0.00001), "1e-05");
         assert_eq!(format_upper_g(1e6), "1E+06");
+    }
+
+    #[test]
+    fn halfway_ties_round_to_even_like_go() {
+        // 1249965610750183.25 lies exactly between ...832 and ...833 (17 digits);
+        // Go prints the even one.
+        assert_eq!(format_g(1249965610750183.25), "1.2499656107501832e+15");
+        assert_eq!(format_f(1249965610750183.25), "1249965610750183.2");
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn shortest_digits(f: f64) -> (String, i32) {
 /// expansion (an f64 has at most 767 significant digits) and follow Go.
 fn round_half_even(f: f64, digits: String, exp: i32) -> String {
     let last = digits.as_bytes()[digits.len() - 1] - b'0';
-    if last % 2 == 0 || digits.len() < 2 {
+    if last.is_multiple_of(2) || digits.len() < 2 {
         return digits;
     }
     let exact = format!("{:.800e}", f);
@@ -201,8 +201,9 @@ mod tests {
     fn halfway_ties_round_to_even_like_go() {
         // 1249965610750183.25 lies exactly between ...832 and ...833 (17 digits);
         // Go prints the even one.
-        assert_eq!(format_g(1249965610750183.25), "1.2499656107501832e+15");
-        assert_eq!(format_f(1249965610750183.25), "1249965610750183.2");
+        let tie: f64 = "1249965610750183.25".parse().unwrap();
+        assert_eq!(format_g(tie), "1.2499656107501832e+15");
+        assert_eq!(format_f(tie), "1249965610750183.2");
     }
 
     #[test]

@@ -247,7 +247,11 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
         }
     }
     let manifest_path = PathBuf::from(manifest_path.ok_or_else(|| UsageError("no manifest given".into()))?);
-    let runtime_dir = std::env::var("XDG_RUNTIME_DIR").ok();
+    // Check modes run at build time, where there is no user session: like
+    // sops-nix, `%r` then expands to nothing.
+    let runtime_dir = std::env::var("XDG_RUNTIME_DIR")
+        .ok()
+        .or_else(|| (check_mode != CheckMode::Off).then(String::new));
     let (manifest, earlier) = match Manifest::load_lenient(&manifest_path, runtime_dir.as_deref()) {
         Ok(m) => m,
         Err(e) => {

@@ -1,0 +1,538 @@
+# The NixOS module: sops-nix's options, installed by the Rust sops-install-secrets.
+#
+# Every option keeps the name, type, default and meaning it has in sops-nix, so
+# a configuration written for sops-nix evaluates unchanged. What happens:
+#
+#   evaluation  the options become a manifest (manifest.nix) written to the
+#               store; building it runs `sops-install-secrets -check-mode=...`,
+#               so a key missing from a sops file fails `nixos-rebuild build`;
+#   activation  the `setupSecrets` activation script (or, with
+#               useSystemdActivation, the oneshot sops-nix.service) installs the
+#               manifest: a new generation under /run/secrets.d, /run/secrets
+#               pointing at it, and restart/reload requests for changed secrets.
+#
+# Secrets marked neededForUsers go through a second manifest installed before
+# users are created (secrets-for-users.nix); templates are in templates.nix.
+{
+  config,
+  options,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.sops;
+  sopsLib = import ./lib.nix { inherit lib; };
+  users = config.users.users;
+
+  regularSecrets = lib.filterAttrs (_: secret: !secret.neededForUsers) cfg.secrets;
+  installsAnything = regularSecrets != { } || cfg.templates != { };
+
+  manifest = sopsLib.manifestFile {
+    inherit pkgs;
+    name = "manifest.json";
+    checkPackage = cfg.validationPackage;
+    inherit (cfg) validateSopsFiles;
+    manifest = import ./manifest.nix (
+      sopsLib.nixosManifestSettings cfg
+      // {
+        secrets = regularSecrets;
+        templates = cfg.templates;
+        placeholders = cfg.placeholder;
+      }
+    );
+  };
+
+  installCommand = "${lib.getExe' cfg.package "sops-install-secrets"} ${manifest}";
+
+  generateAgeKey = sopsLib.generateAgeKey pkgs cfg.age.keyFile;
+
+  # The ed25519 (for age) or rsa (for GPG) host keys of services.openssh, except
+  # keys that sops itself installs under /run/secrets (they cannot decrypt
+  # themselves).
+  openSshHostKeys =
+    type:
+    if config.services.openssh.enable then
+      map (key: key.path) (
+        lib.filter (
+          key: key.type == type && !(lib.hasPrefix "/run/secrets" key.path)
+        ) config.services.openssh.hostKeys
+      )
+    else
+      [ ];
+
+  secretType = lib.types.submodule (
+    { config, name, ... }:
+    {
+      options = {
+        name = lib.mkOption {
+          type = lib.types.str;
+          default = name;
+          description = ''
+            File name of the secret below /run/secrets (or
+            /run/secrets-for-users); may contain `/` to make subdirectories.
+          '';
+        };
+        key = lib.mkOption {
+          type = lib.types.str;
+          default = if cfg.defaultSopsKey != null then cfg.defaultSopsKey else name;
+          defaultText = lib.literalMD "{option}`sops.defaultSopsKey`, or the attribute name";
+          description = ''
+            Where the value is in the sops file: keys separated by `/`, so
+            `ssh_keys/private_key` is `private_key` inside `ssh_keys`. `""`
+            installs the whole decrypted file. Ignored for the binary format.
+          '';
+        };
+        path = lib.mkOption {
+          type = lib.types.str;
+          default =
+            if config.neededForUsers then
+              "/run/secrets-for-users/${config.name}"
+            else
+              "/run/secrets/${config.name}";
+          defaultText = lib.literalMD "`/run/secrets-for-users/<name>` if neededForUsers is set, `/run/secrets/<name>` otherwise";
+          description = ''
+            Where the secret can be read. If it differs from the default, a
+            symlink to the secret is made there.
+          '';
+        };
+        format = lib.mkOption {
+          type = lib.types.enum [
+            "yaml"
+            "json"
+            "binary"
+            "dotenv"
+            "ini"
+          ];
+          default = cfg.defaultSopsFormat;
+          defaultText = lib.literalExpression "config.sops.defaultSopsFormat";
+          description = ''
+            Format of the sops file. A binary file is installed whole, as
+            decrypted.
+          '';
+        };
+        mode = lib.mkOption {
+          type = lib.types.str;
+          default = "0400";
+          description = "File mode of the secret, in octal.";
+        };
+        owner = lib.mkOption {
+          type = lib.types.nullOr lib.types.str;
+          default = null;
+          description = ''
+            User owning the file, looked up by name at activation. Leave
+            `uid` at 0 when you set this.
+          '';
+        };
+        uid = lib.mkOption {
+          type = lib.types.nullOr lib.types.int;
+          default = 0;
+          description = ''
+            Numeric owner of the file, used when `owner` is null, whether or
+            not a user with that id exists.
+          '';
+        };
+        group = lib.mkOption {
+          type = lib.types.nullOr lib.types.str;
+          default =
+            if config.owner == null then
+              null
+            else if users ? ${config.owner} then
+              users.${config.owner}.group
+            else
+              throw "sops.secrets.${lib.strings.escapeNixIdentifier name}.owner = \"${config.owner}\" is not declared in users.users, so its group is unknown: set sops.secrets.${lib.strings.escapeNixIdentifier name}.group (or gid) explicitly.";
+          defaultText = lib.literalMD "the group of the owner ({option}`users.users.<owner>.group`), or null";
+          description = ''
+            Group owning the file, looked up by name at activation. Leave `gid`
+            at 0 when you set this.
+          '';
+        };
+        gid = lib.mkOption {
+          type = lib.types.nullOr lib.types.int;
+          default = 0;
+          description = ''
+            Numeric group of the file, used when `group` is null, whether or
+            not a group with that id exists.
+          '';
+        };
+        sopsFile = lib.mkOption {
+          type = lib.types.path;
+          default = cfg.defaultSopsFile;
+          defaultText = lib.literalExpression "config.sops.defaultSopsFile";
+          description = "The sops file holding the secret.";
+        };
+        sopsFileHash = lib.mkOption {
+          type = lib.types.str;
+          readOnly = true;
+          default = lib.optionalString cfg.validateSopsFiles (builtins.hashFile "sha256" config.sopsFile);
+          defaultText = lib.literalMD "the sha256 of `sopsFile` when validateSopsFiles is set, `\"\"` otherwise";
+          description = ''
+            SHA-256 of the sops file, for example to put into
+            {option}`systemd.services.<name>.restartTriggers`.
+          '';
+        };
+        restartUnits = lib.mkOption {
+          type = lib.types.listOf lib.types.str;
+          default = [ ];
+          example = [ "sshd.service" ];
+          description = ''
+            Units to restart when this secret changes, like
+            {option}`systemd.services.<name>.restartTriggers`.
+          '';
+        };
+        reloadUnits = lib.mkOption {
+          type = lib.types.listOf lib.types.str;
+          default = [ ];
+          example = [ "sshd.service" ];
+          description = ''
+            Units to reload when this secret changes, like
+            {option}`systemd.services.<name>.reloadTriggers`.
+          '';
+        };
+        neededForUsers = lib.mkOption {
+          type = lib.types.bool;
+          default = false;
+          description = ''
+            Install this secret before users and groups are created, under
+            /run/secrets-for-users, so that it can hold a password for
+            {option}`users.users.<name>.hashedPasswordFile`. Such a secret is
+            always owned by root.
+          '';
+        };
+      };
+    }
+  );
+in
+{
+  imports = [
+    ./templates.nix
+    ./secrets-for-users.nix
+    (lib.mkRenamedOptionModule [ "sops" "gnupgHome" ] [ "sops" "gnupg" "home" ])
+    (lib.mkRenamedOptionModule [ "sops" "sshKeyPaths" ] [ "sops" "gnupg" "sshKeyPaths" ])
+  ];
+
+  options.sops = {
+    secrets = lib.mkOption {
+      type = lib.types.attrsOf secretType;
+      default = { };
+      description = "Secrets to decrypt and install, by name.";
+    };
+
+    defaultSopsFile = lib.mkOption {
+      type = lib.types.path;
+      description = "The sops file of every secret that does not name its own.";
+    };
+
+    defaultSopsFormat = lib.mkOption {
+      type = lib.types.str;
+      default = "yaml";
+      description = "The format of every secret that does not name its own.";
+    };
+
+    defaultSopsKey = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = ''
+        The key of every secret that does not name its own; null means each
+        secret's attribute name. `""` means the whole file. Ignored for the
+        binary format.
+      '';
+    };
+
+    validateSopsFiles = lib.mkOption {
+      type = lib.types.bool;
+      default = true;
+      description = ''
+        Check the sops files when the configuration is built: each must be in
+        the Nix store, and every secret's key must exist in it. Turn off for
+        sops files that live only on the target machine.
+      '';
+    };
+
+    keepGenerations = lib.mkOption {
+      type = lib.types.ints.unsigned;
+      default = 1;
+      description = ''
+        How many old generations of secrets to keep in /run/secrets.d; 0 keeps
+        all of them.
+      '';
+    };
+
+    log = lib.mkOption {
+      type = lib.types.listOf (
+        lib.types.enum [
+          "keyImport"
+          "secretChanges"
+        ]
+      );
+      default = [
+        "keyImport"
+        "secretChanges"
+      ];
+      description = ''
+        What the installer reports: `keyImport` the age recipient of each SSH
+        key it uses, `secretChanges` each secret it adds, changes or removes.
+      '';
+    };
+
+    environment = lib.mkOption {
+      type = lib.types.attrsOf (lib.types.either lib.types.str lib.types.path);
+      default = { };
+      description = ''
+        Environment variables for sops-install-secrets. In the activation
+        scripts each value is placed between single quotes and not escaped
+        further, so a value can end the quotes for a command substitution;
+        quote values that contain `'` with lib.escapeShellArg. The variables are
+        set in a subshell, once for each manifest.
+      '';
+    };
+
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalMD "sops-install-secrets built from this repository";
+      description = "The sops-install-secrets package that installs the secrets.";
+    };
+
+    validationPackage = lib.mkOption {
+      type = lib.types.package;
+      default =
+        if pkgs.stdenv.buildPlatform == pkgs.stdenv.hostPlatform then
+          cfg.package
+        else
+          pkgs.pkgsBuildHost.callPackage ./package.nix { };
+      defaultText = lib.literalMD "{option}`sops.package`, or a build of it for the build machine when cross-compiling";
+      description = ''
+        The sops-install-secrets package that checks the manifest while the
+        configuration is built; it runs on the build machine.
+      '';
+    };
+
+    useTmpfs = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Keep secrets on a tmpfs mounted with `noswap` instead of on ramfs.
+
+        Before Linux 6.4 a tmpfs has no `noswap` and its pages can be written
+        to swap unencrypted; there, use this only with encrypted swap
+        (`swapDevices.*.randomEncryption.enable`).
+      '';
+    };
+
+    useSystemdActivation = lib.mkOption {
+      type = lib.types.bool;
+      default =
+        (options.systemd ? sysusers && config.systemd.sysusers.enable)
+        || (options.services ? userborn && config.services.userborn.enable);
+      defaultText = lib.literalMD "true when systemd-sysusers or userborn creates the users";
+      description = ''
+        Install secrets from the oneshot unit sops-nix.service (also reachable
+        as sops-install-secrets.service) instead of from an activation script.
+        It is needed when systemd-sysusers or userborn create the users, since
+        they run after activation scripts; it also lets other units order
+        themselves around the installation, or the installation wait for the
+        file systems its keys are on.
+      '';
+    };
+
+    age = {
+      keyFile = lib.mkOption {
+        type = lib.types.nullOr sopsLib.pathNotInStore;
+        default = null;
+        example = "/var/lib/sops-nix/key.txt";
+        description = "An age key file (outside the Nix store) to decrypt with.";
+      };
+
+      plugins = lib.mkOption {
+        type = lib.types.listOf lib.types.package;
+        default = [ ];
+        description = "age plugins to put on the installer's PATH.";
+      };
+
+      generateKey = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        description = ''
+          Create {option}`sops.age.keyFile` with a new age key if it does not
+          exist. When off, the key file must already be there.
+        '';
+      };
+
+      sshKeyPaths = lib.mkOption {
+        type = lib.types.listOf lib.types.path;
+        default = openSshHostKeys "ed25519";
+        defaultText = lib.literalMD "the ed25519 keys of {option}`services.openssh.hostKeys` when openssh is enabled";
+        description = ''
+          Ed25519 SSH private keys to decrypt with, as age keys (the identity
+          ssh-to-age derives). The derived keys stay in memory.
+        '';
+      };
+    };
+
+    gnupg = {
+      home = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = null;
+        example = "/root/.gnupg";
+        description = ''
+          A GnuPG home directory holding the key to decrypt with. Cannot be
+          combined with {option}`sops.gnupg.sshKeyPaths` or
+          {option}`sops.age.keyFile`.
+        '';
+      };
+
+      sshKeyPaths = lib.mkOption {
+        type = lib.types.listOf lib.types.path;
+        default = openSshHostKeys "rsa";
+        defaultText = lib.literalMD "the rsa keys of {option}`services.openssh.hostKeys` when openssh is enabled";
+        description = ''
+          RSA SSH private keys to use as GPG keys. Set it to `[ ]` when you set
+          {option}`sops.gnupg.home`.
+        '';
+      };
+
+      package = lib.mkOption {
+        type = lib.types.package;
+        default = pkgs.gnupg;
+        defaultText = lib.literalExpression "pkgs.gnupg";
+        description = "The gpg that GPG decryption uses (`SOPS_GPG_EXEC`).";
+      };
+    };
+  };
+
+  config = lib.mkMerge [
+    {
+      system.build.sops-nix-manifest = manifest;
+    }
+
+    (lib.mkIf (cfg.secrets != { }) {
+      assertions = [
+        {
+          assertion =
+            cfg.gnupg.home != null
+            || cfg.gnupg.sshKeyPaths != [ ]
+            || cfg.age.keyFile != null
+            || cfg.age.sshKeyPaths != [ ];
+          message = ''
+            sops.secrets is not empty but no key to decrypt it is configured. Set one of:
+              sops.age.sshKeyPaths = [ "/etc/ssh/ssh_host_ed25519_key" ];  (or services.openssh.enable = true, whose ed25519 host keys are the default)
+              sops.age.keyFile = "/var/lib/sops-nix/key.txt";
+              sops.gnupg.home = "/root/.gnupg";  or  sops.gnupg.sshKeyPaths = [ ... ];'';
+        }
+        {
+          assertion = !(cfg.gnupg.home != null && cfg.gnupg.sshKeyPaths != [ ]);
+          message = ''
+            sops.gnupg.home and sops.gnupg.sshKeyPaths cannot both be set. With a GnuPG home, add
+              sops.gnupg.sshKeyPaths = [ ];
+            (it defaults to the rsa host keys of services.openssh).'';
+        }
+        {
+          assertion = !(cfg.gnupg.home != null && cfg.age.keyFile != null);
+          message = "sops.gnupg.home and sops.age.keyFile cannot both be set: keep one of them.";
+        }
+        {
+          assertion = cfg.age.generateKey -> cfg.age.keyFile != null;
+          message = ''sops.age.generateKey is set but sops.age.keyFile is not: set sops.age.keyFile to where the key should be created, e.g. "/var/lib/sops-nix/key.txt".'';
+        }
+      ]
+      ++ sopsLib.nameAssertions "secrets" "/run/secrets (or /run/secrets-for-users)" cfg.secrets
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
+          attr: secret:
+          let
+            option = "sops.secrets.${lib.strings.escapeNixIdentifier attr}";
+          in
+          [
+            {
+              assertion = !(secret.owner != null && secret.uid != null && secret.uid != 0);
+              message = "${option} sets both owner = \"${toString secret.owner}\" and uid = ${toString secret.uid}: keep one (owner is looked up by name, uid is used as it is).";
+            }
+            {
+              assertion = !(secret.group != null && secret.gid != null && secret.gid != 0);
+              message = "${option} sets both group = \"${toString secret.group}\" and gid = ${toString secret.gid}: keep one (group is looked up by name, gid is used as it is).";
+            }
+            {
+              assertion = secret.name != "rendered" && !(lib.hasPrefix "rendered/" secret.name);
+              message = "${option}: the name \"${secret.name}\" is taken by templates, which are written to /run/secrets/rendered; choose another name.";
+            }
+          ]
+        ) cfg.secrets
+      );
+
+      warnings =
+        sopsLib.storeKeyWarnings "sops.age.sshKeyPaths" cfg.age.sshKeyPaths
+        ++ sopsLib.storeKeyWarnings "sops.gnupg.sshKeyPaths" cfg.gnupg.sshKeyPaths
+        ++ sopsLib.storeKeyWarnings "sops.age.keyFile" (lib.optional (cfg.age.keyFile != null) cfg.age.keyFile);
+
+      sops.environment.SOPS_GPG_EXEC = lib.mkIf (cfg.gnupg.home != null || cfg.gnupg.sshKeyPaths != [ ]) (
+        lib.mkDefault "${cfg.gnupg.package}/bin/gpg"
+      );
+    })
+
+    (lib.mkIf (cfg.age.generateKey && (cfg.secrets != { } || cfg.templates != { })) {
+      system.activationScripts.generate-age-key = lib.stringAfter [ ] generateAgeKey;
+    })
+
+    (lib.mkIf (installsAnything && !cfg.useSystemdActivation) {
+      system.activationScripts.setupSecrets =
+        lib.stringAfter (
+          [
+            "specialfs"
+            "users"
+            "groups"
+          ]
+          ++ lib.optional cfg.age.generateKey "generate-age-key"
+        ) ''
+          [ -e /run/current-system ] || echo setting up secrets...
+          ${sopsLib.withEnvironment {
+            inherit (cfg) environment;
+            plugins = cfg.age.plugins;
+          } installCommand}
+        ''
+        # The installer honours NIXOS_ACTION=dry-activate: it reports what
+        # would change and writes nothing but the dry-activation lists.
+        // lib.optionalAttrs (config.system ? dryActivationScript) { supportsDryActivation = true; };
+    })
+
+    (lib.mkIf (installsAnything && cfg.useSystemdActivation) {
+      systemd.services.sops-nix = {
+        description = "Install sops secrets";
+        # sops-nix calls this unit sops-install-secrets.service.
+        aliases = [ "sops-install-secrets.service" ];
+        wantedBy = [ "sysinit.target" ];
+        after = [
+          "local-fs.target"
+          "systemd-sysusers.service"
+          "userborn.service"
+        ];
+        # On a switch that changes the manifest, switch-to-configuration
+        # stops this unit, then restarts sysinit-reactivation.target, which
+        # starts it again with the new manifest before any other unit is
+        # reloaded or restarted (those may need the new secrets).
+        requiredBy = [ "sysinit-reactivation.target" ];
+        before = [ "sysinit-reactivation.target" ];
+        environment = cfg.environment // {
+          # Ask systemd for restarts directly: there is no activation script
+          # to hand a restart list to.
+          SOPS_RESTART_UNITS_VIA_SYSTEMCTL = "1";
+        };
+        path = cfg.age.plugins;
+        unitConfig = {
+          DefaultDependencies = false;
+          RequiresMountsFor = sopsLib.keyPaths cfg;
+        };
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStartPre = lib.mkIf cfg.age.generateKey [
+            "${pkgs.writeShellScript "sops-nix-generate-age-key" generateAgeKey}"
+          ];
+          ExecStart = installCommand;
+        }
+        // sopsLib.unitHardening;
+      };
+    })
+  ];
+}

@@ -1,0 +1,441 @@
+# The home-manager module: sops-nix's home-manager options, for one user.
+#
+# Secrets are installed in user mode: generations under
+# $XDG_RUNTIME_DIR/secrets.d (`%r` in paths stands for $XDG_RUNTIME_DIR), a
+# symlink to the live one (by default ~/.config/sops-nix/secrets), no mount and
+# no chown. The systemd user unit sops-nix.service installs them at login, and
+# every home-manager activation restarts it so that changed secrets land at
+# once. Linux only.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.sops;
+  sopsLib = import ./lib.nix { inherit lib; };
+
+  secretType = lib.types.submodule (
+    { config, name, ... }:
+    {
+      options = {
+        name = lib.mkOption {
+          type = lib.types.str;
+          default = name;
+          description = ''
+            File name of the secret in the secrets directory
+            ({option}`sops.defaultSymlinkPath`).
+          '';
+        };
+        key = lib.mkOption {
+          type = lib.types.str;
+          default = if cfg.defaultSopsKey != null then cfg.defaultSopsKey else name;
+          defaultText = lib.literalMD "{option}`sops.defaultSopsKey`, or the attribute name";
+          description = ''
+            Where the value is in the sops file: keys separated by `/`. `""`
+            installs the whole decrypted file. Ignored for the binary format.
+          '';
+        };
+        path = lib.mkOption {
+          type = lib.types.str;
+          default = "${cfg.defaultSymlinkPath}/${config.name}";
+          defaultText = lib.literalExpression ''"''${config.sops.defaultSymlinkPath}/''${name}"'';
+          description = ''
+            Where the secret can be read. If it differs from the default, a
+            symlink to the secret is made there. `%r` stands for
+            $XDG_RUNTIME_DIR, `%%` for `%`.
+          '';
+        };
+        format = lib.mkOption {
+          type = lib.types.enum [
+            "yaml"
+            "json"
+            "binary"
+            "ini"
+            "dotenv"
+          ];
+          default = cfg.defaultSopsFormat;
+          defaultText = lib.literalExpression "config.sops.defaultSopsFormat";
+          description = "Format of the sops file. A binary file is installed whole.";
+        };
+        mode = lib.mkOption {
+          type = lib.types.str;
+          default = "0400";
+          description = "File mode of the secret, in octal.";
+        };
+        sopsFile = lib.mkOption {
+          type = lib.types.path;
+          default = cfg.defaultSopsFile;
+          defaultText = lib.literalExpression "config.sops.defaultSopsFile";
+          description = "The sops file holding the secret.";
+        };
+      };
+    }
+  );
+
+  templateType = lib.types.submodule (
+    { config, name, ... }:
+    {
+      options = {
+        name = lib.mkOption {
+          type = lib.types.singleLineStr;
+          default = name;
+          description = "File name of the rendered template below the `rendered` directory.";
+        };
+        path = lib.mkOption {
+          type = lib.types.singleLineStr;
+          default = "${cfg.defaultSymlinkPath}/rendered/${config.name}";
+          defaultText = lib.literalExpression ''"''${config.sops.defaultSymlinkPath}/rendered/''${name}"'';
+          description = ''
+            Where the rendered file can be read. If it differs from the
+            default, a symlink to the file is made there.
+          '';
+        };
+        content = lib.mkOption {
+          type = lib.types.lines;
+          default = "";
+          description = "The template's text, with placeholders where secrets go.";
+        };
+        mode = lib.mkOption {
+          type = lib.types.singleLineStr;
+          default = "0400";
+          description = "File mode of the rendered file, in octal.";
+        };
+        file = lib.mkOption {
+          type = lib.types.path;
+          default = pkgs.writeText (lib.strings.sanitizeDerivationName "sops-template-${config.name}") config.content;
+          defaultText = lib.literalMD "a store file holding `content`";
+          example = lib.literalExpression "./configuration-template.conf";
+          description = "The file the template is read from. Setting it makes `content` unused.";
+        };
+      };
+    }
+  );
+
+  manifest = sopsLib.manifestFile {
+    inherit pkgs;
+    name = "manifest.json";
+    checkPackage = cfg.package;
+    inherit (cfg) validateSopsFiles;
+    userMode = true;
+    manifest = import ./manifest.nix {
+      inherit (cfg)
+        secrets
+        templates
+        keepGenerations
+        log
+        validateSopsFiles
+        ;
+      placeholders = cfg.placeholder;
+      secretsMountPoint = cfg.defaultSecretsMountPoint;
+      symlinkPath = cfg.defaultSymlinkPath;
+      gnupgHome = cfg.gnupg.home;
+      gnupgSshKeyPaths = cfg.gnupg.sshKeyPaths;
+      ageKeyFile = cfg.age.keyFile;
+      ageSshKeyPaths = cfg.age.sshKeyPaths;
+      userMode = true;
+    };
+  };
+
+  install = pkgs.writeShellScript "sops-nix-user" (
+    lib.optionalString cfg.age.generateKey (sopsLib.generateAgeKey pkgs cfg.age.keyFile)
+    + ''
+      exec ${lib.getExe' cfg.package "sops-install-secrets"} -ignore-passwd ${manifest}
+    ''
+  );
+
+  # One `Environment=` assignment, quoted so that spaces, quotes and `%` in
+  # the value reach the installer as written.
+  unitEnvironment =
+    name: value:
+    "\"${name}=${
+      lib.replaceStrings [ "\\" "\"" "%" ] [ "\\\\" "\\\"" "%%" ] (toString value)
+    }\"";
+
+  systemctl = config.systemd.user.systemctlPath;
+
+  # Restart the unit so that the new manifest is installed now rather than at
+  # the next login. Installing again when nothing changed only makes a new
+  # generation with the same files (and puts back one deleted by hand).
+  restartUnit = ''
+    systemdStatus=$(${systemctl} --user is-system-running 2>&1 || true)
+    if [[ $systemdStatus == running || $systemdStatus == degraded ]]; then
+      run ${systemctl} --user restart sops-nix.service
+    else
+      echo "sops-nix: the user's systemd is not running; secrets are installed when it starts."
+    fi
+    unset systemdStatus
+  '';
+in
+{
+  options.sops = {
+    secrets = lib.mkOption {
+      type = lib.types.attrsOf secretType;
+      default = { };
+      description = "Secrets to decrypt and install, by name.";
+    };
+
+    defaultSopsFile = lib.mkOption {
+      type = lib.types.path;
+      description = "The sops file of every secret that does not name its own.";
+    };
+
+    defaultSopsFormat = lib.mkOption {
+      type = lib.types.str;
+      default = "yaml";
+      description = "The format of every secret that does not name its own.";
+    };
+
+    defaultSopsKey = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = ''
+        The key of every secret that does not name its own; null means each
+        secret's attribute name. `""` means the whole file. Ignored for the
+        binary format.
+      '';
+    };
+
+    validateSopsFiles = lib.mkOption {
+      type = lib.types.bool;
+      default = true;
+      description = ''
+        Check the sops files when the configuration is built: each must be in
+        the Nix store, and every secret's key must exist in it.
+      '';
+    };
+
+    defaultSymlinkPath = lib.mkOption {
+      type = lib.types.str;
+      default = "${config.xdg.configHome}/sops-nix/secrets";
+      defaultText = lib.literalExpression ''"''${config.xdg.configHome}/sops-nix/secrets"'';
+      description = ''
+        The symlink to the live generation of secrets: the directory where
+        secrets are found. `%r` stands for $XDG_RUNTIME_DIR.
+      '';
+    };
+
+    defaultSecretsMountPoint = lib.mkOption {
+      type = lib.types.str;
+      default = "%r/secrets.d";
+      description = ''
+        The directory holding the generations of decrypted secrets. `%r` stands
+        for $XDG_RUNTIME_DIR, which is a tmpfs private to the user.
+      '';
+    };
+
+    keepGenerations = lib.mkOption {
+      type = lib.types.ints.unsigned;
+      default = 1;
+      description = "How many old generations of secrets to keep; 0 keeps all of them.";
+    };
+
+    log = lib.mkOption {
+      type = lib.types.listOf (
+        lib.types.enum [
+          "keyImport"
+          "secretChanges"
+        ]
+      );
+      default = [
+        "keyImport"
+        "secretChanges"
+      ];
+      description = ''
+        What the installer reports: `keyImport` the age recipient of each SSH
+        key it uses, `secretChanges` each secret it adds, changes or removes.
+      '';
+    };
+
+    environment = lib.mkOption {
+      type = lib.types.attrsOf (lib.types.either lib.types.str lib.types.path);
+      default = { };
+      description = ''
+        Environment variables for sops-install-secrets, set in the
+        sops-nix.service user unit.
+      '';
+    };
+
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalMD "sops-install-secrets built from this repository";
+      description = "The sops-install-secrets package that installs the secrets.";
+    };
+
+    age = {
+      keyFile = lib.mkOption {
+        type = lib.types.nullOr sopsLib.pathNotInStore;
+        default = null;
+        example = "/home/someuser/.age-key.txt";
+        description = "An age key file (outside the Nix store) to decrypt with.";
+      };
+
+      plugins = lib.mkOption {
+        type = lib.types.listOf lib.types.package;
+        default = [ ];
+        description = "age plugins to put on the installer's PATH.";
+      };
+
+      generateKey = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        description = ''
+          Create {option}`sops.age.keyFile` with a new age key if it does not
+          exist. When off, the key file must already be there.
+        '';
+      };
+
+      sshKeyPaths = lib.mkOption {
+        type = lib.types.listOf lib.types.path;
+        default = [ ];
+        description = "Ed25519 SSH private keys to decrypt with, as age keys.";
+      };
+    };
+
+    gnupg = {
+      package = lib.mkOption {
+        type = lib.types.package;
+        default = pkgs.gnupg;
+        defaultText = lib.literalExpression "pkgs.gnupg";
+        description = "The gpg that GPG decryption uses (`SOPS_GPG_EXEC`).";
+      };
+
+      home = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = null;
+        example = "/home/someuser/.gnupg";
+        description = "A GnuPG home directory holding the key to decrypt with.";
+      };
+
+      qubes-split-gpg = {
+        enable = lib.mkEnableOption "Qubes OS split GPG (keys held by another qube) for sops";
+
+        domain = lib.mkOption {
+          type = lib.types.nullOr lib.types.str;
+          default = null;
+          example = "vault-gpg";
+          description = "The qube that holds the GPG keys.";
+        };
+      };
+
+      sshKeyPaths = lib.mkOption {
+        type = lib.types.listOf lib.types.path;
+        default = [ ];
+        description = "RSA SSH private keys to use as GPG keys.";
+      };
+    };
+
+    templates = lib.mkOption {
+      type = lib.types.attrsOf templateType;
+      default = { };
+      description = "Files rendered from secrets, by name.";
+    };
+
+    placeholder = lib.mkOption {
+      type = lib.types.attrsOf sopsLib.placeholderType;
+      default = { };
+      visible = false;
+      description = "The string standing for each secret in template text.";
+    };
+  };
+
+  config = lib.mkMerge [
+    (lib.mkIf (cfg.templates != { }) {
+      sops.placeholder = lib.mapAttrs (name: _: lib.mkDefault (sopsLib.placeholderFor name)) cfg.secrets;
+    })
+
+    (lib.mkIf (cfg.secrets != { } || cfg.templates != { }) {
+      assertions = [
+        {
+          assertion = pkgs.stdenv.hostPlatform.isLinux;
+          message = "This sops home-manager module runs on Linux only (it installs secrets from a systemd user unit).";
+        }
+        {
+          assertion =
+            cfg.secrets == { }
+            || cfg.gnupg.home != null
+            || cfg.gnupg.sshKeyPaths != [ ]
+            || cfg.gnupg.qubes-split-gpg.enable
+            || cfg.age.keyFile != null
+            || cfg.age.sshKeyPaths != [ ];
+          message = ''
+            sops.secrets is not empty but no key to decrypt it is configured. Set one of:
+              sops.age.keyFile = "${config.home.homeDirectory}/.config/sops/age/keys.txt";
+              sops.age.sshKeyPaths = [ "${config.home.homeDirectory}/.ssh/id_ed25519" ];
+              sops.gnupg.home, sops.gnupg.sshKeyPaths or sops.gnupg.qubes-split-gpg.enable'';
+        }
+        {
+          assertion =
+            lib.count lib.id [
+              (cfg.gnupg.home != null)
+              (cfg.gnupg.sshKeyPaths != [ ])
+              cfg.gnupg.qubes-split-gpg.enable
+            ] <= 1;
+          message = "Set at most one of sops.gnupg.home, sops.gnupg.sshKeyPaths and sops.gnupg.qubes-split-gpg.enable.";
+        }
+        {
+          assertion = !(cfg.gnupg.home != null && cfg.age.keyFile != null);
+          message = "sops.gnupg.home and sops.age.keyFile cannot both be set: keep one of them.";
+        }
+        {
+          assertion =
+            cfg.gnupg.qubes-split-gpg.enable
+            -> (cfg.gnupg.qubes-split-gpg.domain != null && cfg.gnupg.qubes-split-gpg.domain != "");
+          message = ''sops.gnupg.qubes-split-gpg.enable needs sops.gnupg.qubes-split-gpg.domain, the qube holding the keys (e.g. "vault-gpg").'';
+        }
+        {
+          assertion = cfg.age.generateKey -> cfg.age.keyFile != null;
+          message = ''sops.age.generateKey is set but sops.age.keyFile is not: set sops.age.keyFile to where the key should be created.'';
+        }
+      ]
+      ++ sopsLib.nameAssertions "secrets" cfg.defaultSymlinkPath cfg.secrets
+      ++ sopsLib.nameAssertions "templates" "${cfg.defaultSymlinkPath}/rendered" cfg.templates
+      ++ lib.mapAttrsToList (attr: secret: {
+        assertion = secret.name != "rendered" && !(lib.hasPrefix "rendered/" secret.name);
+        message = "sops.secrets.${lib.strings.escapeNixIdentifier attr}: the name \"${secret.name}\" is taken by templates, which are written to ${cfg.defaultSymlinkPath}/rendered; choose another name.";
+      }) cfg.secrets;
+
+      warnings =
+        sopsLib.storeKeyWarnings "sops.age.sshKeyPaths" cfg.age.sshKeyPaths
+        ++ sopsLib.storeKeyWarnings "sops.gnupg.sshKeyPaths" cfg.gnupg.sshKeyPaths
+        ++ sopsLib.storeKeyWarnings "sops.age.keyFile" (lib.optional (cfg.age.keyFile != null) cfg.age.keyFile);
+
+      home.sessionVariables = lib.mkIf cfg.gnupg.qubes-split-gpg.enable {
+        SOPS_GPG_EXEC = "qubes-gpg-client-wrapper";
+      };
+
+      sops.environment = {
+        SOPS_GPG_EXEC = lib.mkMerge [
+          (lib.mkIf (cfg.gnupg.home != null || cfg.gnupg.sshKeyPaths != [ ]) (
+            lib.mkDefault "${cfg.gnupg.package}/bin/gpg"
+          ))
+          (lib.mkIf cfg.gnupg.qubes-split-gpg.enable (lib.mkDefault "qubes-gpg-client-wrapper"))
+        ];
+        QUBES_GPG_DOMAIN = lib.mkIf cfg.gnupg.qubes-split-gpg.enable (
+          lib.mkDefault cfg.gnupg.qubes-split-gpg.domain
+        );
+        PATH = lib.mkIf (cfg.age.plugins != [ ]) (lib.mkDefault (lib.makeBinPath cfg.age.plugins));
+      };
+
+      systemd.user.services.sops-nix = lib.mkIf pkgs.stdenv.hostPlatform.isLinux {
+        Unit.Description = "Install sops secrets for ${config.home.username}";
+        Service = {
+          Type = "oneshot";
+          Environment = lib.mapAttrsToList unitEnvironment cfg.environment;
+          ExecStart = "${install}";
+        };
+        # Secrets that need a GPG agent wait for the graphical session's
+        # environment; everything else is installed at login.
+        Install.WantedBy =
+          if cfg.gnupg.home != null then [ "graphical-session-pre.target" ] else [ "default.target" ];
+      };
+
+      home.activation.sops-nix =
+        # After reloadSystemd, so that the restart runs the new unit (and manifest).
+        if lib ? hm then lib.hm.dag.entryAfter [ "reloadSystemd" ] restartUnit else restartUnit;
+    })
+  ];
+}

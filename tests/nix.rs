@@ -1,0 +1,452 @@
+//! The Nix side, as far as it runs without nixpkgs: every `.nix` file in the
+//! repository parses, and the pure manifest builder (`nixos-module/manifest.nix`,
+//! which both modules call) turns the examples in `tests/fixtures/nix/` into
+//! manifests that the real installer accepts with `-check-mode=manifest` and
+//! `-check-mode=sopsfile`, the checks the manifest derivation runs at build time.
+//!
+//! Needs `nix-instantiate` (Debian's `nix-bin`). Without it each test prints a
+//! notice and passes, unless `CI` is set: then it fails, so CI cannot skip them
+//! by accident. Evaluation uses `--read-write-mode` because the builder names
+//! sops files by their store path (builtins.toJSON copies them into the store)
+//! and the sopsfile check must find them there.
+//!
+//! The NixOS VM tests (`vm-tests/nixos/`) need nixpkgs and a VM; they run with
+//! `nix flake check`, not here.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn examples() -> PathBuf {
+    repo().join("tests/fixtures/nix")
+}
+
+/// Whether `nix-instantiate` can run; panics in CI when it cannot.
+fn have_nix() -> bool {
+    let found = Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("nix-instantiate is missing; CI must install it (apt-get install -y nix-bin)");
+        }
+        eprintln!("skipping the Nix tests: nix-instantiate not found (apt-get install nix-bin)");
+    }
+    found
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `nix-instantiate --eval --strict --json` on a file or (with `expr`) an expression.
+fn nix_eval(args: &[&str]) -> Result<Value, String> {
+    let out = Command::new("nix-instantiate")
+        .args(["--read-write-mode", "--eval", "--strict", "--json"])
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("nix-instantiate runs");
+    if !out.status.success() {
+        return Err(text(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout).expect("nix-instantiate --json prints JSON"))
+}
+
+fn eval_example(name: &str) -> Value {
+    let file = examples().join(name);
+    nix_eval(&[file.to_str().unwrap()]).unwrap_or_else(|e| panic!("{name} does not evaluate:\n{e}"))
+}
+
+/// The builder called on `args` (a Nix attribute set, as source text).
+fn eval_builder(args: &str) -> Result<Value, String> {
+    let builder = repo().join("nixos-module/manifest.nix");
+    let expr = format!("import {} ({args})", builder.display());
+    nix_eval(&["--expr", &expr])
+}
+
+/// Runs the installer's check mode on a manifest.
+fn check(manifest: &Value, mode: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("manifest.json");
+    std::fs::write(&path, serde_json::to_vec(manifest).unwrap()).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_sops-install-secrets"))
+        .arg(format!("-check-mode={mode}"))
+        .arg(&path)
+        // `%r` in user-mode manifests needs a runtime directory to expand to,
+        // as in the home-manager module's build-time check.
+        .env("XDG_RUNTIME_DIR", "/run/user/1000")
+        .output()
+        .unwrap()
+}
+
+fn assert_checks_pass(name: &str, manifest: &Value) {
+    for mode in ["manifest", "sopsfile"] {
+        let out = check(manifest, mode);
+        assert!(
+            out.status.success(),
+            "{name}: -check-mode={mode} refused the manifest:\n{}\n{manifest:#}",
+            text(&out.stderr)
+        );
+    }
+}
+
+fn keys(value: &Value) -> BTreeSet<&str> {
+    value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+fn nix_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            if !name.starts_with('.') && name != "target" {
+                nix_files(&path, found);
+            }
+        } else if name.ends_with(".nix") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_nix_file_parses() {
+    if !have_nix() {
+        return;
+    }
+    let mut files = Vec::new();
+    nix_files(&repo(), &mut files);
+    files.sort();
+    for expected in [
+        "flake.nix",
+        "nixos-module/default.nix",
+        "nixos-module/manifest.nix",
+    ] {
+        assert!(files.contains(&repo().join(expected)), "{expected} not found");
+    }
+    let mut broken = Vec::new();
+    for file in &files {
+        let out = Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(file)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            broken.push(format!("{}:\n{}", file.display(), text(&out.stderr)));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "these .nix files do not parse:\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn every_example_manifest_passes_both_check_modes() {
+    if !have_nix() {
+        return;
+    }
+    let mut names: Vec<String> = std::fs::read_dir(examples())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".nix") && !n.starts_with("fail-"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 8, "too few examples: {names:?}");
+    for name in &names {
+        assert_checks_pass(name, &eval_example(name));
+    }
+}
+
+#[test]
+fn first_configuration_manifest_field_by_field() {
+    if !have_nix() {
+        return;
+    }
+    let m = eval_example("first-configuration.nix");
+    assert_eq!(
+        keys(&m),
+        BTreeSet::from([
+            "secrets",
+            "templates",
+            "placeholderBySecretName",
+            "secretsMountPoint",
+            "symlinkPath",
+            "keepGenerations",
+            "sshKeyPaths",
+            "gnupgHome",
+            "ageKeyFile",
+            "ageSshKeyPaths",
+            "useTmpfs",
+            "userMode",
+            "logging",
+        ])
+    );
+    assert_eq!(m["templates"], json!([]));
+    assert_eq!(m["placeholderBySecretName"], json!({}));
+    assert_eq!(m["secretsMountPoint"], "/run/secrets.d");
+    assert_eq!(m["symlinkPath"], "/run/secrets");
+    assert_eq!(m["keepGenerations"], 1);
+    assert_eq!(m["sshKeyPaths"], json!(["/etc/ssh/ssh_host_rsa_key"]));
+    assert_eq!(m["gnupgHome"], Value::Null);
+    assert_eq!(m["ageKeyFile"], Value::Null);
+    assert_eq!(m["ageSshKeyPaths"], json!(["/etc/ssh/ssh_host_ed25519_key"]));
+    assert_eq!(m["useTmpfs"], false);
+    assert_eq!(m["userMode"], false);
+    assert_eq!(m["logging"], json!({ "keyImport": true, "secretChanges": true }));
+
+    let secrets = m["secrets"].as_array().unwrap();
+    assert_eq!(secrets.len(), 1);
+    let s = &secrets[0];
+    assert_eq!(
+        keys(s),
+        BTreeSet::from([
+            "name",
+            "key",
+            "path",
+            "owner",
+            "uid",
+            "group",
+            "gid",
+            "sopsFile",
+            "format",
+            "mode",
+            "restartUnits",
+            "reloadUnits",
+        ])
+    );
+    assert_eq!(s["name"], "ssh_keys/private_key");
+    assert_eq!(s["key"], "ssh_keys/private_key");
+    assert_eq!(s["path"], "/run/secrets/ssh_keys/private_key");
+    assert_eq!(s["owner"], "secret-test");
+    assert_eq!(s["uid"], 0);
+    assert_eq!(s["group"], "secret-test");
+    assert_eq!(s["gid"], 0);
+    assert_eq!(s["format"], "yaml");
+    assert_eq!(s["mode"], "0400");
+    assert_eq!(s["restartUnits"], json!(["secret-test.service"]));
+    assert_eq!(s["reloadUnits"], json!([]));
+    // The sops file was copied into the store, unchanged.
+    let sops_file = s["sopsFile"].as_str().unwrap();
+    assert!(
+        sops_file.starts_with("/nix/store/") && sops_file.ends_with("-ssh_keys.yaml"),
+        "{sops_file}"
+    );
+    assert_eq!(
+        std::fs::read(sops_file).unwrap(),
+        std::fs::read(repo().join("tests/fixtures/enc/ssh_keys.yaml")).unwrap()
+    );
+
+    assert_checks_pass("first-configuration.nix", &m);
+}
+
+#[test]
+fn builder_defaults_are_the_nixos_option_defaults() {
+    if !have_nix() {
+        return;
+    }
+    let m = eval_builder(r#"{ secrets.db.sopsFile = "/var/lib/secrets.yaml"; }"#).unwrap();
+    assert_eq!(
+        m["secrets"],
+        json!([{
+            "name": "db", "key": "db", "path": "/run/secrets/db",
+            "owner": null, "uid": 0, "group": null, "gid": 0,
+            "sopsFile": "/var/lib/secrets.yaml", "format": "yaml", "mode": "0400",
+            "restartUnits": [], "reloadUnits": []
+        }])
+    );
+    assert_eq!(m["keepGenerations"], 1);
+    assert_eq!(m["logging"], json!({ "keyImport": true, "secretChanges": true }));
+    assert_eq!(m["secretsMountPoint"], "/run/secrets.d");
+    assert_eq!(m["symlinkPath"], "/run/secrets");
+    assert_eq!(m["useTmpfs"], false);
+    assert_eq!(m["userMode"], false);
+    assert_eq!(m["sshKeyPaths"], json!([]));
+    assert_eq!(m["ageSshKeyPaths"], json!([]));
+}
+
+#[test]
+fn every_option_reaches_the_manifest() {
+    if !have_nix() {
+        return;
+    }
+    let m = eval_example("every-option.nix");
+    assert_eq!(m["secretsMountPoint"], "/run/app-secrets.d");
+    assert_eq!(m["symlinkPath"], "/run/app-secrets");
+    assert_eq!(m["keepGenerations"], 5);
+    assert_eq!(m["ageKeyFile"], "/var/lib/sops-nix/key.txt");
+    assert_eq!(m["ageSshKeyPaths"], json!(["/etc/ssh/ssh_host_ed25519_key"]));
+    assert_eq!(m["useTmpfs"], true);
+    assert_eq!(m["logging"], json!({ "keyImport": false, "secretChanges": true }));
+
+    let secret = |name: &str| -> Value {
+        m["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no secret {name}"))
+            .clone()
+    };
+    let db = secret("db_password");
+    assert_eq!(db["key"], "database/credentials/password");
+    assert_eq!(
+        (db["owner"].clone(), db["group"].clone()),
+        (json!("postgres"), json!("postgres"))
+    );
+    assert_eq!(db["mode"], "0440");
+    assert_eq!(db["restartUnits"], json!(["postgresql.service"]));
+    assert_eq!(db["reloadUnits"], json!(["pgbouncer.service"]));
+    assert_eq!(
+        db["path"], "/run/app-secrets/db_password",
+        "default path follows symlinkPath"
+    );
+    let replica = secret("db/replica-host");
+    assert_eq!(
+        (replica["uid"].clone(), replica["gid"].clone()),
+        (json!(1000), json!(100))
+    );
+    assert_eq!(replica["owner"], Value::Null);
+    assert_eq!(replica["path"], "/var/lib/app/replica-host");
+    assert_eq!(secret("whole")["key"], "");
+    for (name, format) in [
+        ("json_password", "json"),
+        ("dotenv", "dotenv"),
+        ("ini", "ini"),
+        ("blob", "binary"),
+    ] {
+        assert_eq!(secret(name)["format"], format, "{name}");
+    }
+
+    // Placeholders are keyed by the secret's name, which is what the
+    // installer looks up, not by its attribute name.
+    let placeholders = keys(&m["placeholderBySecretName"]);
+    assert!(placeholders.contains("db/replica-host") && !placeholders.contains("replica"));
+    assert_eq!(placeholders.len(), 7);
+
+    let templates = m["templates"].as_array().unwrap();
+    let template = |name: &str| templates.iter().find(|t| t["name"] == name).unwrap().clone();
+    let config = template("app/config.toml");
+    assert_eq!(
+        keys(&config),
+        BTreeSet::from([
+            "name",
+            "content",
+            "file",
+            "path",
+            "mode",
+            "owner",
+            "uid",
+            "group",
+            "gid",
+            "restartUnits",
+            "reloadUnits",
+        ])
+    );
+    assert!(config["content"].as_str().unwrap().contains(":PLACEHOLDER>"));
+    assert_eq!(config["file"], Value::Null);
+    assert_eq!(config["path"], "/run/app-secrets/rendered/app/config.toml");
+    assert_eq!(config["mode"], "0440");
+    assert_eq!(config["restartUnits"], json!(["app.service"]));
+    assert_eq!(config["reloadUnits"], json!(["nginx.service"]));
+    let from_file = template("from_file");
+    // A template `file` wins: its content is left empty for the installer.
+    assert_eq!(from_file["content"], "");
+    assert!(from_file["file"].as_str().unwrap().ends_with("-template.conf"));
+    assert_eq!(
+        (from_file["uid"].clone(), from_file["gid"].clone()),
+        (json!(420), json!(420))
+    );
+    assert_eq!(from_file["path"], "/etc/app/from-file.conf");
+}
+
+#[test]
+fn missing_key_fails_the_build_time_check_and_names_it() {
+    if !have_nix() {
+        return;
+    }
+    let m = eval_example("fail-missing-key.nix");
+    assert!(
+        check(&m, "manifest").status.success(),
+        "the manifest itself is fine"
+    );
+    let out = check(&m, "sopsfile");
+    assert!(
+        !out.status.success(),
+        "a missing key must fail -check-mode=sopsfile"
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains(r#"secret "absent""#), "{err}");
+    assert!(
+        err.contains(r#"has no key path "ssh_keys/does_not_exist""#),
+        "{err}"
+    );
+    assert!(!err.contains(r#"secret "present""#), "{err}");
+}
+
+#[test]
+fn unreadable_sops_files_fail_evaluation_with_validation_on() {
+    if !have_nix() {
+        return;
+    }
+    let file = examples().join("fail-not-in-store.nix");
+    let err = nix_eval(&[file.to_str().unwrap()]).expect_err("evaluation must fail");
+    assert!(err.contains("sops.validateSopsFiles = false"), "{err}");
+    assert!(err.contains(r#"sops.secrets."outside".sopsFile"#), "{err}");
+    assert!(err.contains("is not in the Nix store"), "{err}");
+    assert!(err.contains(r#"sops.secrets."missing".sopsFile"#), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+
+    // The same file is accepted, as given, once validation is off.
+    let m = eval_builder(
+        r#"{ secrets.outside.sopsFile = "/var/lib/secrets/outside.yaml"; validateSopsFiles = false; }"#,
+    )
+    .unwrap();
+    assert_eq!(m["secrets"][0]["sopsFile"], "/var/lib/secrets/outside.yaml");
+    assert!(check(&m, "manifest").status.success());
+}
+
+#[test]
+fn manifest_for_users_and_user_mode_keep_their_own_paths() {
+    if !have_nix() {
+        return;
+    }
+    let users = eval_example("needed-for-users.nix");
+    assert_eq!(users["secretsMountPoint"], "/run/secrets-for-users.d");
+    assert_eq!(users["symlinkPath"], "/run/secrets-for-users");
+    assert_eq!(users["templates"], json!([]));
+    assert_eq!(
+        users["secrets"][0]["path"],
+        "/run/secrets-for-users/alice_password_hash"
+    );
+
+    let home = eval_example("home-manager.nix");
+    assert_eq!(home["userMode"], true);
+    assert_eq!(home["secretsMountPoint"], "/run/user/1000/secrets.d");
+    assert_eq!(home["symlinkPath"], "/run/user/1000/secrets");
+    let runtime = home["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "runtime")
+        .unwrap();
+    assert_eq!(
+        runtime["path"], "%r/runtime-secret",
+        "`%r` is left for the installer to expand"
+    );
+}

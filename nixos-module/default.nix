@@ -190,6 +190,18 @@ let
             {option}`systemd.services.<name>.reloadTriggers`.
           '';
         };
+        credential = lib.mkOption {
+          type = lib.types.bool;
+          default = false;
+          description = ''
+            Also offer this secret as a systemd credential: a root-owned link
+            /run/credstore/<name> into /run/secrets, so that a service can
+            use `LoadCredential=<name>` (and read `$CREDENTIALS_DIRECTORY/<name>`)
+            without being in the secret's group, `DynamicUser=` services
+            included. The name must not contain `/`.
+          '';
+        };
+
         neededForUsers = lib.mkOption {
           type = lib.types.bool;
           default = false;
@@ -247,6 +259,45 @@ in
         Check the sops files when the configuration is built: each must be in
         the Nix store, and every secret's key must exist in it. Turn off for
         sops files that live only on the target machine.
+      '';
+    };
+
+    onFailure = lib.mkOption {
+      type = lib.types.enum [
+        "abort"
+        "keep-previous"
+      ];
+      default = "abort";
+      description = ''
+        What to do when some secrets cannot be installed (no key opens their
+        file, a key path is missing, an owner is unknown). `abort` installs
+        nothing and keeps the live secrets, as sops-nix does. `keep-previous`
+        installs the others; each failed secret keeps its previous value,
+        owner and mode (or stays absent if it never had one). Either way the
+        installation is reported as failed.
+      '';
+    };
+
+    hostPubKeyFiles = lib.mkOption {
+      type = lib.types.listOf lib.types.path;
+      default = [ ];
+      example = lib.literalExpression "[ ./hosts/web1/ssh_host_ed25519_key.pub ]";
+      description = ''
+        Files with this host's public keys (OpenSSH `.pub` files or `age1...`
+        recipients), read at evaluation time into {option}`sops.hostPubKeys`.
+      '';
+    };
+
+    hostPubKeys = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = map (f: lib.trim (builtins.readFile f)) cfg.hostPubKeyFiles;
+      defaultText = lib.literalExpression "map (f: lib.trim (builtins.readFile f)) config.sops.hostPubKeyFiles";
+      description = ''
+        This host's public keys. When set, building the configuration fails
+        for a sops file that none of them can open (the most common cause of
+        a boot without secrets), naming the file and the missing recipient;
+        add the host to `.sops.yaml` and run `sops updatekeys`. Needs
+        {option}`sops.validateSopsFiles`.
       '';
     };
 

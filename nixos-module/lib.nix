@@ -81,7 +81,8 @@ rec {
   # the caller adds secrets, templates, placeholders and, for the
   # neededForUsers manifest, its own mount point and symlink.
   nixosManifestSettings = cfg: {
-    inherit (cfg) keepGenerations useTmpfs log validateSopsFiles;
+    inherit (cfg) keepGenerations useTmpfs log validateSopsFiles onFailure;
+    hostPubKeys = cfg.hostPubKeys;
     gnupgHome = cfg.gnupg.home;
     gnupgSshKeyPaths = cfg.gnupg.sshKeyPaths;
     ageKeyFile = cfg.age.keyFile;

@@ -40,6 +40,11 @@
   # sops.validateSopsFiles: every sopsFile must exist and be (or become) a
   # store path, so the build-time check can read it.
   validateSopsFiles ? false,
+  # sops.onFailure: "abort" (install nothing) or "keep-previous".
+  onFailure ? "abort",
+  # sops.hostPubKeys: the host's public keys; the build-time check then
+  # refuses sops files the host could not open.
+  hostPubKeys ? [ ],
 }:
 
 let
@@ -86,6 +91,7 @@ let
       mode = orDefault s "mode" "0400";
       restartUnits = orDefault s "restartUnits" [ ];
       reloadUnits = orDefault s "reloadUnits" [ ];
+      credential = orDefault s "credential" false;
     };
 
   # A template's text comes from `file` when one is given and from `content`
@@ -155,6 +161,7 @@ let
       useTmpfs
       userMode
       ;
+    inherit onFailure hostPubKeys;
     sshKeyPaths = gnupgSshKeyPaths;
     logging = {
       keyImport = elem "keyImport" log;

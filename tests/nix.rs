@@ -195,8 +195,13 @@ fn first_configuration_manifest_field_by_field() {
             "useTmpfs",
             "userMode",
             "logging",
+            "onFailure",
+            "hostPubKeys",
         ])
     );
+    // Our additions keep sops-nix's behaviour by default.
+    assert_eq!(m["onFailure"], "abort");
+    assert_eq!(m["hostPubKeys"], json!([]));
     assert_eq!(m["templates"], json!([]));
     assert_eq!(m["placeholderBySecretName"], json!({}));
     assert_eq!(m["secretsMountPoint"], "/run/secrets.d");
@@ -213,9 +218,11 @@ fn first_configuration_manifest_field_by_field() {
     let secrets = m["secrets"].as_array().unwrap();
     assert_eq!(secrets.len(), 1);
     let s = &secrets[0];
+    assert_eq!(s["credential"], false);
     assert_eq!(
         keys(s),
         BTreeSet::from([
+            "credential",
             "name",
             "key",
             "path",
@@ -267,7 +274,7 @@ fn builder_defaults_are_the_nixos_option_defaults() {
             "name": "db", "key": "db", "path": "/run/secrets/db",
             "owner": null, "uid": 0, "group": null, "gid": 0,
             "sopsFile": "/var/lib/secrets.yaml", "format": "yaml", "mode": "0400",
-            "restartUnits": [], "reloadUnits": []
+            "restartUnits": [], "reloadUnits": [], "credential": false
         }])
     );
     assert_eq!(m["keepGenerations"], 1);

@@ -584,6 +584,27 @@ in
         }
         // sopsLib.unitHardening;
       };
+
+      # Services that need their secrets can order after this target: it is
+      # reached only when the installation succeeded (a failed sops-nix.service
+      # fails it, and `systemctl --failed` shows both).
+      systemd.targets.sops-secrets = {
+        description = "sops secrets installed";
+        requires = [ "sops-nix.service" ];
+        after = [ "sops-nix.service" ];
+        wantedBy = [ "multi-user.target" ];
+      };
+    })
+
+    (lib.mkIf (installsAnything && !cfg.useSystemdActivation) {
+      # In activation-script mode a failed installation fails the activation
+      # (and is marked in the journal with SOPS_EVENT=sops-install-secrets-failed);
+      # the target only says that a generation of secrets is live.
+      systemd.targets.sops-secrets = {
+        description = "sops secrets installed";
+        wantedBy = [ "multi-user.target" ];
+        unitConfig.ConditionPathExists = "/run/secrets";
+      };
     })
   ];
 }

@@ -28,19 +28,21 @@ pub struct Requests {
     pub restart: Vec<String>,
     /// Units to reload.
     pub reload: Vec<String>,
+    seen_restart: std::collections::HashSet<String>,
+    seen_reload: std::collections::HashSet<String>,
 }
 
 impl Requests {
     /// Adds units, keeping first-seen order and dropping duplicates.
     pub fn add(&mut self, restart: &[String], reload: &[String]) {
-        for u in restart {
-            if !self.restart.contains(u) {
-                self.restart.push(u.clone());
-            }
-        }
-        for u in reload {
-            if !self.reload.contains(u) {
-                self.reload.push(u.clone());
+        for (list, seen, units) in [
+            (&mut self.restart, &mut self.seen_restart, restart),
+            (&mut self.reload, &mut self.seen_reload, reload),
+        ] {
+            for u in units {
+                if seen.insert(u.clone()) {
+                    list.push(u.clone());
+                }
             }
         }
     }

@@ -464,11 +464,12 @@ fn compare(
     }
     let mut live = Vec::new();
     files_under(&base, "", &mut live);
+    let wanted: std::collections::HashSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
     for name in live {
         if subdir.is_empty() && (name == "rendered" || name.starts_with("rendered/") || name == state::FILE) {
             continue;
         }
-        if !files.iter().any(|f| f.name.as_str() == name) {
+        if !wanted.contains(name.as_str()) {
             changes.removed.push(name);
         }
     }
@@ -654,21 +655,20 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
             credential: s.credential,
         });
     }
+    let by_name: HashMap<&str, &[u8]> = secrets
+        .iter()
+        .map(|s| (s.name.as_str(), s.value.as_slice()))
+        .collect();
     let placeholders: Vec<(&[u8], &[u8])> = manifest
         .placeholders
         .iter()
-        .filter_map(|(p, name)| {
-            secrets
-                .iter()
-                .find(|s| s.name == name)
-                .map(|s| (p.as_bytes(), s.value.as_slice()))
-        })
+        .filter_map(|(p, name)| by_name.get(name.as_str()).map(|v| (p.as_bytes(), *v)))
         .collect();
     // A template that needs a secret which is not installed cannot be rendered either.
     let missing: Vec<&[u8]> = manifest
         .placeholders
         .iter()
-        .filter(|(_, name)| !secrets.iter().any(|s| s.name == name))
+        .filter(|(_, name)| !by_name.contains_key(name.as_str()))
         .map(|(p, _)| p.as_bytes())
         .collect();
     let mut rendered: Vec<Prepared<'_>> = Vec::new();
@@ -733,27 +733,28 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
             ));
         }
         for (files, changes) in [(&secrets, &secret_changes), (&rendered, &template_changes)] {
-            for f in files.iter() {
-                let name = f.name.as_str();
-                if changes.added.iter().chain(&changes.modified).any(|c| c == name) {
-                    requests.add(f.restart, f.reload);
-                }
+            let changed: std::collections::HashSet<&str> = changes
+                .added
+                .iter()
+                .chain(&changes.modified)
+                .map(String::as_str)
+                .collect();
+            for f in files.iter().filter(|f| changed.contains(f.name.as_str())) {
+                requests.add(f.restart, f.reload);
             }
         }
         // A service whose secret disappeared must notice too.
         for (old, files) in [(&old_state.secrets, &secrets), (&old_state.templates, &rendered)] {
+            let current: std::collections::HashSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
             for (name, entry) in old {
-                if !files.iter().any(|f| f.name.as_str() == name) {
+                if !current.contains(name.as_str()) {
                     requests.add(&entry.restart_units, &entry.reload_units);
                 }
             }
         }
     }
 
-    report.requests = units::Requests {
-        restart: requests.restart.clone(),
-        reload: requests.reload.clone(),
-    };
+    report.requests.add(&requests.restart, &requests.reload);
     if opts.dry_run {
         if !manifest.user_mode {
             let log = units::request(&requests, true, opts.restart_via_systemctl, &opts.nixos_run_dir)
@@ -877,8 +878,13 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
                 late.push(format!("secret {:?}: credential: {e}", f.name.as_str()));
             }
         }
+        let credentials: std::collections::HashSet<&str> = secrets
+            .iter()
+            .filter(|f| f.credential)
+            .map(|f| f.name.as_str())
+            .collect();
         for (name, entry) in &old_state.secrets {
-            let still = secrets.iter().any(|f| f.credential && f.name.as_str() == name);
+            let still = credentials.contains(name.as_str());
             if entry.credential && !still {
                 let target = manifest.symlink_path.join(name);
                 if let Err(e) = links::remove_link_if(&manifest.credstore_dir.join(name), &target, 0) {
@@ -892,13 +898,14 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
         (&old_state.secrets, "", &secrets),
         (&old_state.templates, "rendered", &rendered),
     ] {
+        let paths_in_use: std::collections::HashSet<&Path> = files.iter().map(|f| f.path).collect();
         for (name, entry) in old {
             let target = if subdir.is_empty() {
                 manifest.symlink_path.join(name)
             } else {
                 manifest.symlink_path.join(subdir).join(name)
             };
-            let still_used = files.iter().any(|f| f.path == entry.path.as_path());
+            let still_used = paths_in_use.contains(entry.path.as_path());
             if entry.path != target && !still_used {
                 match links::remove_link_if(&entry.path, &target, trusted_uid) {
                     Ok(true) => report.log.push(LogLine::info(

@@ -201,6 +201,7 @@ impl EncryptedFile {
                 offered: keyring.offered().to_vec(),
             })?;
         let mut doc = Document {
+            index: Default::default(),
             format: self.format,
             branches: std::mem::take(&mut self.branches),
         };
@@ -253,6 +254,10 @@ pub fn decrypt_bytes(bytes: &[u8], format: Format, keyring: &Keyring) -> Result<
 pub struct Document {
     format: Format,
     branches: Vec<Value>,
+    /// Position of each top-level key, built on the first lookup: an
+    /// installer picks hundreds of secrets out of one file, and a linear
+    /// scan per secret would make that quadratic.
+    index: std::sync::OnceLock<std::collections::HashMap<String, usize>>,
 }
 
 impl Drop for Document {
@@ -296,6 +301,30 @@ fn describe_missing(p: &PathNotFound) -> String {
 }
 
 impl Document {
+    /// Follows `path` from the root, using the top-level index for the first step.
+    fn lookup(&self, path: &[PathStep]) -> Result<&Value, PathNotFound> {
+        let (Some(PathStep::Key(first)), Value::Map(entries)) = (path.first(), self.root()) else {
+            return self.root().lookup(path);
+        };
+        let index = self.index.get_or_init(|| {
+            let mut index = std::collections::HashMap::with_capacity(entries.len());
+            for (i, e) in entries.iter().enumerate() {
+                if let MapEntry::Pair(k, _) = e {
+                    // The first of duplicate keys wins, as in the linear lookup.
+                    index.entry(k.clone()).or_insert(i);
+                }
+            }
+            index
+        });
+        match index.get(first).map(|&i| &entries[i]) {
+            Some(MapEntry::Pair(_, v)) => v.lookup(&path[1..]).map_err(|mut e| {
+                e.found.insert(0, path[0].clone());
+                e
+            }),
+            _ => self.root().lookup(path),
+        }
+    }
+
     /// The store the document was read from.
     pub fn format(&self) -> Format {
         self.format
@@ -334,12 +363,13 @@ impl Document {
         if path.is_empty() {
             return self.to_plaintext(output);
         }
-        let value = self.root().lookup(path).map_err(ExtractError::NotFound)?;
+        let value = self.lookup(path).map_err(ExtractError::NotFound)?;
         let text = match value {
             Value::Str(s) => s.clone(),
             Value::Bytes(b) => return Ok(Zeroizing::new(b.clone())),
             Value::Map(_) => {
                 let doc = Document {
+                    index: Default::default(),
                     format: self.format,
                     branches: vec![value.clone()],
                 };

@@ -301,15 +301,17 @@ impl Manifest {
     /// report them all at once. Only JSON that is not a manifest at all is an
     /// error here.
     pub fn parse(bytes: &[u8], runtime_dir: Option<&str>) -> Result<(Manifest, Vec<String>), ManifestErrors> {
-        let json: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| ManifestErrors(vec![format!("it is not valid JSON: {e}")]))?;
-        if !json.is_object() {
-            return Err(ManifestErrors(vec![
-                "it is not a JSON object; a manifest is an object with `secrets`, `secretsMountPoint`, ..."
+        // serde would also accept a JSON array for a struct; only an object is a manifest.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            let why = match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Err(e) => format!("it is not valid JSON: {e}"),
+                Ok(_) => "it is not a JSON object; a manifest is an object with `secrets`, `secretsMountPoint`, ..."
                     .into(),
-            ]));
+            };
+            return Err(ManifestErrors(vec![why]));
         }
-        let raw: RawManifest = serde_json::from_value(json)
+        // Straight into the typed form: no intermediate JSON tree for a manifest of many secrets.
+        let raw: RawManifest = serde_json::from_slice(bytes)
             .map_err(|e| ManifestErrors(vec![format!("it is not a valid manifest: {e}")]))?;
         let mut problems = Vec::new();
         let user_mode = raw.user_mode.unwrap_or(false);

@@ -50,7 +50,7 @@ impl State {
 
     /// The JSON to store.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).expect("a map of strings serialises")
+        serde_json::to_vec(self).expect("a map of strings serialises")
     }
 }
 

@@ -344,17 +344,7 @@ impl Manifest {
         for (i, s) in raw.secrets.into_iter().enumerate() {
             let label = s.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
             let mut bad = |msg: String| problems.push(format!("secret {label:?}: {msg}"));
-            let name = match s.name.as_deref().map(Name::parse) {
-                Some(Ok(n)) => Some(n),
-                Some(Err(e)) => {
-                    bad(e);
-                    None
-                }
-                None => {
-                    bad("it has no name".into());
-                    None
-                }
-            };
+            let name = checked_name(s.name.as_deref(), &mut bad);
             let format = match s.format.as_deref() {
                 None | Some("") => Some(Format::Yaml),
                 Some(f) => Format::from_name(f).or_else(|| {
@@ -364,13 +354,7 @@ impl Manifest {
                     None
                 }),
             };
-            let mode = match Mode::parse(s.mode.as_deref().unwrap_or("0400")) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    bad(e);
-                    None
-                }
-            };
+            let mode = checked_mode(s.mode.as_deref(), &mut bad);
             let sops_file = match s.sops_file {
                 Some(f) if !f.is_empty() => Some(PathBuf::from(f)),
                 _ => {
@@ -378,11 +362,7 @@ impl Manifest {
                     None
                 }
             };
-            if let Some(n) = &name
-                && let Some(prev) = seen.insert(n.as_str().to_owned(), i)
-            {
-                bad(format!("secret #{} has the same name", prev + 1));
-            }
+            note_duplicate(&mut seen, &name, i, "secret", &mut bad);
             if let (Some(name), Some(format), Some(mode), Some(sops_file)) = (name, format, mode, sops_file) {
                 let default_path = link_path.join(name.as_str());
                 secrets.push(Secret {
@@ -416,17 +396,7 @@ impl Manifest {
         for (i, t) in raw.templates.into_iter().enumerate() {
             let label = t.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
             let mut bad = |msg: String| problems.push(format!("template {label:?}: {msg}"));
-            let name = match t.name.as_deref().map(Name::parse) {
-                Some(Ok(n)) => Some(n),
-                Some(Err(e)) => {
-                    bad(e);
-                    None
-                }
-                None => {
-                    bad("it has no name".into());
-                    None
-                }
-            };
+            let name = checked_name(t.name.as_deref(), &mut bad);
             let source = match (t.content, t.file) {
                 (Some(c), _) if !c.is_empty() => Some(TemplateSource::Content(c)),
                 (_, Some(f)) if !f.is_empty() => Some(TemplateSource::File(PathBuf::from(f))),
@@ -435,18 +405,8 @@ impl Manifest {
                     None
                 }
             };
-            let mode = match Mode::parse(t.mode.as_deref().unwrap_or("0400")) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    bad(e);
-                    None
-                }
-            };
-            if let Some(n) = &name
-                && let Some(prev) = seen_templates.insert(n.as_str().to_owned(), i)
-            {
-                bad(format!("template #{} has the same name", prev + 1));
-            }
+            let mode = checked_mode(t.mode.as_deref(), &mut bad);
+            note_duplicate(&mut seen_templates, &name, i, "template", &mut bad);
             if let (Some(name), Some(source), Some(mode)) = (name, source, mode) {
                 let default_path = link_path.join("rendered").join(name.as_str());
                 templates.push(Template {
@@ -559,6 +519,41 @@ impl Manifest {
         let bytes = std::fs::read(path)
             .map_err(|e| ManifestErrors(vec![format!("cannot read manifest {}: {e}", path.display())]))?;
         Manifest::parse(&bytes, runtime_dir)
+    }
+}
+
+/// Checks an optional name, reporting through `bad`.
+fn checked_name(name: Option<&str>, bad: &mut impl FnMut(String)) -> Option<Name> {
+    match name.map(Name::parse) {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            bad(e);
+            None
+        }
+        None => {
+            bad("it has no name".into());
+            None
+        }
+    }
+}
+
+/// Checks an optional octal mode (default `0400`), reporting through `bad`.
+fn checked_mode(mode: Option<&str>, bad: &mut impl FnMut(String)) -> Option<Mode> {
+    Mode::parse(mode.unwrap_or("0400")).map_err(bad).ok()
+}
+
+/// Records a name, reporting the entry that used it first.
+fn note_duplicate(
+    seen: &mut HashMap<String, usize>,
+    name: &Option<Name>,
+    i: usize,
+    what: &str,
+    bad: &mut impl FnMut(String),
+) {
+    if let Some(n) = name
+        && let Some(prev) = seen.insert(n.as_str().to_owned(), i)
+    {
+        bad(format!("{what} #{} has the same name", prev + 1));
     }
 }
 

@@ -62,14 +62,8 @@ fn field(buf: &mut Vec<u8>, key: &str, value: &str) {
 /// only reached the terminal.
 pub const FAILED_EVENT: &str = "sops-install-secrets-failed";
 
-/// Sends one entry to the journal socket at `socket`, if there is one.
-fn send_to_journal(socket: &str, priority: Priority, message: &str, fields: &[(&str, &str)]) -> bool {
-    let Ok(sock) = UnixDatagram::unbound() else {
-        return false;
-    };
-    if sock.connect(socket).is_err() {
-        return false;
-    }
+/// One journal entry in the native protocol.
+fn entry(priority: Priority, message: &str, fields: &[(&str, &str)]) -> Vec<u8> {
     let mut buf = Vec::new();
     field(&mut buf, "MESSAGE", message);
     field(&mut buf, "PRIORITY", &(priority as u8).to_string());
@@ -77,7 +71,14 @@ fn send_to_journal(socket: &str, priority: Priority, message: &str, fields: &[(&
     for (k, v) in fields {
         field(&mut buf, &format!("SOPS_{}", k.to_uppercase()), v);
     }
-    sock.send(&buf).is_ok()
+    buf
+}
+
+/// A datagram socket connected to the journal, if there is one.
+fn connect_journal() -> Option<UnixDatagram> {
+    UnixDatagram::unbound()
+        .ok()
+        .filter(|s| s.connect(JOURNAL_SOCKET).is_ok())
 }
 
 impl Logger {
@@ -85,39 +86,34 @@ impl Logger {
     /// `SOPS_EVENT` field even when stderr goes elsewhere (the message
     /// itself is printed by [`Logger::log`] as usual).
     pub fn mark_failure(&self, manifest: &str) {
-        if self.journal.is_none() {
-            let _ = send_to_journal(
-                JOURNAL_SOCKET,
+        if self.journal.is_none()
+            && let Some(sock) = connect_journal()
+        {
+            let _ = sock.send(&entry(
                 Priority::Error,
                 &format!("installing {manifest} failed"),
                 &[("event", FAILED_EVENT), ("manifest", manifest)],
-            );
+            ));
         }
     }
 
     /// The journal if stderr goes there, else stderr.
     pub fn from_env() -> Logger {
-        let journal = stderr_is_journal()
-            .then(|| UnixDatagram::unbound().ok())
-            .flatten()
-            .filter(|s| s.connect(JOURNAL_SOCKET).is_ok());
+        let journal = if stderr_is_journal() {
+            connect_journal()
+        } else {
+            None
+        };
         Logger { journal }
     }
 
     /// Logs a message with extra fields (names without the `SOPS_` prefix).
     /// Never pass secret values: messages and fields name things, nothing more.
     pub fn log(&self, priority: Priority, message: &str, fields: &[(&str, &str)]) {
-        if let Some(sock) = &self.journal {
-            let mut buf = Vec::new();
-            field(&mut buf, "MESSAGE", message);
-            field(&mut buf, "PRIORITY", &(priority as u8).to_string());
-            field(&mut buf, "SYSLOG_IDENTIFIER", "sops-install-secrets");
-            for (k, v) in fields {
-                field(&mut buf, &format!("SOPS_{}", k.to_uppercase()), v);
-            }
-            if sock.send(&buf).is_ok() {
-                return;
-            }
+        if let Some(sock) = &self.journal
+            && sock.send(&entry(priority, message, fields)).is_ok()
+        {
+            return;
         }
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "sops-install-secrets: {message}");

@@ -269,13 +269,7 @@ fn host_opens(
         _ => false,
     };
     let groups = &metadata.key_groups;
-    let needed = if groups.len() <= 1 {
-        1
-    } else if metadata.shamir_threshold == 0 {
-        groups.len()
-    } else {
-        metadata.shamir_threshold
-    };
+    let needed = metadata.groups_needed();
     let opened = groups.iter().filter(|g| g.stanzas.iter().any(opens)).count();
     if opened >= needed {
         return Ok(());

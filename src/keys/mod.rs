@@ -186,13 +186,7 @@ fn describe_groups(opened: usize, needed: usize, groups: &[Option<Vec<Attempt>>]
 /// Recovers a file's data key with the identities in `keyring`.
 pub fn recover_data_key(metadata: &Metadata, keyring: &Keyring) -> Result<Zeroizing<[u8; 32]>, DataKeyError> {
     let groups = &metadata.key_groups;
-    let needed = if groups.len() <= 1 {
-        1
-    } else if metadata.shamir_threshold == 0 {
-        groups.len()
-    } else {
-        metadata.shamir_threshold
-    };
+    let needed = metadata.groups_needed();
     let mut shares = Vec::new();
     let mut report = Vec::with_capacity(groups.len());
     for group in groups {

@@ -69,12 +69,6 @@ fn parse(text: &str) -> Result<Encrypted<'_>, CipherError> {
     })
 }
 
-/// Whether `text` looks like an sops ciphertext (used to tell the user a value
-/// that should be encrypted is stored in the clear, and vice versa).
-pub fn looks_encrypted(text: &str) -> bool {
-    text.starts_with("ENC[AES256_GCM,")
-}
-
 /// Decrypts one stored string into raw plaintext bytes and the stored type name.
 ///
 /// An empty string is sops's encoding of an empty value and decrypts to itself.

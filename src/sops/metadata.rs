@@ -383,6 +383,16 @@ impl Metadata {
         })
     }
 
+    /// How many key groups must be opened to recover the data key: one with a
+    /// single group, else the Shamir threshold (all groups when it is unset).
+    pub fn groups_needed(&self) -> usize {
+        match (self.key_groups.len(), self.shamir_threshold) {
+            (0 | 1, _) => 1,
+            (n, 0) => n,
+            (_, t) => t,
+        }
+    }
+
     /// Every stanza of every group, for listing recipients in errors.
     pub fn stanzas(&self) -> impl Iterator<Item = &Stanza> {
         self.key_groups.iter().flat_map(|g| g.stanzas.iter())

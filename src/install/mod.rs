@@ -170,28 +170,11 @@ fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems
     }
     for p in &manifest.age_ssh_key_paths {
         match keyring.add_ssh_key(p) {
-            Ok(()) => {
-                if manifest.logging.key_import {
-                    let recipient = keyring
-                        .offered()
-                        .iter()
-                        .rev()
-                        .find(|o| o.origin.contains("ssh-to-age"));
-                    if let Some(o) = recipient {
-                        report.log.push(LogLine::info(
-                            format!(
-                                "Imported {} as age key with fingerprint {}",
-                                p.display(),
-                                o.recipient
-                            ),
-                            vec![
-                                ("key_file", p.display().to_string()),
-                                ("recipient", o.recipient.clone()),
-                            ],
-                        ));
-                    }
-                }
-            }
+            Ok(Some(recipient)) if manifest.logging.key_import => report.log.push(LogLine::info(
+                format!("Imported {} as age key with fingerprint {recipient}", p.display()),
+                vec![("key_file", p.display().to_string()), ("recipient", recipient)],
+            )),
+            Ok(_) => {}
             // A host may lack one of the listed key types; sops-nix warns and goes on.
             Err(e) => report.log.push(LogLine::warning(format!("{e}"))),
         }

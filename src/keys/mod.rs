@@ -77,11 +77,14 @@ impl Keyring {
     }
 
     /// Adds an OpenSSH private key: as an age SSH identity, and for Ed25519
-    /// keys also as the X25519 identity ssh-to-age derives from it.
-    pub fn add_ssh_key(&mut self, path: &Path) -> Result<(), KeyError> {
+    /// keys also as the X25519 identity ssh-to-age derives from it. Returns
+    /// that identity's age recipient, if there is one.
+    pub fn add_ssh_key(&mut self, path: &Path) -> Result<Option<String>, KeyError> {
         let ids = ssh::load(path)?;
         let origin = path.display().to_string();
+        let mut derived_recipient = None;
         if let Some(derived) = ids.derived {
+            derived_recipient = Some(derived.recipient.clone());
             let key: age::x25519::Identity =
                 derived.identity.parse().expect("derived identities always parse");
             self.offered.push(Offered {
@@ -95,7 +98,7 @@ impl Keyring {
             recipient: ids.public_key,
         });
         self.age.push(Box::new(ids.ssh));
-        Ok(())
+        Ok(derived_recipient)
     }
 
     /// What this host offers, for error messages.

@@ -517,7 +517,8 @@ in
         ++ sopsLib.storeKeyWarnings "sops.gnupg.sshKeyPaths" cfg.gnupg.sshKeyPaths
         ++ sopsLib.storeKeyWarnings "sops.age.keyFile" (lib.optional (cfg.age.keyFile != null) cfg.age.keyFile);
 
-      sops.environment.SOPS_GPG_EXEC = lib.mkIf (cfg.gnupg.home != null || cfg.gnupg.sshKeyPaths != [ ]) (
+      # sshKeyPaths keys are used in process; only a GnuPG home needs gpg.
+      sops.environment.SOPS_GPG_EXEC = lib.mkIf (cfg.gnupg.home != null) (
         lib.mkDefault "${cfg.gnupg.package}/bin/gpg"
       );
     })

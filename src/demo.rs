@@ -87,6 +87,7 @@ fn run(dir: &Path, template: &str, out: &mut String) -> Result<(), String> {
         restart_via_systemctl: false,
         nixos_run_dir: dir.join("no-nixos"),
         age_key_file_env: None,
+        gpg_exec: None,
     };
     let report = install::install(&manifest, &opts, Vec::new())
         .map_err(|f| f.0.into_iter().map(|p| p.message).collect::<Vec<_>>().join("\n"))?;

@@ -5,6 +5,8 @@
 //!   prints what `sops -d` prints, so any file can be checked against real sops;
 //! - `ssh-to-age [--private] FILE` prints the age recipient (or identity) of an
 //!   OpenSSH Ed25519 key, as ssh-to-age does.
+//! - `ssh-to-pgp [-i FILE] [-o FILE] [--private-key]` prints an RSA SSH key as an
+//!   OpenPGP key (its fingerprint on stderr), for `.sops.yaml` `pgp:` rules.
 //!
 //! - `[-check-mode=off|manifest|sopsfile] [-ignore-passwd] manifest.json`
 //!   installs a manifest, exactly as sops-nix's installer is invoked.
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use sops_install_secrets::install::{self, CheckMode, Options};
+use sops_install_secrets::keys::pgp::{GnupgHome, SshPgpKey};
 use sops_install_secrets::keys::{Keyring, ssh};
 use sops_install_secrets::log::{Logger, Priority};
 use sops_install_secrets::manifest::Manifest;
@@ -24,13 +27,16 @@ const USAGE: &str = "usage:
   sops-install-secrets demo        (installs bundled examples into a temporary directory)
   sops-install-secrets [-check-mode=off|manifest|sopsfile] [-ignore-passwd] manifest.json
   sops-install-secrets decrypt [--age-key-file FILE]... [--ssh-key FILE]...
+                               [--gnupg-home DIR] [--gpg-ssh-key RSA_KEY_FILE]...
                                [--input-type yaml|json|dotenv|ini|binary]
                                [--output-type yaml|json|dotenv|ini|binary]
                                [--extract a/b/c | --extract '[\"a\"][\"b\"][0]'] FILE
   sops-install-secrets ssh-to-age [--private] SSH_KEY_FILE
+  sops-install-secrets ssh-to-pgp [-i RSA_KEY_FILE] [-o OUT] [--private-key]
 
-decrypt: with no --age-key-file/--ssh-key, identities come from SOPS_AGE_KEY_FILE,
-SOPS_AGE_KEY, SOPS_AGE_SSH_PRIVATE_KEY_FILE and ~/.config/sops/age/keys.txt, as sops does.";
+decrypt: with no --age-key-file/--ssh-key/--gnupg-home/--gpg-ssh-key, identities come from
+SOPS_AGE_KEY_FILE, SOPS_AGE_KEY, SOPS_AGE_SSH_PRIVATE_KEY_FILE, ~/.config/sops/age/keys.txt
+and the GnuPG home (GNUPGHOME or ~/.gnupg, through gpg or SOPS_GPG_EXEC), as sops does.";
 
 /// A command-line mistake: printed with the usage text.
 struct UsageError(String);
@@ -97,12 +103,22 @@ fn default_keyring() -> Result<Keyring, String> {
     if !age_file_set && let Some(default) = home_config("sops/age/keys.txt").filter(|p| p.exists()) {
         keyring.add_age_key_file(&default).map_err(|e| e.to_string())?;
     }
+    let gnupg_home = std::env::var_os("GNUPGHOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".gnupg")))
+        .filter(|h| h.is_dir());
+    if let Some(home) = gnupg_home {
+        keyring.set_gnupg_home(GnupgHome::new(home, std::env::var_os("SOPS_GPG_EXEC")));
+    }
     Ok(keyring)
 }
 
 fn decrypt(mut args: Args) -> Result<ExitCode, UsageError> {
     let mut age_files = Vec::new();
     let mut ssh_keys = Vec::new();
+    let mut gpg_ssh_keys = Vec::new();
+    let mut gnupg_home = None;
     let (mut input, mut output, mut extract, mut file) = (None, None, None, None);
     while let Some((flag, value)) = args.next_flag() {
         match flag.as_str() {
@@ -113,6 +129,8 @@ fn decrypt(mut args: Args) -> Result<ExitCode, UsageError> {
             }
             "age-key-file" => age_files.push(args.value(&flag, value)?),
             "ssh-key" => ssh_keys.push(args.value(&flag, value)?),
+            "gpg-ssh-key" => gpg_ssh_keys.push(args.value(&flag, value)?),
+            "gnupg-home" => gnupg_home = Some(args.value(&flag, value)?),
             "input-type" => input = Some(format_arg(&flag, &args.value(&flag, value)?)?),
             "output-type" => output = Some(format_arg(&flag, &args.value(&flag, value)?)?),
             "extract" => extract = Some(args.value(&flag, value)?),
@@ -137,25 +155,34 @@ fn decrypt(mut args: Args) -> Result<ExitCode, UsageError> {
         eprintln!("sops-install-secrets: {msg}");
         Ok(ExitCode::FAILURE)
     };
-    let keyring = if age_files.is_empty() && ssh_keys.is_empty() {
-        match default_keyring() {
-            Ok(k) => k,
-            Err(e) => return fail(e),
-        }
-    } else {
-        let mut k = Keyring::new();
-        for f in &age_files {
-            if let Err(e) = k.add_age_key_file(Path::new(f)) {
-                return fail(e.to_string());
+    let keyring =
+        if age_files.is_empty() && ssh_keys.is_empty() && gpg_ssh_keys.is_empty() && gnupg_home.is_none() {
+            match default_keyring() {
+                Ok(k) => k,
+                Err(e) => return fail(e),
             }
-        }
-        for f in &ssh_keys {
-            if let Err(e) = k.add_ssh_key(Path::new(f)) {
-                return fail(e.to_string());
+        } else {
+            let mut k = Keyring::new();
+            for f in &age_files {
+                if let Err(e) = k.add_age_key_file(Path::new(f)) {
+                    return fail(e.to_string());
+                }
             }
-        }
-        k
-    };
+            for f in &ssh_keys {
+                if let Err(e) = k.add_ssh_key(Path::new(f)) {
+                    return fail(e.to_string());
+                }
+            }
+            for f in &gpg_ssh_keys {
+                if let Err(e) = k.add_ssh_key_as_pgp(Path::new(f)) {
+                    return fail(e.to_string());
+                }
+            }
+            if let Some(home) = gnupg_home {
+                k.set_gnupg_home(GnupgHome::new(home.into(), std::env::var_os("SOPS_GPG_EXEC")));
+            }
+            k
+        };
     let bytes = match std::fs::read(&file) {
         Ok(b) => b,
         Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
@@ -210,6 +237,56 @@ fn ssh_to_age(mut args: Args) -> Result<ExitCode, UsageError> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn ssh_to_pgp(mut args: Args) -> Result<ExitCode, UsageError> {
+    let (mut input, mut output, mut private) = (None, None, false);
+    while let Some((flag, value)) = args.next_flag() {
+        match flag.as_str() {
+            "" | "i" => input = Some(args.value("i", value)?),
+            "o" => output = Some(args.value(&flag, value)?),
+            "private-key" => private = true,
+            other => return Err(UsageError(format!("unknown flag --{other}"))),
+        }
+    }
+    let input = PathBuf::from(input.ok_or_else(|| UsageError("ssh-to-pgp needs -i RSA_KEY_FILE".into()))?);
+    let fail = |msg: String| {
+        eprintln!("sops-install-secrets: {msg}");
+        Ok(ExitCode::FAILURE)
+    };
+    let key = match SshPgpKey::load(&input) {
+        Ok(k) => k,
+        Err(e) => return fail(e.to_string()),
+    };
+    let armored = if private {
+        key.secret_armored()
+    } else {
+        key.public_armored().map(zeroize::Zeroizing::new)
+    };
+    let armored = match armored {
+        Ok(a) => a,
+        Err(e) => return fail(format!("cannot serialize the key: {e}")),
+    };
+    let written = match &output {
+        Some(path) => write_new_file(Path::new(path), armored.as_bytes(), private),
+        None => std::io::stdout().lock().write_all(armored.as_bytes()),
+    };
+    if let Err(e) = written {
+        return fail(format!("cannot write the key: {e}"));
+    }
+    eprintln!("{}", key.fingerprint());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `bytes` to a file that must not exist yet; mode 0600 for secret keys.
+fn write_new_file(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// The activation-time mode, with sops-nix's flags (Go style `-flag`, GNU `--flag` too).
@@ -280,6 +357,7 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
         age_key_file_env: std::env::var_os("SOPS_AGE_KEY_FILE")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),
+        gpg_exec: std::env::var_os("SOPS_GPG_EXEC"),
     };
     let logger = Logger::from_env();
     match install::install(&manifest, &opts, earlier) {
@@ -337,6 +415,12 @@ fn main() -> ExitCode {
         "ssh-to-age" => {
             argv.remove(0);
             ssh_to_age(Args {
+                rest: argv.into_iter(),
+            })
+        }
+        "ssh-to-pgp" => {
+            argv.remove(0);
+            ssh_to_pgp(Args {
                 rest: argv.into_iter(),
             })
         }

@@ -2410,3 +2410,121 @@ fn a_failed_install_is_marked_in_the_journal_even_from_an_activation_script() {
         assert!(!entry.contains("PLAINTEXT"), "{entry}");
     });
 }
+
+// --- GPG keys (issue 7) ----------------------------------------------------------------------
+
+fn pgp_fixture(rel: &str) -> String {
+    s(&fixtures().join("pgp").join(rel))
+}
+
+#[test]
+fn an_ssh_rsa_host_key_in_ssh_key_paths_opens_pgp_files_and_logs_its_fingerprint() {
+    isolated(|env| {
+        let mut m = env.manifest(vec![env.secret_from(
+            "db_password",
+            &pgp_fixture("enc/ssh_rsa.yaml"),
+            "database/password",
+        )]);
+        m["ageKeyFile"] = Value::Null;
+        m["sshKeyPaths"] = json!([s(&fixtures().join("keys/host_rsa"))]);
+        m["logging"]["keyImport"] = json!(true);
+        let run = env.install(&m);
+        assert_eq!(fs::read(env.link.join("db_password")).unwrap(), b"hunter2-pgp");
+        assert!(
+            run.stderr
+                .contains("as GPG key with fingerprint 52347B17CB87CF7B724FEACF3E54A544D8560FBD"),
+            "{}",
+            run.describe()
+        );
+        // Nothing but the secrets was written to the mount: no keyring.
+        let mut names: Vec<String> = fs::read_dir(env.generation(1))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [STATE_FILE, "db_password"]);
+    });
+}
+
+#[test]
+fn a_gnupg_home_opens_pgp_files_with_gpg() {
+    let gpg_present = Command::new("gpg").arg("--version").output().is_ok();
+    if !gpg_present {
+        assert!(std::env::var_os("CI").is_none(), "gpg is required in CI");
+        return;
+    }
+    isolated(|env| {
+        let home = env.path("gnupg");
+        fs::create_dir(&home).unwrap();
+        set_mode(&home, 0o700);
+        let import = Command::new("gpg")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--batch", "--quiet", "--import"])
+            .arg(fixtures().join("pgp/keys/alice.sec.asc"))
+            .output()
+            .unwrap();
+        assert!(
+            import.status.success(),
+            "{}",
+            String::from_utf8_lossy(&import.stderr)
+        );
+        let mut m = env.manifest(vec![
+            env.secret_from("token", &pgp_fixture("enc/pgp.yaml"), "api_token"),
+            env.secret_from(
+                "shared",
+                &pgp_fixture("enc/pgp_and_age.yaml"),
+                "database/password",
+            ),
+        ]);
+        m["ageKeyFile"] = Value::Null;
+        m["gnupgHome"] = json!(s(&home));
+        let run = env.install(&m);
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--kill", "gpg-agent"])
+            .output();
+        assert_eq!(
+            fs::read(env.link.join("token")).unwrap(),
+            b"tok_7f3a9c",
+            "{}",
+            run.describe()
+        );
+        assert_eq!(fs::read(env.link.join("shared")).unwrap(), b"hunter2-pgp");
+    });
+}
+
+#[test]
+fn a_pgp_file_without_a_gpg_key_on_the_host_is_refused_naming_the_fingerprint() {
+    isolated(|env| {
+        let m = env.manifest(vec![env.secret_from(
+            "token",
+            &pgp_fixture("enc/pgp.yaml"),
+            "api_token",
+        )]);
+        let run = env.run(&m);
+        run.assert_failure();
+        let alice = fs::read_to_string(fixtures().join("pgp/keys/alice.fingerprint")).unwrap();
+        run.assert_stderr_names(&[
+            "token",
+            "enc/pgp.yaml",
+            &format!("pgp {}", alice.trim()),
+            "this host offers no GPG key",
+        ]);
+        assert!(!env.link.exists());
+    });
+}
+
+#[test]
+fn gnupg_home_together_with_ssh_key_paths_is_refused() {
+    isolated(|env| {
+        let mut m = env.manifest(vec![env.secret("multiline", "app.yaml", "multiline")]);
+        m["ageKeyFile"] = Value::Null;
+        m["gnupgHome"] = json!(s(&env.path("gnupg")));
+        m["sshKeyPaths"] = json!([s(&fixtures().join("keys/host_rsa"))]);
+        let run = env.run(&m);
+        run.assert_failure();
+        run.assert_stderr_names(&["gnupgHome", "sshKeyPaths", "mutually exclusive"]);
+    });
+}

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use crate::keys::Keyring;
+use crate::keys::pgp::GnupgHome;
 use crate::manifest::{Manifest, Mode, Name, OnFailure, TemplateSource};
 use crate::sops::tree::parse_slash_path;
 use crate::sops::{EncryptedFile, Format};
@@ -54,6 +55,8 @@ pub struct Options {
     pub nixos_run_dir: PathBuf,
     /// `SOPS_AGE_KEY_FILE`, used when the manifest names no age identity.
     pub age_key_file_env: Option<PathBuf>,
+    /// `SOPS_GPG_EXEC`: the gpg binary for `gnupgHome` (default `gpg` on `PATH`).
+    pub gpg_exec: Option<std::ffi::OsString>,
 }
 
 /// One thing that stopped the run, with journal fields naming what it is about.
@@ -186,10 +189,24 @@ fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems
     {
         problems.push(format!("SOPS_AGE_KEY_FILE: {e}"));
     }
-    if !manifest.ssh_key_paths.is_empty() || manifest.gnupg_home.is_some() {
-        report.log.push(LogLine::warning(
-            "sshKeyPaths/gnupgHome (GPG keys) are not supported by this version; pgp stanzas cannot be opened".into(),
-        ));
+    for p in &manifest.ssh_key_paths {
+        match keyring.add_ssh_key_as_pgp(p) {
+            Ok(fingerprint) if manifest.logging.key_import => report.log.push(LogLine::info(
+                format!(
+                    "Imported {} as GPG key with fingerprint {fingerprint}",
+                    p.display()
+                ),
+                vec![
+                    ("key_file", p.display().to_string()),
+                    ("fingerprint", fingerprint),
+                ],
+            )),
+            Ok(_) => {}
+            Err(e) => report.log.push(LogLine::warning(format!("{e}"))),
+        }
+    }
+    if let Some(home) = &manifest.gnupg_home {
+        keyring.set_gnupg_home(GnupgHome::new(home.clone(), opts.gpg_exec.clone()));
     }
     keyring
 }

@@ -8,6 +8,7 @@
 //! are in hand.
 
 pub mod age_file;
+pub mod pgp;
 pub mod ssh;
 
 use std::io::Read;
@@ -32,6 +33,8 @@ pub struct Offered {
 #[derive(Default)]
 pub struct Keyring {
     age: Vec<Box<dyn age::Identity + Send + Sync>>,
+    pgp_keys: Vec<pgp::SshPgpKey>,
+    gnupg: Option<pgp::GnupgHome>,
     offered: Vec<Offered>,
 }
 
@@ -101,6 +104,28 @@ impl Keyring {
         Ok(derived_recipient)
     }
 
+    /// Adds an RSA SSH key as an OpenPGP key (sops-nix's `sops.gnupg.sshKeyPaths`).
+    /// Returns its fingerprint.
+    pub fn add_ssh_key_as_pgp(&mut self, path: &Path) -> Result<String, KeyError> {
+        let key = pgp::SshPgpKey::load(path)?;
+        let fingerprint = key.fingerprint().to_owned();
+        self.offered.push(Offered {
+            origin: format!("{} (as a PGP key)", path.display()),
+            recipient: format!("pgp {fingerprint}"),
+        });
+        self.pgp_keys.push(key);
+        Ok(fingerprint)
+    }
+
+    /// Opens `pgp` stanzas with the `gpg` binary and this GnuPG home.
+    pub fn set_gnupg_home(&mut self, home: pgp::GnupgHome) {
+        self.offered.push(Offered {
+            origin: "gpg".to_owned(),
+            recipient: format!("the secret keys in the GnuPG home {}", home.home().display()),
+        });
+        self.gnupg = Some(home);
+    }
+
     /// What this host offers, for error messages.
     pub fn offered(&self) -> &[Offered] {
         &self.offered
@@ -125,10 +150,26 @@ impl Keyring {
         Ok(out)
     }
 
+    /// Opens a pgp stanza: in process with a converted SSH key of that
+    /// fingerprint, else with gpg and the GnuPG home.
+    fn open_pgp(&self, fingerprint: &str, armored: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+        if let Some(key) = self.pgp_keys.iter().find(|k| k.matches(fingerprint)) {
+            return key.decrypt(armored);
+        }
+        match &self.gnupg {
+            Some(home) => home.decrypt(fingerprint, armored),
+            None if self.pgp_keys.is_empty() => {
+                Err("this host offers no GPG key (sops.gnupg.home or sops.gnupg.sshKeyPaths)".to_owned())
+            }
+            None => Err("no GPG key of this host has this fingerprint".to_owned()),
+        }
+    }
+
     /// Opens one stanza, or says why not.
     pub fn open(&self, stanza: &Stanza) -> Result<Zeroizing<Vec<u8>>, String> {
         match stanza {
             Stanza::Age { enc, .. } => self.open_age(enc),
+            Stanza::Pgp { fingerprint, enc } => self.open_pgp(fingerprint, enc),
             other => Err(format!("{} keys are not supported by this build", other.kind())),
         }
     }
@@ -186,6 +227,16 @@ fn describe_groups(opened: usize, needed: usize, groups: &[Option<Vec<Attempt>>]
     s
 }
 
+/// The order stanzas of a group are tried in: local identities first (they
+/// need no network and are fast), then GPG (a process), then network sources.
+fn cost(stanza: &Stanza) -> u8 {
+    match stanza {
+        Stanza::Age { .. } => 0,
+        Stanza::Pgp { .. } => 1,
+        _ => 2,
+    }
+}
+
 /// Recovers a file's data key with the identities in `keyring`.
 pub fn recover_data_key(metadata: &Metadata, keyring: &Keyring) -> Result<Zeroizing<[u8; 32]>, DataKeyError> {
     let groups = &metadata.key_groups;
@@ -198,9 +249,8 @@ pub fn recover_data_key(metadata: &Metadata, keyring: &Keyring) -> Result<Zeroiz
             report.push(None);
             continue;
         }
-        // Local identities first: they need no network and are fast.
         let mut order: Vec<&Stanza> = group.stanzas.iter().collect();
-        order.sort_by_key(|s| !matches!(s, Stanza::Age { .. }));
+        order.sort_by_key(|s| cost(s));
         let mut attempts = Vec::new();
         let mut opened = None;
         for stanza in order {

@@ -44,6 +44,16 @@ pub enum SshKeyError {
         /// The key file.
         path: String,
     },
+    /// A key other than RSA listed where a GPG key is expected.
+    #[error(
+        "SSH key {path} is of type {kind}; only ssh-rsa keys can be used as GPG keys (sops.gnupg.sshKeyPaths); list ed25519 keys in sops.age.sshKeyPaths"
+    )]
+    NotRsa {
+        /// The key file.
+        path: String,
+        /// The key's algorithm.
+        kind: String,
+    },
     /// A key type age cannot use.
     #[error("SSH key {path} is of type {kind}; only ssh-ed25519 and ssh-rsa keys can decrypt sops files")]
     Unsupported {
@@ -138,8 +148,17 @@ pub fn load(path: &Path) -> Result<SshIdentities, SshKeyError> {
     from_openssh(&text, &shown)
 }
 
-/// Builds age identities from the text of an OpenSSH private key.
-pub fn from_openssh(text: &str, shown: &str) -> Result<SshIdentities, SshKeyError> {
+/// Reads an unencrypted OpenSSH private key file.
+pub fn read_private_key(path: &Path) -> Result<ssh_key::PrivateKey, SshKeyError> {
+    let shown = path.display().to_string();
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| SshKeyError::Read {
+        path: shown.clone(),
+        source,
+    })?);
+    parse_private_key(&text, &shown)
+}
+
+fn parse_private_key(text: &str, shown: &str) -> Result<ssh_key::PrivateKey, SshKeyError> {
     let key = ssh_key::PrivateKey::from_openssh(text.trim()).map_err(|e| SshKeyError::Parse {
         path: shown.to_owned(),
         reason: e.to_string(),
@@ -149,6 +168,12 @@ pub fn from_openssh(text: &str, shown: &str) -> Result<SshIdentities, SshKeyErro
             path: shown.to_owned(),
         });
     }
+    Ok(key)
+}
+
+/// Builds age identities from the text of an OpenSSH private key.
+pub fn from_openssh(text: &str, shown: &str) -> Result<SshIdentities, SshKeyError> {
+    let key = parse_private_key(text, shown)?;
     let derived = match key.key_data() {
         ssh_key::private::KeypairData::Ed25519(pair) => {
             let seed = Zeroizing::new(pair.private.to_bytes());

@@ -16,6 +16,8 @@ fn run(args: &[&str], env: &[(&str, &Path)]) -> Output {
         "SOPS_AGE_KEY",
         "SOPS_AGE_SSH_PRIVATE_KEY_FILE",
         "XDG_CONFIG_HOME",
+        "GNUPGHOME",
+        "SOPS_GPG_EXEC",
     ] {
         cmd.env_remove(var);
     }
@@ -148,4 +150,79 @@ fn passphrase_protected_key_is_refused_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("passphrase"), "{err}");
+}
+
+#[test]
+fn ssh_to_pgp_prints_the_fingerprint_sops_nix_derives_and_a_key_gpg_accepts() {
+    let out = run(&["ssh-to-pgp", "-i", "keys/host_rsa"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "52347B17CB87CF7B724FEACF3E54A544D8560FBD"
+    );
+    let public = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        public.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+        "{public}"
+    );
+    if Command::new("gpg").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "gpg is required in CI");
+        return;
+    }
+    // Real gpg reads the exported key (self-signed, so it imports without flags).
+    let home = tempfile::Builder::new().prefix("gpg").tempdir_in("/tmp").unwrap();
+    let key = home.path().join("host.asc");
+    std::fs::write(&key, &public).unwrap();
+    let shown = Command::new("gpg")
+        .arg("--homedir")
+        .arg(home.path())
+        .args([
+            "--batch",
+            "--with-colons",
+            "--import-options",
+            "show-only",
+            "--import",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        listing.contains("fpr:::::::::52347B17CB87CF7B724FEACF3E54A544D8560FBD:"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("root (Imported from SSH) <root@localhost>"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn ssh_to_pgp_refuses_an_ed25519_key() {
+    let out = run(&["ssh-to-pgp", "-i", "keys/host_ed25519"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only ssh-rsa keys can be used as GPG keys"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn decrypt_opens_a_file_for_an_ssh_rsa_host_key_given_as_a_gpg_key() {
+    let out = run(
+        &[
+            "decrypt",
+            "--gpg-ssh-key",
+            "keys/host_rsa",
+            "pgp/enc/ssh_rsa.yaml",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.stdout,
+        std::fs::read(fixtures().join("pgp/expected/ssh_rsa.out")).unwrap()
+    );
 }

@@ -2528,3 +2528,35 @@ fn gnupg_home_together_with_ssh_key_paths_is_refused() {
         run.assert_stderr_names(&["gnupgHome", "sshKeyPaths", "mutually exclusive"]);
     });
 }
+
+// --- age plugins (issue 7; issue 10: one plugin session per file) ----------------------------
+
+#[test]
+fn a_plugin_runs_once_per_file_however_many_secrets_use_it() {
+    isolated(|env| {
+        // The test plugin (built by `cargo test` as an example) on the installer's PATH.
+        let plugin = binary().parent().unwrap().join("examples/age-plugin-sitest");
+        assert!(plugin.is_file(), "{} is not built", plugin.display());
+        fs::copy(&plugin, env.bin.join("age-plugin-sitest")).unwrap();
+        let log = env.path("plugin.log");
+        let one = s(&fixtures().join("plugin/enc/one.yaml"));
+        let two = s(&fixtures().join("plugin/enc/two.yaml"));
+        let mut m = env.manifest(vec![
+            env.secret_from("wifi_psk", &one, "wifi/psk"),
+            env.secret_from("backup", &one, "backup_passphrase"),
+            env.secret_from("deploy", &one, "deploy_token"),
+            env.secret_from("grafana", &two, "grafana_admin"),
+        ]);
+        m["ageKeyFile"] = json!(s(&fixtures().join("plugin/keys/sitest.txt")));
+        let run = env.run_with(&m, &[], &[("SITEST_LOG", &s(&log))]);
+        run.assert_success();
+        assert_eq!(
+            fs::read(env.link.join("wifi_psk")).unwrap(),
+            b"correct-horse-battery"
+        );
+        assert_eq!(fs::read(env.link.join("deploy")).unwrap(), b"dt_91c2");
+        assert_eq!(fs::read(env.link.join("grafana")).unwrap(), b"admin-pw-2");
+        let sessions = fs::read_to_string(&log).unwrap().lines().count();
+        assert_eq!(sessions, 2, "one plugin session per sops file, not per secret");
+    });
+}

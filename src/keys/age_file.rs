@@ -1,4 +1,5 @@
-//! age key files: `AGE-SECRET-KEY-1...` lines, with `#` comments and blank lines.
+//! age key files: `AGE-SECRET-KEY-1...` and `AGE-PLUGIN-NAME-1...` lines, with
+//! `#` comments and blank lines.
 
 use std::path::Path;
 
@@ -25,20 +26,19 @@ pub enum AgeFileError {
         /// Why.
         reason: String,
     },
-    /// A plugin identity, which this build cannot run yet.
-    #[error(
-        "age key file {path}, line {line}: age plugin identities (AGE-PLUGIN-...) are not supported by this build"
-    )]
-    Plugin {
-        /// The file.
-        path: String,
-        /// 1-based line number.
-        line: usize,
-    },
+}
+
+/// The identities of an age key file.
+#[derive(Default)]
+pub struct AgeKeys {
+    /// Native X25519 identities.
+    pub native: Vec<age::x25519::Identity>,
+    /// Identities run through an `age-plugin-NAME` binary.
+    pub plugins: Vec<age::plugin::Identity>,
 }
 
 /// Reads an age key file.
-pub fn load(path: &Path) -> Result<Vec<age::x25519::Identity>, AgeFileError> {
+pub fn load(path: &Path) -> Result<AgeKeys, AgeFileError> {
     let shown = path.display().to_string();
     let text = Zeroizing::new(
         std::fs::read_to_string(path).map_err(|source| AgeFileError::Read {
@@ -50,27 +50,25 @@ pub fn load(path: &Path) -> Result<Vec<age::x25519::Identity>, AgeFileError> {
 }
 
 /// Parses the text of an age key file.
-pub fn parse(text: &str, shown: &str) -> Result<Vec<age::x25519::Identity>, AgeFileError> {
-    let mut keys = Vec::new();
+pub fn parse(text: &str, shown: &str) -> Result<AgeKeys, AgeFileError> {
+    let mut keys = AgeKeys::default();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let bad = |reason: &str| AgeFileError::BadLine {
+            path: shown.to_owned(),
+            line: i + 1,
+            reason: reason.to_owned(),
+        };
         if line.starts_with("AGE-PLUGIN-") {
-            return Err(AgeFileError::Plugin {
-                path: shown.to_owned(),
-                line: i + 1,
-            });
+            let key = line.parse::<age::plugin::Identity>().map_err(&bad)?;
+            keys.plugins.push(key);
+        } else {
+            let key = line.parse::<age::x25519::Identity>().map_err(&bad)?;
+            keys.native.push(key);
         }
-        let key = line
-            .parse::<age::x25519::Identity>()
-            .map_err(|reason| AgeFileError::BadLine {
-                path: shown.to_owned(),
-                line: i + 1,
-                reason: reason.to_owned(),
-            })?;
-        keys.push(key);
     }
     Ok(keys)
 }
@@ -90,9 +88,22 @@ mod tests {
             a.to_string().expose_secret(),
             b.to_string().expose_secret()
         );
-        let keys = parse(&text, "t").unwrap();
+        let keys = parse(&text, "t").unwrap().native;
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[1].to_public().to_string(), b.to_public().to_string());
+    }
+
+    #[test]
+    fn plugin_identities_are_kept_apart_by_plugin_name() {
+        // An identity of the `yubikey` plugin: bech32 of any payload under its HRP.
+        let hrp = bech32::Hrp::parse("age-plugin-yubikey-").unwrap();
+        let id = bech32::encode::<bech32::Bech32>(hrp, &[7u8; 20])
+            .unwrap()
+            .to_uppercase();
+        let keys = parse(&format!("# hardware\n{id}\n"), "t").unwrap();
+        assert!(keys.native.is_empty());
+        assert_eq!(keys.plugins.len(), 1);
+        assert_eq!(keys.plugins[0].plugin(), "yubikey");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub struct Offered {
 #[derive(Default)]
 pub struct Keyring {
     age: Vec<Box<dyn age::Identity + Send + Sync>>,
+    plugins: Vec<Plugin>,
     pgp_keys: Vec<pgp::SshPgpKey>,
     gnupg: Option<pgp::GnupgHome>,
     offered: Vec<Offered>,
@@ -69,8 +70,25 @@ impl Keyring {
         Ok(())
     }
 
-    fn add_age_keys(&mut self, keys: Vec<age::x25519::Identity>, origin: &str) {
-        for key in keys {
+    fn add_age_keys(&mut self, keys: age_file::AgeKeys, origin: &str) {
+        let mut names: Vec<&str> = keys.plugins.iter().map(|k| k.plugin()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            self.offered.push(Offered {
+                origin: origin.to_owned(),
+                recipient: format!("age1{name}1... (an identity of age-plugin-{name})"),
+            });
+            let runner = age::plugin::IdentityPluginV1::new(name, &keys.plugins, PluginUi(name.to_owned()))
+                .map_err(|_| {
+                    format!("age-plugin-{name} is not on PATH (NixOS: add its package to sops.age.plugins)")
+                });
+            self.plugins.push(Plugin {
+                name: name.to_owned(),
+                runner,
+            });
+        }
+        for key in keys.native {
             self.offered.push(Offered {
                 origin: origin.to_owned(),
                 recipient: key.to_public().to_string(),
@@ -131,15 +149,42 @@ impl Keyring {
         &self.offered
     }
 
-    /// Opens an age stanza's armored file and returns its payload.
-    fn open_age(&self, armored: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-        if self.age.is_empty() {
-            return Err("this host offers no age or SSH identity".to_owned());
-        }
+    /// Opens an age stanza's armored file and returns its payload. A stanza
+    /// for a plugin recipient (`age1NAME1...`) is offered to that plugin's
+    /// identities only, so a plugin runs once per file, for its own stanza.
+    fn open_age(&self, recipient: &str, armored: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+        let ids: Vec<&dyn age::Identity> = match plugin_name(recipient) {
+            None if self.age.is_empty() => {
+                return Err("this host offers no age or SSH identity".to_owned());
+            }
+            None => self
+                .age
+                .iter()
+                .map(|i| i.as_ref() as &dyn age::Identity)
+                .collect(),
+            Some(name) => {
+                let mut ids: Vec<&dyn age::Identity> = Vec::new();
+                let mut why_not = None;
+                for plugin in self.plugins.iter().filter(|p| p.name == name) {
+                    match &plugin.runner {
+                        Ok(runner) => ids.push(runner),
+                        Err(e) => why_not = Some(e.clone()),
+                    }
+                }
+                if ids.is_empty() {
+                    return Err(why_not.unwrap_or_else(|| {
+                        format!(
+                            "this host has no identity for the age plugin {name} (AGE-PLUGIN-{}-1...)",
+                            name.to_uppercase()
+                        )
+                    }));
+                }
+                ids
+            }
+        };
         let reader = age::armor::ArmoredReader::new(armored.as_bytes());
         let decryptor = age::Decryptor::new(reader).map_err(|e| format!("corrupt age data: {e}"))?;
-        let ids = self.age.iter().map(|i| i.as_ref() as &dyn age::Identity);
-        let mut stream = decryptor.decrypt(ids).map_err(|e| match e {
+        let mut stream = decryptor.decrypt(ids.into_iter()).map_err(|e| match e {
             age::DecryptError::NoMatchingKeys => "no identity of this host matches".to_owned(),
             other => other.to_string(),
         })?;
@@ -168,11 +213,49 @@ impl Keyring {
     /// Opens one stanza, or says why not.
     pub fn open(&self, stanza: &Stanza) -> Result<Zeroizing<Vec<u8>>, String> {
         match stanza {
-            Stanza::Age { enc, .. } => self.open_age(enc),
+            Stanza::Age { recipient, enc } => self.open_age(recipient, enc),
             Stanza::Pgp { fingerprint, enc } => self.open_pgp(fingerprint, enc),
             other => Err(format!("{} keys are not supported by this build", other.kind())),
         }
     }
+}
+
+/// The identities of one age plugin, and the plugin binary that runs them.
+struct Plugin {
+    name: String,
+    /// The binary resolved on `PATH`, or why it could not be.
+    runner: Result<age::plugin::IdentityPluginV1<PluginUi>, String>,
+}
+
+/// What a plugin may ask of the user. Activation has no one at a terminal:
+/// messages ("touch your key") go to the log, questions are answered "cannot".
+#[derive(Clone)]
+struct PluginUi(String);
+
+impl age::Callbacks for PluginUi {
+    fn display_message(&self, message: &str) {
+        eprintln!("sops-install-secrets: age-plugin-{}: {message}", self.0);
+    }
+
+    fn confirm(&self, _: &str, _: &str, _: Option<&str>) -> Option<bool> {
+        None
+    }
+
+    fn request_public_string(&self, _: &str) -> Option<String> {
+        None
+    }
+
+    fn request_passphrase(&self, _: &str) -> Option<age::secrecy::SecretString> {
+        None
+    }
+}
+
+/// The plugin a recipient belongs to: `age1yubikey1...` is `yubikey`'s; native
+/// X25519 (`age1...`) and SSH recipients belong to none. (Bech32 data never
+/// contains `1`, so the human-readable part ends at the last one.)
+fn plugin_name(recipient: &str) -> Option<&str> {
+    let hrp = &recipient[..recipient.rfind('1')?];
+    hrp.strip_prefix("age1").filter(|name| !name.is_empty())
 }
 
 /// One stanza that was tried, and why it did not open.
@@ -228,12 +311,15 @@ fn describe_groups(opened: usize, needed: usize, groups: &[Option<Vec<Attempt>>]
 }
 
 /// The order stanzas of a group are tried in: local identities first (they
-/// need no network and are fast), then GPG (a process), then network sources.
+/// need no network and are fast), then GPG, then age plugins, then network
+/// sources.
 fn cost(stanza: &Stanza) -> u8 {
     match stanza {
-        Stanza::Age { .. } => 0,
+        Stanza::Age { recipient, .. } if plugin_name(recipient).is_none() => 0,
         Stanza::Pgp { .. } => 1,
-        _ => 2,
+        // Plugins are mostly hardware that may want a touch: after what opens unattended.
+        Stanza::Age { .. } => 2,
+        _ => 3,
     }
 }
 
@@ -290,4 +376,21 @@ pub fn recover_data_key(metadata: &Metadata, keyring: &Keyring) -> Result<Zeroiz
         .try_into()
         .map_err(|_| DataKeyError::BadLength(key.len()))?;
     Ok(Zeroizing::new(array))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_recipients_name_their_plugin() {
+        assert_eq!(plugin_name("age1yubikey1qwerty"), Some("yubikey"));
+        assert_eq!(plugin_name("age1se1qgg"), Some("se"));
+        assert_eq!(
+            plugin_name("age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"),
+            None
+        );
+        assert_eq!(plugin_name("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH"), None);
+        assert_eq!(plugin_name(""), None);
+    }
 }

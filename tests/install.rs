@@ -426,11 +426,16 @@ impl Env {
 
     /// A world-readable copy of tests/fixtures/install/enc/NAME.
     fn public_copy(&self, name: &str) -> String {
+        self.public_copy_of(Path::new(&enc(name)))
+    }
+
+    /// A world-readable copy of a fixture file.
+    fn public_copy_of(&self, source: &Path) -> String {
         let dir = self.path("public-sops");
         fs::create_dir_all(&dir).unwrap();
         set_mode(&dir, 0o755);
-        let p = dir.join(name);
-        fs::copy(enc(name), &p).unwrap();
+        let p = dir.join(source.file_name().unwrap());
+        fs::copy(source, &p).unwrap();
         set_mode(&p, 0o644);
         s(&p)
     }
@@ -2558,5 +2563,38 @@ fn a_plugin_runs_once_per_file_however_many_secrets_use_it() {
         assert_eq!(fs::read(env.link.join("grafana")).unwrap(), b"admin-pw-2");
         let sessions = fs::read_to_string(&log).unwrap().lines().count();
         assert_eq!(sessions, 2, "one plugin session per sops file, not per secret");
+    });
+}
+
+#[test]
+fn an_ssh_rsa_host_public_key_counts_for_pgp_stanzas_when_the_host_uses_ssh_keys_as_gpg_keys() {
+    isolated(|env| {
+        let to_host = env.public_copy_of(&fixtures().join("pgp/enc/ssh_rsa.yaml"));
+        let to_alice = env.public_copy_of(&fixtures().join("pgp/enc/pgp.yaml"));
+        let rsa_pub = fs::read_to_string(fixtures().join("keys/host_rsa.pub")).unwrap();
+        let mut m = env.manifest(vec![env.secret_from("db", &to_host, "database/password")]);
+        m["ageKeyFile"] = Value::Null;
+        m["sshKeyPaths"] = json!(["/etc/ssh/ssh_host_rsa_key"]);
+        m["hostPubKeys"] = json!([rsa_pub.trim()]);
+        check_as_nobody(env, &m, "-check-mode=sopsfile").assert_success();
+
+        // A file for someone else's PGP key names the host's fingerprint among what it has.
+        let mut other = m.clone();
+        other["secrets"] = json!([env.secret_from("token", &to_alice, "api_token")]);
+        let run = check_as_nobody(env, &other, "-check-mode=sopsfile");
+        run.assert_failure();
+        run.assert_stderr_names(&[
+            "pgp.yaml",
+            "pgp 52347B17CB87CF7B724FEACF3E54A544D8560FBD",
+            "sops updatekeys",
+        ]);
+
+        // Without sshKeyPaths the host has no GPG key, whatever its RSA key would derive.
+        let mut no_gpg = m.clone();
+        no_gpg["sshKeyPaths"] = json!([]);
+        no_gpg["ageKeyFile"] = json!(age_key_file());
+        let run = check_as_nobody(env, &no_gpg, "-check-mode=sopsfile");
+        run.assert_failure();
+        run.assert_stderr_names(&["ssh_rsa.yaml", "sops updatekeys"]);
     });
 }

@@ -251,9 +251,12 @@ fn secret_names(manifest: &Manifest, users: &[usize]) -> String {
 
 /// Whether the host's public keys open enough key groups of a file; if not,
 /// a message naming what is missing.
+/// An RSA SSH key counts for `pgp` stanzas of its derived fingerprint only when
+/// the host uses RSA SSH keys as GPG keys (`pgp_from_ssh`).
 fn host_opens(
     metadata: &crate::sops::metadata::Metadata,
     host: &[crate::keys::ssh::HostKey],
+    pgp_from_ssh: bool,
 ) -> Result<(), String> {
     use crate::sops::metadata::Stanza;
     let opens = |stanza: &Stanza| match stanza {
@@ -264,6 +267,14 @@ fn host_opens(
                     || h.ssh
                         .as_deref()
                         .is_some_and(|ssh| r.split_whitespace().take(2).collect::<Vec<_>>().join(" ") == ssh)
+            })
+        }
+        Stanza::Pgp { fingerprint, .. } if pgp_from_ssh => {
+            let wanted: String = fingerprint.chars().filter(|c| !c.is_whitespace()).collect();
+            host.iter().any(|h| {
+                h.pgp
+                    .as_deref()
+                    .is_some_and(|fp| wanted.len() >= 16 && fp.ends_with(&wanted.to_ascii_uppercase()))
             })
         }
         _ => false,
@@ -278,16 +289,24 @@ fn host_opens(
         .stanzas()
         .map(|s| format!("{} {}", s.kind(), s.target()))
         .collect();
-    let offered: Vec<&str> = host
+    let mut offered: Vec<String> = host
         .iter()
         .filter_map(|h| h.age.as_deref().or(h.ssh.as_deref()))
+        .map(str::to_owned)
         .collect();
+    if pgp_from_ssh {
+        offered.extend(
+            host.iter()
+                .filter_map(|h| h.pgp.as_ref())
+                .map(|fp| format!("pgp {fp}")),
+        );
+    }
     Err(format!(
         "the host's keys open {opened} of the {needed} key group(s) needed. The file lists: {}. The host has: {}. \
          Add the host's recipient (e.g. {}) to the file's creation rule in .sops.yaml and run `sops updatekeys` on it.",
         recipients.join(", "),
         offered.join(", "),
-        offered.first().copied().unwrap_or("its age recipient")
+        offered.first().map_or("its age recipient", String::as_str)
     ))
 }
 
@@ -321,7 +340,7 @@ pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Resu
                 }
             };
             if !host.is_empty()
-                && let Err(e) = host_opens(&file.metadata, &host)
+                && let Err(e) = host_opens(&file.metadata, &host, !manifest.ssh_key_paths.is_empty())
             {
                 let shown = path.display().to_string();
                 problems.push(Problem::about(

@@ -189,6 +189,24 @@ fn rsa_key(pair: &ssh_key::private::RsaKeypair) -> Result<rsa::RsaPrivateKey, St
     .map_err(|e| format!("not a valid RSA key: {e}"))
 }
 
+/// The fingerprint an RSA SSH public key has as an OpenPGP key (the one
+/// [`SshPgpKey`] and sops-nix give its private half), from its exponent and
+/// modulus (big-endian).
+pub fn ssh_rsa_fingerprint(e: &[u8], n: &[u8]) -> Result<String, String> {
+    let public = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(n), rsa::BigUint::from_bytes_be(e))
+        .map_err(|e| format!("not a valid RSA key: {e}"))?;
+    let inner = PubKeyInner::new(
+        KeyVersion::V4,
+        PublicKeyAlgorithm::RSA,
+        Timestamp::from_secs(0),
+        None,
+        PublicParams::RSA(public.into()),
+    )
+    .map_err(|e| e.to_string())?;
+    let key = PublicKey::from_inner(inner).map_err(|e| e.to_string())?;
+    Ok(hex_upper(key.fingerprint().as_bytes()))
+}
+
 fn hex_upper(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
@@ -321,6 +339,20 @@ mod tests {
     #[test]
     fn fingerprint_equals_the_one_sops_nix_derives() {
         assert_eq!(fixture_key().fingerprint(), SOPS_NIX_FINGERPRINT);
+    }
+
+    #[test]
+    fn the_public_half_alone_gives_the_same_fingerprint() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keys/host_rsa.pub"
+        ))
+        .unwrap();
+        let key = ssh_key::PublicKey::from_openssh(text.trim()).unwrap();
+        let rsa = key.key_data().rsa().unwrap();
+        let e = rsa.e.as_positive_bytes().unwrap();
+        let n = rsa.n.as_positive_bytes().unwrap();
+        assert_eq!(ssh_rsa_fingerprint(e, n).unwrap(), SOPS_NIX_FINGERPRINT);
     }
 
     #[test]

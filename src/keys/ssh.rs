@@ -114,6 +114,8 @@ pub struct HostKey {
     pub age: Option<String>,
     /// For SSH keys, `type base64` without the comment.
     pub ssh: Option<String>,
+    /// For RSA SSH keys, the OpenPGP fingerprint they have as `sops.gnupg.sshKeyPaths` keys.
+    pub pgp: Option<String>,
 }
 
 /// Reads `age1...` or an OpenSSH public key line (`ssh-ed25519 AAAA... comment`).
@@ -125,6 +127,7 @@ pub fn parse_host_key(text: &str) -> Result<HostKey, String> {
         return Ok(HostKey {
             age: Some(text.to_owned()),
             ssh: None,
+            pgp: None,
         });
     }
     let key = ssh_key::PublicKey::from_openssh(text)
@@ -135,7 +138,18 @@ pub fn parse_host_key(text: &str) -> Result<HostKey, String> {
         ssh_key::public::KeyData::Ed25519(pk) => ed25519_public_to_age(&pk.0),
         _ => None,
     };
-    Ok(HostKey { age, ssh: Some(ssh) })
+    let pgp = match key.key_data() {
+        ssh_key::public::KeyData::Rsa(pk) => match (pk.e.as_positive_bytes(), pk.n.as_positive_bytes()) {
+            (Some(e), Some(n)) => super::pgp::ssh_rsa_fingerprint(e, n).ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(HostKey {
+        age,
+        ssh: Some(ssh),
+        pgp,
+    })
 }
 
 /// Reads an OpenSSH private key file and builds its age identities.

@@ -278,3 +278,49 @@ fn an_ed25519_key_listed_as_a_gpg_key_is_refused_with_what_to_do() {
     assert!(err.contains("only ssh-rsa keys can be used as GPG keys"), "{err}");
     assert!(err.contains("sops.age.sshKeyPaths"), "{err}");
 }
+
+#[test]
+fn a_pgp_stanza_that_decrypts_to_more_than_a_data_key_is_refused() {
+    if !have_gpg() {
+        return;
+    }
+    // Real gpg encrypts 64 KiB (compressible, so also a small compression bomb)
+    // to the host key's public half.
+    let home = Home::with_keys(&["host_rsa.pgp.asc"]);
+    let input = home.dir.path().join("big");
+    std::fs::write(&input, vec![b'A'; 64 * 1024]).unwrap();
+    let out = Command::new("gpg")
+        .arg("--homedir")
+        .arg(home.dir.path())
+        .args(["--batch", "--trust-model", "always", "--armor", "--encrypt", "-r"])
+        .arg(SOPS_NIX_FINGERPRINT)
+        .arg("--output")
+        .arg("-")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = sops_install_secrets::keys::pgp::SshPgpKey::load(&fixtures().join("keys/host_rsa")).unwrap();
+    let err = key
+        .decrypt(std::str::from_utf8(&out.stdout).unwrap())
+        .unwrap_err();
+    assert!(err.contains("more than 4096 bytes"), "{err}");
+
+    // The same path opens a message of data-key size.
+    std::fs::write(&input, [7u8; 32]).unwrap();
+    let out = Command::new("gpg")
+        .arg("--homedir")
+        .arg(home.dir.path())
+        .args(["--batch", "--trust-model", "always", "--armor", "--encrypt", "-r"])
+        .arg(SOPS_NIX_FINGERPRINT)
+        .arg("--output")
+        .arg("-")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        *key.decrypt(std::str::from_utf8(&out.stdout).unwrap()).unwrap(),
+        [7u8; 32]
+    );
+}

@@ -39,6 +39,9 @@ const USER_ID: &str = "root (Imported from SSH) <root@localhost>";
 /// milliseconds; anything near this is an agent or pinentry waiting for input.
 const GPG_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The most a `pgp` stanza may decrypt to.
+const MAX_PAYLOAD: usize = 4096;
+
 /// An RSA SSH key as an OpenPGP key.
 pub struct SshPgpKey {
     key: SignedSecretKey,
@@ -164,10 +167,20 @@ impl SshPgpKey {
         } else {
             message
         };
-        let data = message
-            .as_data_vec()
+        // A data key (or a Shamir share of one) is a few dozen bytes: read no
+        // more than a little beyond that, so a hostile stanza cannot make us
+        // inflate a compression bomb. Reading to the end checks the MDC.
+        let mut data = Zeroizing::new(Vec::new());
+        (&mut message)
+            .take(MAX_PAYLOAD as u64 + 1)
+            .read_to_end(&mut data)
             .map_err(|e| format!("corrupt PGP message: {e}"))?;
-        Ok(Zeroizing::new(data))
+        if data.len() > MAX_PAYLOAD {
+            return Err(format!(
+                "the PGP message holds more than {MAX_PAYLOAD} bytes, which no data key needs"
+            ));
+        }
+        Ok(data)
     }
 }
 

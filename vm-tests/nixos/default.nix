@@ -20,4 +20,5 @@ in
   sops-dry-activation = call ./dry-activation.nix;
   sops-home-manager-user-secret = call ./home-manager-user-secret.nix;
   sops-missing-key-fails-build = call ./missing-key-fails-build.nix;
+  sops-secrets-target = call ./sops-secrets-target.nix;
 }

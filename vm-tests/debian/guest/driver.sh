@@ -13,7 +13,7 @@
 set -uo pipefail # no -e: a failed check is reported and the others still run
 
 exec 3>"${1:?usage: driver.sh RESULTS-FILE}"
-plan=40
+plan=42
 expected=/etc/sops-test/expected
 secret=/run/secrets/ssh_keys/private_key
 n=0
@@ -91,6 +91,8 @@ check_eq "secret-test.service saw secret-test secret-test 400" "secret-test secr
 check_eq "secret-test.service read generation 1's value" "$(digest "$expected/private_key.v1")" \
   "$(cut -d' ' -f1 /run/secret-test/read 2>&1)"
 check_eq "secret-test.service ran once, on generation 1" "/run/secrets.d/1" "$(cat /run/secret-test.runs 2>&1)"
+check_eq "db-consumer.service is running" "active running" \
+  "$(prop db-consumer.service ActiveState) $(prop db-consumer.service SubState)"
 
 # --- a changed secret -------------------------------------------------------------------
 secret_test_id=$(prop secret-test.service InvocationID)
@@ -134,6 +136,20 @@ wait_until 30 no_jobs
 check_eq "secret-test.service was not restarted" "$secret_test_id" "$(prop secret-test.service InvocationID)"
 check "the journal marks the failure (SOPS_EVENT=sops-install-secrets-failed)" \
   test -n "$(journalctl -b SOPS_EVENT=sops-install-secrets-failed -o cat --no-pager)"
+
+# The values themselves (every line of each, but the PEM armour) appear nowhere
+# in this boot's journal; an empty journal or too few patterns count as a failure.
+journal_free_of_secrets() {
+  local patterns journal f
+  patterns=$(for f in private_key.v1 private_key.v2 db_password api_token; do
+    cat "$expected/$f"
+    echo
+  done | grep -v -e '^-----' -e '^$')
+  journal=$(journalctl -b -o cat --no-pager)
+  [[ $(wc -l <<<"$patterns") -ge 4 && -n $journal ]] || return 1
+  ! grep -qF -f <(printf '%s\n' "$patterns") <<<"$journal"
+}
+check "no secret value appears in the journal" journal_free_of_secrets
 
 # --- report -----------------------------------------------------------------------------
 [[ $n == "$plan" ]] || emit "# the plan says $plan checks, $n ran"

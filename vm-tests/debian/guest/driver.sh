@@ -154,6 +154,7 @@ check "no secret value appears in the journal" journal_free_of_secrets
 # --- report -----------------------------------------------------------------------------
 [[ $n == "$plan" ]] || emit "# the plan says $plan checks, $n ran"
 emit "VMTEST-JOURNAL-BEGIN"
-journalctl -b -u sops-nix.service -o short-monotonic --no-pager >&3 2>&1
+# The results port is a tty: no colours.
+SYSTEMD_COLORS=0 journalctl -b -u sops-nix.service -o short-monotonic --no-pager >&3 2>&1
 emit "VMTEST-JOURNAL-END"
 emit "VMTEST-END"

@@ -13,7 +13,7 @@
 set -uo pipefail # no -e: a failed check is reported and the others still run
 
 exec 3>"${1:?usage: driver.sh RESULTS-FILE}"
-plan=42
+plan=43
 expected=/etc/sops-test/expected
 secret=/run/secrets/ssh_keys/private_key
 n=0
@@ -86,6 +86,7 @@ sops_done=$(prop sops-nix.service ActiveEnterTimestampMonotonic)
 test_started=$(prop secret-test.service InactiveExitTimestampMonotonic)
 check "secret-test.service started after sops-nix.service finished ($test_started >= $sops_done)" \
   test "$sops_done" -gt 0 -a "$test_started" -ge "$sops_done"
+check_eq "secret-test.service ran as secret-test" "secret-test" "$(stat -c %U /run/secret-test/read 2>&1)"
 check_eq "secret-test.service saw secret-test secret-test 400" "secret-test secret-test 400" \
   "$(cat /run/secret-test/stat 2>&1)"
 check_eq "secret-test.service read generation 1's value" "$(digest "$expected/private_key.v1")" \

@@ -8,6 +8,8 @@
 //! are in hand.
 
 pub mod age_file;
+#[cfg(feature = "_net")]
+pub mod kms;
 pub mod ssh;
 
 use std::io::Read;
@@ -33,6 +35,9 @@ pub struct Offered {
 pub struct Keyring {
     age: Vec<Box<dyn age::Identity + Send + Sync>>,
     offered: Vec<Offered>,
+    /// Network key services; reads the environment only when first asked.
+    #[cfg(feature = "_net")]
+    kms: kms::Kms,
 }
 
 /// Why an identity source could not be loaded.
@@ -129,6 +134,8 @@ impl Keyring {
     pub fn open(&self, stanza: &Stanza) -> Result<Zeroizing<Vec<u8>>, String> {
         match stanza {
             Stanza::Age { enc, .. } => self.open_age(enc),
+            #[cfg(feature = "gcp-kms")]
+            Stanza::GcpKms { .. } => self.kms.open(stanza),
             other => Err(format!("{} keys are not supported by this build", other.kind())),
         }
     }
@@ -198,9 +205,14 @@ pub fn recover_data_key(metadata: &Metadata, keyring: &Keyring) -> Result<Zeroiz
             report.push(None);
             continue;
         }
-        // Local identities first: they need no network and are fast.
+        // Local identities first (age, then pgp): they need no network and
+        // are fast; network key services last, in the file's order.
         let mut order: Vec<&Stanza> = group.stanzas.iter().collect();
-        order.sort_by_key(|s| !matches!(s, Stanza::Age { .. }));
+        order.sort_by_key(|s| match s {
+            Stanza::Age { .. } => 0,
+            Stanza::Pgp { .. } => 1,
+            _ => 2,
+        });
         let mut attempts = Vec::new();
         let mut opened = None;
         for stanza in order {

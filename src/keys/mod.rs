@@ -136,6 +136,8 @@ impl Keyring {
             Stanza::Age { enc, .. } => self.open_age(enc),
             #[cfg(feature = "gcp-kms")]
             Stanza::GcpKms { .. } => self.kms.open(stanza),
+            #[cfg(feature = "vault")]
+            Stanza::HcVault { .. } => self.kms.open(stanza),
             other => Err(format!("{} keys are not supported by this build", other.kind())),
         }
     }

@@ -58,8 +58,23 @@ pub(crate) fn host_of(url: &str) -> &str {
 }
 
 impl Http {
+    /// A client trusting the Mozilla roots.
     pub fn new(timeouts: Timeouts) -> Http {
+        Http::build(timeouts, None)
+    }
+
+    /// A client trusting only `roots` (a private CA, as `VAULT_CACERT` names).
+    pub fn with_roots(timeouts: Timeouts, roots: &[ureq::tls::Certificate<'static>]) -> Http {
+        Http::build(timeouts, Some(roots))
+    }
+
+    fn build(timeouts: Timeouts, roots: Option<&[ureq::tls::Certificate<'static>]>) -> Http {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(roots) = roots {
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(roots));
+        }
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .timeout_global(Some(timeouts.total))
             .timeout_connect(Some(timeouts.connect))
             .timeout_resolve(Some(timeouts.connect))

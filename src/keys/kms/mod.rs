@@ -17,6 +17,8 @@
 #[cfg(feature = "gcp-kms")]
 mod gcp;
 mod http;
+#[cfg(feature = "vault")]
+mod vault;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -57,9 +59,17 @@ impl Env {
         v.filter(|v| !v.is_empty())
     }
 
-    /// The home directory (`$HOME`).
+    /// The home directory: `$HOME`, else (in the process environment) the
+    /// user's passwd entry, since systemd units run without `HOME` unless they set `User=`.
     pub(crate) fn home(&self) -> Option<PathBuf> {
-        self.var("HOME").map(PathBuf::from)
+        self.var("HOME").map(PathBuf::from).or_else(|| {
+            self.fixed.is_none().then(|| {
+                nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.dir)
+            })?
+        })
     }
 }
 
@@ -101,6 +111,8 @@ pub struct Kms {
     logger: OnceLock<Logger>,
     #[cfg(feature = "gcp-kms")]
     gcp: gcp::Gcp,
+    #[cfg(feature = "vault")]
+    vault: vault::Vault,
 }
 
 impl Kms {
@@ -130,6 +142,15 @@ impl Kms {
         let result = match stanza {
             #[cfg(feature = "gcp-kms")]
             Stanza::GcpKms { resource_id, enc } => self.gcp.decrypt(self.ctx(), resource_id, enc),
+            #[cfg(feature = "vault")]
+            Stanza::HcVault {
+                address,
+                engine_path,
+                key_name,
+                enc,
+            } => self
+                .vault
+                .decrypt(self.ctx(), address, engine_path, key_name, enc),
             other => return Err(format!("{} keys are not supported by this build", other.kind())),
         };
         self.log(stanza, &result);

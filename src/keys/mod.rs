@@ -138,6 +138,8 @@ impl Keyring {
             Stanza::GcpKms { .. } => self.kms.open(stanza),
             #[cfg(feature = "vault")]
             Stanza::HcVault { .. } => self.kms.open(stanza),
+            #[cfg(feature = "aws-kms")]
+            Stanza::AwsKms { .. } => self.kms.open(stanza),
             other => Err(format!("{} keys are not supported by this build", other.kind())),
         }
     }

@@ -42,6 +42,8 @@ pub(crate) enum Body<'a> {
     Json(&'a serde_json::Value),
     /// `application/x-www-form-urlencoded`.
     Form(&'a [(&'a str, &'a str)]),
+    /// Bytes with a content type (a body that was signed as it is).
+    Raw(&'a str, &'a [u8]),
 }
 
 pub(crate) struct Http {
@@ -119,6 +121,7 @@ impl Http {
                 Some("application/x-www-form-urlencoded"),
                 Zeroizing::new(form_encode(pairs).into_bytes()),
             ),
+            Body::Raw(ct, b) => (Some(ct), Zeroizing::new(b.to_vec())),
         };
         if let Some(ct) = content_type {
             req = req.header("Content-Type", ct);

@@ -14,8 +14,12 @@
 //! journal fields `SOPS_KEY_SOURCE`, `SOPS_KEY_RESOURCE` and
 //! `SOPS_KEY_OUTCOME`; tokens, keys and plaintext never reach a message.
 
+#[cfg(feature = "aws-kms")]
+mod aws;
 #[cfg(feature = "gcp-kms")]
 mod gcp;
+// Builds with only some sources leave parts of the shared client unused.
+#[cfg_attr(not(feature = "kms"), allow(dead_code))]
 mod http;
 #[cfg(feature = "vault")]
 mod vault;
@@ -113,6 +117,8 @@ pub struct Kms {
     gcp: gcp::Gcp,
     #[cfg(feature = "vault")]
     vault: vault::Vault,
+    #[cfg(feature = "aws-kms")]
+    aws: aws::Aws,
 }
 
 impl Kms {
@@ -151,6 +157,14 @@ impl Kms {
             } => self
                 .vault
                 .decrypt(self.ctx(), address, engine_path, key_name, enc),
+            #[cfg(feature = "aws-kms")]
+            Stanza::AwsKms {
+                arn,
+                role,
+                context,
+                aws_profile,
+                enc,
+            } => self.aws.decrypt(self.ctx(), arn, role, context, aws_profile, enc),
             other => return Err(format!("{} keys are not supported by this build", other.kind())),
         };
         self.log(stanza, &result);
@@ -181,6 +195,7 @@ impl Kms {
 }
 
 /// A JSON field as text, for reading responses.
+#[cfg_attr(not(feature = "kms"), allow(dead_code))]
 pub(crate) fn json_str<'a>(v: &'a serde_json::Value, field: &str) -> Option<&'a str> {
     v.get(field).and_then(serde_json::Value::as_str)
 }

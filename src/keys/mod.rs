@@ -140,6 +140,8 @@ impl Keyring {
             Stanza::HcVault { .. } => self.kms.open(stanza),
             #[cfg(feature = "aws-kms")]
             Stanza::AwsKms { .. } => self.kms.open(stanza),
+            #[cfg(feature = "azure-kv")]
+            Stanza::AzureKv { .. } => self.kms.open(stanza),
             other => Err(format!("{} keys are not supported by this build", other.kind())),
         }
     }

@@ -20,6 +20,8 @@ use super::Timeouts;
 pub(crate) struct Reply {
     pub status: u16,
     pub body: Zeroizing<String>,
+    /// The `WWW-Authenticate` challenge, if any (Key Vault names its token scope there).
+    pub www_authenticate: Option<String>,
 }
 
 impl Reply {
@@ -144,6 +146,11 @@ impl Http {
             }
         };
         let status = resp.status().as_u16();
+        let www_authenticate = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp
             .body_mut()
             .with_config()
@@ -151,7 +158,11 @@ impl Http {
             .read_to_string()
             .map(Zeroizing::new)
             .map_err(|e| format!("{host}: reading the answer failed: {}", self.describe(&e).0))?;
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            body,
+            www_authenticate,
+        })
     }
 
     /// Words for a transport error, and whether the host counts as unreachable.

@@ -16,6 +16,8 @@
 
 #[cfg(feature = "aws-kms")]
 mod aws;
+#[cfg(feature = "azure-kv")]
+mod azure;
 #[cfg(feature = "gcp-kms")]
 mod gcp;
 // Builds with only some sources leave parts of the shared client unused.
@@ -63,6 +65,7 @@ impl Env {
         v.filter(|v| !v.is_empty())
     }
 
+    #[cfg_attr(not(feature = "kms"), allow(dead_code))]
     /// The home directory: `$HOME`, else (in the process environment) the
     /// user's passwd entry, since systemd units run without `HOME` unless they set `User=`.
     pub(crate) fn home(&self) -> Option<PathBuf> {
@@ -119,6 +122,8 @@ pub struct Kms {
     vault: vault::Vault,
     #[cfg(feature = "aws-kms")]
     aws: aws::Aws,
+    #[cfg(feature = "azure-kv")]
+    azure: azure::Azure,
 }
 
 impl Kms {
@@ -165,6 +170,13 @@ impl Kms {
                 aws_profile,
                 enc,
             } => self.aws.decrypt(self.ctx(), arn, role, context, aws_profile, enc),
+            #[cfg(feature = "azure-kv")]
+            Stanza::AzureKv {
+                vault_url,
+                name,
+                version,
+                enc,
+            } => self.azure.decrypt(self.ctx(), vault_url, name, version, enc),
             other => return Err(format!("{} keys are not supported by this build", other.kind())),
         };
         self.log(stanza, &result);

@@ -275,3 +275,43 @@ fn the_instance_role_comes_from_imdsv2() {
         stderr(&out)
     );
 }
+
+#[test]
+fn profiles_with_a_source_profile_role_or_a_credential_process() {
+    let Some(moto) = moto() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (id, secret) = moto.user("assumer");
+    let (allowed_id, allowed_secret) = moto.user("allowed");
+    let role = moto.setup["role_arn"].as_str().unwrap().to_owned();
+    std::fs::create_dir(dir.path().join(".aws")).unwrap();
+    std::fs::write(
+        dir.path().join(".aws/credentials"),
+        format!("[base]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(".aws/config"),
+        format!(
+            "[profile deploy]\nrole_arn = {role}\nsource_profile = base\nregion = eu-west-1\n\n\
+             [profile process]\ncredential_process = printf '{{\"Version\": 1, \"AccessKeyId\": \"{allowed_id}\", \"SecretAccessKey\": \"{allowed_secret}\"}}'\n"
+        ),
+    )
+    .unwrap();
+    for (profile, says) in [
+        ("deploy", format!("role {role} assumed with profile base from ")),
+        ("process", "(credential_process)".to_owned()),
+    ] {
+        let file = support::with_only_stanza(dir.path(), "kms", moto.stanza(false, "", ""));
+        let out = support::decrypt_with_env(
+            &file,
+            &[
+                ("AWS_PROFILE", profile.into()),
+                ("AWS_ENDPOINT_URL", moto.url.clone()),
+                ("HOME", dir.path().display().to_string()),
+            ],
+        );
+        assert!(out.status.success(), "{profile}: {}", stderr(&out));
+        assert_eq!(out.stdout, support::expected_basic_json());
+        assert!(stderr(&out).contains(&says), "{profile}: {}", stderr(&out));
+    }
+}

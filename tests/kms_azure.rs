@@ -97,6 +97,22 @@ fn handle(req: &Request, base: &str) -> Response {
                 json!({ "token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token }),
             )
         }
+        ("GET", "/msi/token") => {
+            // App Service's identity endpoint (api-version 2019-08-01).
+            if req.header("x-identity-header") != Some("app-service-header")
+                || req.query("api-version").as_deref() != Some("2019-08-01")
+                || req.query("client_id").as_deref() != Some(APP)
+            {
+                return Response::json(400, json!({ "statusCode": 400, "message": "bad request" }));
+            }
+            Response::json(
+                200,
+                json!({
+                    "access_token": good, "expires_on": "1999999999", "resource": req.query("resource"),
+                    "token_type": "Bearer", "client_id": APP
+                }),
+            )
+        }
         ("GET", "/metadata/identity/oauth2/token") => {
             if req.header("metadata") != Some("true") {
                 return Response::json(
@@ -323,4 +339,29 @@ fn the_azure_cli_is_the_last_resort() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_user_assigned_identity_from_app_services_identity_endpoint() {
+    let server = fake_azure();
+    let dir = tempfile::tempdir().unwrap();
+    let file = azure_file(dir.path(), &server);
+    let out = support::decrypt_with_env(
+        &file,
+        &[
+            ("IDENTITY_ENDPOINT", format!("{}/msi/token", server.url())),
+            ("IDENTITY_HEADER", "app-service-header".into()),
+            ("AZURE_CLIENT_ID", APP.into()),
+            ("HOME", dir.path().display().to_string()),
+            ("PATH", no_az()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, support::expected_basic_json());
+    assert!(
+        stderr(&out).contains(&format!("managed identity {APP} from IDENTITY_ENDPOINT")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("app-service-header"));
 }

@@ -519,3 +519,49 @@ fn age_is_tried_before_cloud_kms() {
     assert_eq!(out.stdout, support::expected_basic_json());
     assert!(server.requests().is_empty(), "{:?}", server.requests());
 }
+
+#[test]
+fn sops_google_credentials_and_access_token_variables_come_first() {
+    let server = fake_google(ALLOW_ALL);
+    let dir = tempfile::tempdir().unwrap();
+    let file = gcp_file(dir.path());
+    // GOOGLE_CREDENTIALS holding the JSON itself (sops also accepts a path).
+    let sa = std::fs::read_to_string(service_account_json(
+        dir.path(),
+        &format!("{}/token", server.url()),
+    ))
+    .unwrap();
+    let out = support::decrypt_with_env(
+        &file,
+        &[
+            ("GOOGLE_CREDENTIALS", sa),
+            ("GCE_METADATA_HOST", "127.0.0.1:1".into()),
+            ("SOPS_GCP_KMS_ENDPOINT", server.url()),
+            ("HOME", dir.path().display().to_string()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, support::expected_basic_json());
+    assert!(
+        stderr(&out).contains("from GOOGLE_CREDENTIALS"),
+        "{}",
+        stderr(&out)
+    );
+
+    let before = server.requests().len();
+    let out = support::decrypt_with_env(
+        &file,
+        &[
+            ("GOOGLE_OAUTH_ACCESS_TOKEN", VM_TOKEN.into()),
+            ("SOPS_GCP_KMS_ENDPOINT", server.url()),
+            ("HOME", dir.path().display().to_string()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), before + 1, "only the decryption: {reqs:?}");
+    assert_eq!(
+        reqs[before].header("authorization"),
+        Some(format!("Bearer {VM_TOKEN}").as_str())
+    );
+}

@@ -59,7 +59,11 @@ fn errors(status: u16, msg: &str) -> Response {
 }
 
 fn fake_vault(sealed: bool) -> Server {
-    Server::start(move |req: &Request| {
+    Server::start(move |req: &Request| vault_api(req, sealed))
+}
+
+fn vault_api(req: &Request, sealed: bool) -> Response {
+    {
         if sealed {
             return errors(503, "Vault is sealed");
         }
@@ -96,10 +100,14 @@ fn fake_vault(sealed: bool) -> Server {
             }
             _ => errors(403, "permission denied"),
         }
-    })
+    }
 }
 
 fn vault_file(dir: &std::path::Path, server: &Server) -> std::path::PathBuf {
+    vault_file_at(dir, &server.url())
+}
+
+fn vault_file_at(dir: &std::path::Path, address: &str) -> std::path::PathBuf {
     let key = support::data_key("enc/basic.json", Format::Json);
     // sops sends the data key to transit as base64, as the API requires.
     let enc = transit_encrypt(&STANDARD.encode(key));
@@ -107,7 +115,7 @@ fn vault_file(dir: &std::path::Path, server: &Server) -> std::path::PathBuf {
         dir,
         "hc_vault",
         json!({
-            "vault_address": server.url(),
+            "vault_address": address,
             "engine_path": MOUNT,
             "key_name": KEY,
             "created_at": "2026-01-01T00:00:00Z",
@@ -211,4 +219,35 @@ fn a_missing_token_and_a_sealed_vault_are_explained() {
         err.contains("Vault answered HTTP 503: Vault is sealed (sealed or on standby?)"),
         "{err}"
     );
+}
+
+#[test]
+fn https_vault_with_a_private_ca_from_vault_cacert() {
+    let server = Server::start_tls(|req: &Request| vault_api(req, false));
+    let dir = tempfile::tempdir().unwrap();
+    let file = vault_file_at(dir.path(), &format!("https://{}", server.addr));
+    let ca = support::fixtures().join("kms/vault-ca.pem").display().to_string();
+    let out = support::decrypt_with_env(
+        &file,
+        &[
+            ("VAULT_TOKEN", GOOD_TOKEN.into()),
+            ("VAULT_CACERT", ca),
+            ("HOME", dir.path().display().to_string()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, support::expected_basic_json());
+
+    // Without the CA, the public roots do not trust the server: a TLS error, and no token sent.
+    let before = server.requests().len();
+    let out = support::decrypt_with_env(
+        &file,
+        &[
+            ("VAULT_TOKEN", GOOD_TOKEN.into()),
+            ("HOME", dir.path().display().to_string()),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("TLS error"), "{}", stderr(&out));
+    assert_eq!(server.requests().len(), before);
 }

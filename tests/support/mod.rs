@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -126,6 +126,34 @@ pub struct Server {
 
 impl Server {
     pub fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Server {
+        Server::spawn(None, handler)
+    }
+
+    /// The same over TLS, with a certificate for 127.0.0.1 signed by
+    /// `fixtures/kms/vault-ca.pem` (an HTTPS Vault with a private CA).
+    pub fn start_tls(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Server {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = fixtures().join("kms");
+        let certs = CertificateDer::pem_file_iter(dir.join("vault-server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("vault-server.key")).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        Server::spawn(Some(Arc::new(config)), handler)
+    }
+
+    fn spawn(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -134,8 +162,14 @@ impl Server {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (seen, handler) = (seen.clone(), handler.clone());
-                std::thread::spawn(move || serve(conn, &seen, handler.as_ref()));
+                let (seen, handler, tls) = (seen.clone(), handler.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    None => serve(conn, &seen, handler.as_ref()),
+                    Some(cfg) => {
+                        let tls = rustls::ServerConnection::new(cfg).unwrap();
+                        serve(rustls::StreamOwned::new(tls, conn), &seen, handler.as_ref())
+                    }
+                });
             }
         });
         Server { addr, requests }
@@ -150,8 +184,8 @@ impl Server {
     }
 }
 
-fn serve(conn: TcpStream, seen: &Mutex<Vec<Request>>, handler: &Handler) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
+fn serve<S: Read + Write>(conn: S, seen: &Mutex<Vec<Request>>, handler: &Handler) {
+    let mut reader = BufReader::new(conn);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -162,7 +196,9 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Request>>, handler: &Handler) {
         let mut headers = Vec::new();
         loop {
             let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
+            if reader.read_line(&mut h).is_err() {
+                return;
+            }
             let h = h.trim_end();
             if h.is_empty() {
                 break;
@@ -175,7 +211,9 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Request>>, handler: &Handler) {
             .find(|(k, _)| k == "content-length")
             .map_or(0, |(_, v)| v.parse().unwrap());
         let mut body = vec![0u8; len];
-        reader.read_exact(&mut body).unwrap();
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
         let req = Request {
             method,
             target,
@@ -193,8 +231,14 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Request>>, handler: &Handler) {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
         out.push_str("\r\n");
-        let mut w = conn.try_clone().unwrap();
-        let _ = w.write_all(out.as_bytes()).and_then(|()| w.write_all(&resp.body));
+        let w = reader.get_mut();
+        if w.write_all(out.as_bytes())
+            .and_then(|()| w.write_all(&resp.body))
+            .and_then(|()| w.flush())
+            .is_err()
+        {
+            return;
+        }
     }
 }
 

@@ -194,6 +194,10 @@ impl Http {
                 ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
                     (format!("{io} (is the network up?)"), true)
                 }
+                // rustls reports handshake failures (an untrusted certificate) as I/O errors.
+                _ if io.to_string().contains("certificate") || io.kind() == ErrorKind::InvalidData => {
+                    (format!("TLS error: {io}"), false)
+                }
                 _ => (format!("I/O error: {io}"), false),
             },
             ureq::Error::ConnectionFailed => ("connection failed".to_owned(), true),

@@ -565,3 +565,53 @@ fn sops_google_credentials_and_access_token_variables_come_first() {
         Some(format!("Bearer {VM_TOKEN}").as_str())
     );
 }
+
+#[test]
+fn the_installer_opens_a_gcp_kms_file_with_the_instances_service_account() {
+    let server = fake_google(ALLOW_ALL);
+    let dir = tempfile::tempdir().unwrap();
+    let file = gcp_file(dir.path());
+    let d = dir.path().display();
+    let manifest = dir.path().join("manifest.json");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"{{
+  "secrets": [
+    {{"name": "db_password", "key": "database/credentials/password", "sopsFile": "{}",
+      "format": "json", "mode": "0400", "restartUnits": [], "reloadUnits": []}}
+  ],
+  "templates": [],
+  "placeholderBySecretName": {{}},
+  "secretsMountPoint": "{d}/secrets.d",
+  "symlinkPath": "{d}/secrets",
+  "keepGenerations": 1,
+  "userMode": true,
+  "logging": {{"keyImport": false, "secretChanges": false}}
+}}"#,
+            file.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sops-install-secrets"));
+    let out = cmd
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GCE_METADATA_HOST", server.addr.to_string())
+        .env("SOPS_GCP_KMS_ENDPOINT", server.url())
+        .env("HOME", dir.path())
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let installed = std::fs::read(dir.path().join("secrets/db_password")).unwrap();
+    assert_eq!(installed, support::expected("json_basic.x1.out"));
+    assert!(
+        stderr(&out).contains(&format!(
+            "gcp_kms {KEY}: data key unwrapped (the default service account"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -279,6 +279,11 @@ pub fn with_stanza(dir: &Path, keep_age: bool, kind: &str, stanza: serde_json::V
     path
 }
 
+/// What real `sops -d` printed, by file name under `expected/`.
+pub fn expected(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("expected").join(name)).unwrap()
+}
+
 /// The bytes real `sops -d` printed for `enc/basic.json`.
 pub fn expected_basic_json() -> Vec<u8> {
     std::fs::read(fixtures().join("expected/json_basic.out")).unwrap()

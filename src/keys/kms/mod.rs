@@ -180,7 +180,7 @@ impl Kms {
             other => return Err(format!("{} keys are not supported by this build", other.kind())),
         };
         self.log(stanza, &result);
-        result.map(|(share, _)| share).map_err(|e| e.to_string())
+        result.map(|(share, _)| share)
     }
 
     fn log(&self, stanza: &Stanza, result: &Result<(Zeroizing<Vec<u8>>, String), String>) {
@@ -210,4 +210,48 @@ impl Kms {
 #[cfg_attr(not(feature = "kms"), allow(dead_code))]
 pub(crate) fn json_str<'a>(v: &'a serde_json::Value, field: &str) -> Option<&'a str> {
     v.get(field).and_then(serde_json::Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixed_environment_hides_the_process_one() {
+        let env = Env::fixed([("VAULT_ADDR", "http://127.0.0.1:8200"), ("EMPTY", "")]);
+        assert_eq!(env.var("VAULT_ADDR").as_deref(), Some("http://127.0.0.1:8200"));
+        assert_eq!(env.var("EMPTY"), None);
+        assert_eq!(env.var("PATH"), None);
+        assert_eq!(env.home(), None);
+    }
+
+    #[test]
+    fn local_and_unsupported_stanzas_are_not_sent_anywhere() {
+        let kms = Kms::with_env(Env::fixed::<&str, &str>([]));
+        let huawei = Stanza::HuaweiKms {
+            key_id: "k".into(),
+            enc: "e".into(),
+        };
+        assert_eq!(
+            kms.open(&huawei).err().as_deref(),
+            Some("hckms keys are not supported by this build")
+        );
+        assert!(kms.ctx.get().is_none(), "no HTTP client was built");
+    }
+
+    #[test]
+    fn timeouts_are_bounded_and_adjustable() {
+        let t = Timeouts::from_env(&Env::fixed::<&str, &str>([]));
+        assert_eq!(
+            (t.connect, t.total),
+            (Duration::from_secs(3), Duration::from_secs(5))
+        );
+        let t = Timeouts::from_env(&Env::fixed([("SOPS_INSTALL_SECRETS_KMS_TIMEOUT", "1.5")]));
+        assert_eq!(
+            (t.connect, t.total),
+            (Duration::from_secs_f64(1.5), Duration::from_secs_f64(1.5))
+        );
+        let t = Timeouts::from_env(&Env::fixed([("SOPS_INSTALL_SECRETS_KMS_TIMEOUT", "-1")]));
+        assert_eq!(t.total, Duration::from_secs(5));
+    }
 }

@@ -25,6 +25,10 @@ const VM_EMAIL: &str = "1234-compute@developer.gserviceaccount.com";
 const SA_TOKEN: &str = "ya29.sa-token-from-jwt-grant";
 const USER_TOKEN: &str = "ya29.user-token-from-refresh";
 const VM_TOKEN: &str = "ya29.vm-token-from-metadata";
+const FEDERATED_TOKEN: &str = "ya29.federated-token-from-sts";
+const OIDC_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.oidc-subject-token.sig";
+const WIF_AUDIENCE: &str =
+    "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/nixos/providers/oidc";
 
 /// The fake KMS's own key: ciphertext = nonce || AES-256-GCM(plaintext, aad = key name).
 const KMS_SECRET: [u8; 32] = [7; 32];
@@ -154,6 +158,43 @@ fn handle(req: &Request, iam: Iam, token_uri: &str) -> Response {
                 json!({ "error": "invalid_grant", "error_description": "Bad Request" }),
             ),
         },
+        ("POST", "/sts/v1/token") => {
+            // Google's Security Token Service (RFC 8693 token exchange).
+            let f = |k: &str| req.form_value(k).unwrap_or_default();
+            if f("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange"
+                || f("audience") != WIF_AUDIENCE
+                || f("subject_token") != OIDC_TOKEN
+                || f("subject_token_type") != "urn:ietf:params:oauth:token-type:id_token"
+                || f("requested_token_type") != "urn:ietf:params:oauth:token-type:access_token"
+                || f("scope") != "https://www.googleapis.com/auth/cloud-platform"
+            {
+                return Response::json(
+                    400,
+                    json!({ "error": "invalid_grant", "error_description": "bad exchange" }),
+                );
+            }
+            Response::json(
+                200,
+                json!({ "access_token": FEDERATED_TOKEN, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": 3599 }),
+            )
+        }
+        ("POST", path)
+            if path == format!("/v1/projects/-/serviceAccounts/{SA_EMAIL}:generateAccessToken") =>
+        {
+            if req.header("authorization") != Some(format!("Bearer {FEDERATED_TOKEN}").as_str())
+                || req.json()["scope"] != json!(["https://www.googleapis.com/auth/cloud-platform"])
+            {
+                return google_error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).",
+                );
+            }
+            Response::json(
+                200,
+                json!({ "accessToken": SA_TOKEN, "expireTime": "2099-01-01T00:00:00Z" }),
+            )
+        }
         ("GET", path) if path.starts_with(md) => {
             // The real metadata server refuses requests without the header.
             if req.header("metadata-flavor") != Some("Google") {
@@ -410,7 +451,62 @@ fn permission_denied_names_the_key_the_principal_and_the_role() {
 }
 
 #[test]
-fn external_account_credentials_are_refused_with_a_reason() {
+fn workload_identity_federation_exchanges_a_file_token_and_impersonates() {
+    let server = fake_google(ALLOW_ALL);
+    let dir = tempfile::tempdir().unwrap();
+    let file = gcp_file(dir.path());
+    let subject = dir.path().join("oidc.json");
+    std::fs::write(&subject, json!({ "id_token": OIDC_TOKEN }).to_string()).unwrap();
+    let creds = dir.path().join("wif.json");
+    std::fs::write(
+        &creds,
+        json!({
+            "type": "external_account",
+            "audience": WIF_AUDIENCE,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+            "token_url": format!("{}/sts/v1/token", server.url()),
+            "service_account_impersonation_url":
+                format!("{}/v1/projects/-/serviceAccounts/{SA_EMAIL}:generateAccessToken", server.url()),
+            "credential_source": {
+                "file": subject,
+                "format": { "type": "json", "subject_token_field_name": "id_token" }
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = support::decrypt_with_env(
+        &file,
+        &[
+            ("GOOGLE_APPLICATION_CREDENTIALS", creds.display().to_string()),
+            ("SOPS_GCP_KMS_ENDPOINT", server.url()),
+            ("HOME", dir.path().display().to_string()),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, support::expected_basic_json());
+    let paths: Vec<String> = server.requests().iter().map(|r| r.path().to_owned()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/sts/v1/token".to_owned(),
+            format!("/v1/projects/-/serviceAccounts/{SA_EMAIL}:generateAccessToken"),
+            format!("/v1/{KEY}:decrypt"),
+        ]
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "service account {SA_EMAIL} impersonated by the federated identity of {WIF_AUDIENCE}"
+        )),
+        "{err}"
+    );
+    assert_no_token_leaks(&err);
+    assert!(!err.contains(OIDC_TOKEN), "{err}");
+}
+
+#[test]
+fn aws_sourced_federation_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let file = gcp_file(dir.path());
     let creds = dir.path().join("wif.json");
@@ -418,10 +514,13 @@ fn external_account_credentials_are_refused_with_a_reason() {
         &creds,
         json!({
             "type": "external_account",
-            "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q",
-            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "audience": WIF_AUDIENCE,
+            "subject_token_type": "urn:ietf:params:aws:token-type:aws4_request",
             "token_url": "https://sts.googleapis.com/v1/token",
-            "credential_source": { "file": "/var/run/token" }
+            "credential_source": {
+                "environment_id": "aws1",
+                "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15"
+            }
         })
         .to_string(),
     )
@@ -435,7 +534,10 @@ fn external_account_credentials_are_refused_with_a_reason() {
     );
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("is an external_account (workload identity federation) credential, which this build does not support"), "{err}");
+    assert!(
+        err.contains("AWS-sourced external_account credentials are not supported by this build"),
+        "{err}"
+    );
 }
 
 #[test]

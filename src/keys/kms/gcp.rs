@@ -13,9 +13,12 @@
 //!
 //! A credentials file of type `service_account` is exchanged for a token with
 //! a self-signed RS256 JWT at its `token_uri` (the `jwt-bearer` grant); one of
-//! type `authorized_user` with its refresh token. `external_account`
-//! (workload identity federation) and `impersonated_service_account` files are
-//! refused with a message saying so.
+//! type `authorized_user` with its refresh token; one of type
+//! `external_account` (workload identity federation) with a file- or
+//! URL-sourced subject token at the Security Token Service, then, if it says
+//! so, by impersonating a service account. AWS- and executable-sourced
+//! federation and `impersonated_service_account` files are refused with a
+//! message saying so.
 //!
 //! Google's Rust client crates (`google-cloud-kms-v1`) bring tokio, hyper,
 //! reqwest, tonic and prost (about 240 crates) for one REST call; this module
@@ -207,13 +210,10 @@ fn from_json(ctx: &Ctx, text: &str, origin: &str) -> Result<Token, String> {
     match json_str(&creds, "type").unwrap_or_default() {
         "service_account" => service_account(ctx, &creds, origin, &field("client_email")?),
         "authorized_user" => authorized_user(ctx, &creds, origin),
-        "external_account" => Err(format!(
-            "{origin} is an external_account (workload identity federation) credential, which this build \
-             does not support; use a service account key, gcloud user credentials or the metadata server"
-        )),
+        "external_account" => external_account(ctx, &creds, origin),
         other => Err(format!(
             "{origin} is a credential of type {other:?}, which this build does not support \
-             (service_account and authorized_user are)"
+             (service_account, authorized_user and external_account are)"
         )),
     }
 }
@@ -313,6 +313,151 @@ fn authorized_user(ctx: &Ctx, creds: &Value, origin: &str) -> Result<Token, Stri
         flow: format!("user credentials from {origin}"),
         quota_project: json_str(creds, "quota_project_id").map(str::to_owned),
     })
+}
+
+/// Workload identity federation (Google's AIP-4117): a subject token from
+/// the `credential_source` (a file or a URL; text or JSON), exchanged at the
+/// Security Token Service (`token_url`, RFC 8693), then, if
+/// `service_account_impersonation_url` is set, traded for the service
+/// account's token at the IAM Credentials API.
+fn external_account(ctx: &Ctx, creds: &Value, origin: &str) -> Result<Token, String> {
+    let get = |k: &str| json_str(creds, k).ok_or_else(|| format!("{origin} has no {k:?}"));
+    let (audience, token_type, token_url) = (get("audience")?, get("subject_token_type")?, get("token_url")?);
+    let source = creds
+        .get("credential_source")
+        .ok_or_else(|| format!("{origin} has no \"credential_source\""))?;
+    let subject = subject_token(ctx, source, origin)?;
+    let impersonate = json_str(creds, "service_account_impersonation_url");
+    let scope = if impersonate.is_some() {
+        "https://www.googleapis.com/auth/cloud-platform"
+    } else {
+        SCOPE
+    };
+    let options =
+        json_str(creds, "workforce_pool_user_project").map(|p| json!({ "userProject": p }).to_string());
+    let mut form = vec![
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("audience", audience),
+        ("scope", scope),
+        (
+            "requested_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        ("subject_token", subject.as_str()),
+        ("subject_token_type", token_type),
+    ];
+    if let Some(o) = &options {
+        form.push(("options", o));
+    }
+    let reply = ctx
+        .http
+        .send("POST", token_url, &[], Body::Form(&form))
+        .map_err(|e| format!("Security Token Service {e}"))?;
+    let federated = format!("the federated identity of {audience}");
+    let sts_token = access_token(&reply, token_url, &federated)?;
+    let Some(url) = impersonate else {
+        return Ok(Token {
+            bearer: sts_token,
+            principal: Principal::Described(federated.clone()),
+            flow: format!("{federated} from {origin}"),
+            quota_project: None,
+        });
+    };
+    // .../serviceAccounts/{email}:generateAccessToken
+    let email = url
+        .rsplit('/')
+        .next()
+        .and_then(|t| t.split(':').next())
+        .unwrap_or("?")
+        .to_owned();
+    let auth = Zeroizing::new(format!("Bearer {}", sts_token.as_str()));
+    let body = json!({ "scope": [scope], "lifetime": "3600s" });
+    let reply = ctx
+        .http
+        .send(
+            "POST",
+            url,
+            &[("Authorization", auth.as_str())],
+            Body::Json(&body),
+        )
+        .map_err(|e| format!("IAM Credentials {e}"))?;
+    let v = reply.json();
+    let token = match json_str(&v, "accessToken") {
+        Some(t) if reply.ok() => Zeroizing::new(t.to_owned()),
+        _ => {
+            let message = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+            return Err(format!(
+                "IAM Credentials refused to let {federated} impersonate {email}: HTTP {} {message}; \
+                 it needs roles/iam.workloadIdentityUser on that service account",
+                reply.status
+            ));
+        }
+    };
+    Ok(Token {
+        bearer: token,
+        principal: Principal::Known(format!("serviceAccount:{email}")),
+        flow: format!("service account {email} impersonated by {federated} from {origin}"),
+        quota_project: None,
+    })
+}
+
+/// The subject token of a file- or URL-sourced `credential_source`.
+fn subject_token(ctx: &Ctx, source: &Value, origin: &str) -> Result<Zeroizing<String>, String> {
+    let raw = if let Some(file) = json_str(source, "file") {
+        std::fs::read_to_string(file)
+            .map(Zeroizing::new)
+            .map_err(|e| format!("{origin}: credential_source file {file}: {e}"))?
+    } else if let Some(url) = json_str(source, "url") {
+        let headers: Vec<(&str, &str)> = source
+            .get("headers")
+            .and_then(Value::as_object)
+            .map(|h| {
+                h.iter()
+                    .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reply = ctx
+            .http
+            .send("GET", url, &headers, Body::Empty)
+            .map_err(|e| format!("{origin}: credential_source url {e}"))?;
+        if !reply.ok() {
+            return Err(format!(
+                "{origin}: credential_source url answered HTTP {}",
+                reply.status
+            ));
+        }
+        Zeroizing::new(reply.body.to_string())
+    } else if source.get("environment_id").is_some() {
+        return Err(format!(
+            "{origin}: AWS-sourced external_account credentials are not supported by this build \
+             (file- and URL-sourced ones are)"
+        ));
+    } else {
+        return Err(format!(
+            "{origin}: its credential_source is neither a file nor a url (executable-sourced \
+             credentials are not supported by this build)"
+        ));
+    };
+    let format = source.get("format");
+    match format.and_then(|f| json_str(f, "type")).unwrap_or("text") {
+        "text" => Ok(Zeroizing::new(raw.trim().to_owned())),
+        "json" => {
+            let field = format
+                .and_then(|f| json_str(f, "subject_token_field_name"))
+                .ok_or_else(|| {
+                    format!("{origin}: credential_source format json names no subject_token_field_name")
+                })?;
+            let v: Value = serde_json::from_str(&raw)
+                .map_err(|_| format!("{origin}: the credential_source does not hold JSON"))?;
+            json_str(&v, field)
+                .map(|t| Zeroizing::new(t.to_owned()))
+                .ok_or_else(|| format!("{origin}: the credential_source's JSON has no {field:?}"))
+        }
+        other => Err(format!(
+            "{origin}: credential_source format {other:?} is not text or json"
+        )),
+    }
 }
 
 /// `http://{GCE_METADATA_HOST or 169.254.169.254}` + path.

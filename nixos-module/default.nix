@@ -388,6 +388,24 @@ in
       '';
     };
 
+    kms.enable = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Set when a sops file is opened with a cloud key service (gcp_kms, kms,
+        hc_vault or azure_kv stanzas) rather than, or before, a local key. The
+        installer then asks that service over the network at activation, so
+        sops-nix.service wants and is ordered after network-online.target
+        (with useSystemdActivation). Credentials come from the environment as
+        in the vendors' SDKs (the instance's service account, instance role or
+        managed identity need no configuration; others go in
+        sops.environment, e.g. GOOGLE_APPLICATION_CREDENTIALS, VAULT_ADDR).
+        Activation scripts (useSystemdActivation = false) run before the
+        network is up at boot, so there a network key source only works on
+        switches; use the systemd unit.
+      '';
+    };
+
     age = {
       keyFile = lib.mkOption {
         type = lib.types.nullOr sopsLib.pathNotInStore;
@@ -515,7 +533,12 @@ in
       warnings =
         sopsLib.storeKeyWarnings "sops.age.sshKeyPaths" cfg.age.sshKeyPaths
         ++ sopsLib.storeKeyWarnings "sops.gnupg.sshKeyPaths" cfg.gnupg.sshKeyPaths
-        ++ sopsLib.storeKeyWarnings "sops.age.keyFile" (lib.optional (cfg.age.keyFile != null) cfg.age.keyFile);
+        ++ sopsLib.storeKeyWarnings "sops.age.keyFile" (lib.optional (cfg.age.keyFile != null) cfg.age.keyFile)
+        ++ lib.optional (cfg.kms.enable && !cfg.useSystemdActivation) (
+          "sops.kms.enable is set but secrets are installed by an activation script, which runs before the "
+          + "network is up at boot: cloud key services can only be reached on switches. "
+          + "Set sops.useSystemdActivation = true."
+        );
 
       # sshKeyPaths keys are used in process; only a GnuPG home needs gpg.
       sops.environment.SOPS_GPG_EXEC = lib.mkIf (cfg.gnupg.home != null) (
@@ -558,7 +581,10 @@ in
           "local-fs.target"
           "systemd-sysusers.service"
           "userborn.service"
-        ];
+        ]
+        # A cloud key service is asked over the network.
+        ++ lib.optional cfg.kms.enable "network-online.target";
+        wants = lib.optional cfg.kms.enable "network-online.target";
         # On a switch that changes the manifest, switch-to-configuration
         # stops this unit, then restarts sysinit-reactivation.target, which
         # starts it again with the new manifest before any other unit is

@@ -37,6 +37,10 @@ rustPlatform.buildRustPackage {
 
   cargoLock.lockFile = ../Cargo.lock;
 
+  # The cloud key services (GCP KMS, AWS KMS, Vault, Azure Key Vault) are
+  # cargo features; the default build has them all, and so does this package.
+  buildFeatures = [ "kms" ];
+
   # The installer's integration tests (tests/install.rs) need root and mount
   # namespaces, and tests/nix.rs needs Nix; neither exists in the build
   # sandbox. The unit, CLI and sops conformance tests run here.

@@ -8,6 +8,8 @@
 //! are in hand.
 
 pub mod age_file;
+#[cfg(feature = "_net")]
+pub mod kms;
 pub mod pgp;
 pub mod ssh;
 
@@ -37,6 +39,9 @@ pub struct Keyring {
     pgp_keys: Vec<pgp::SshPgpKey>,
     gnupg: Option<pgp::GnupgHome>,
     offered: Vec<Offered>,
+    /// Network key services; reads the environment only when first asked.
+    #[cfg(feature = "_net")]
+    kms: kms::Kms,
 }
 
 /// Why an identity source could not be loaded.
@@ -215,6 +220,14 @@ impl Keyring {
         match stanza {
             Stanza::Age { recipient, enc } => self.open_age(recipient, enc),
             Stanza::Pgp { fingerprint, enc } => self.open_pgp(fingerprint, enc),
+            #[cfg(feature = "gcp-kms")]
+            Stanza::GcpKms { .. } => self.kms.open(stanza),
+            #[cfg(feature = "vault")]
+            Stanza::HcVault { .. } => self.kms.open(stanza),
+            #[cfg(feature = "aws-kms")]
+            Stanza::AwsKms { .. } => self.kms.open(stanza),
+            #[cfg(feature = "azure-kv")]
+            Stanza::AzureKv { .. } => self.kms.open(stanza),
             other => Err(format!("{} keys are not supported by this build", other.kind())),
         }
     }

@@ -65,6 +65,10 @@ pub enum Stanza {
         arn: String,
         /// An IAM role to assume, if any.
         role: String,
+        /// The encryption context (KMS's additional authenticated data), in file order.
+        context: Vec<(String, String)>,
+        /// The AWS profile (shared config) whose credentials to use, if any.
+        aws_profile: String,
         /// The base64 ciphertext.
         enc: String,
     },
@@ -256,6 +260,8 @@ fn read_group(map: &Value, prefix: &str) -> Result<Vec<Stanza>, MetadataError> {
                 "kms" => Stanza::AwsKms {
                     arn: get("arn")?,
                     role: get("role")?,
+                    context: context(item, &format!("{field}.context"))?,
+                    aws_profile: get("aws_profile")?,
                     enc,
                 },
                 "gcp_kms" => Stanza::GcpKms {
@@ -290,6 +296,24 @@ fn read_group(map: &Value, prefix: &str) -> Result<Vec<Stanza>, MetadataError> {
         }
     }
     Ok(stanzas)
+}
+
+/// An AWS KMS stanza's `context` map (absent or null: empty).
+fn context(item: &Value, field: &str) -> Result<Vec<(String, String)>, MetadataError> {
+    match item.get("context") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Map(entries)) => entries
+            .iter()
+            .filter_map(|e| match e {
+                super::tree::MapEntry::Pair(k, v) => Some(text(v, field).map(|v| (k.clone(), v))),
+                super::tree::MapEntry::Comment(_) => None,
+            })
+            .collect(),
+        Some(other) => Err(field_err(
+            field,
+            format!("expected a map, found a {}", other.kind()),
+        )),
+    }
 }
 
 fn regex(field: &str, pattern: &str) -> Result<Regex, MetadataError> {
@@ -488,6 +512,45 @@ mod tests {
 
     fn seq(items: Vec<Value>) -> Value {
         Value::Seq(items.into_iter().map(SeqEntry::Item).collect())
+    }
+
+    #[test]
+    fn aws_kms_stanzas_keep_their_context_and_profile() {
+        let m = map(vec![
+            (
+                "kms",
+                seq(vec![map(vec![
+                    ("arn", Value::Str("arn:aws:kms:eu-west-1:1:key/k".into())),
+                    ("role", Value::Str("arn:aws:iam::1:role/r".into())),
+                    (
+                        "context",
+                        map(vec![
+                            ("app", Value::Str("web".into())),
+                            ("env", Value::Str("prod".into())),
+                        ]),
+                    ),
+                    ("created_at", Value::Str("2026-01-01T00:00:00Z".into())),
+                    ("enc", Value::Str("AQID".into())),
+                    ("aws_profile", Value::Str("prod".into())),
+                ])]),
+            ),
+            ("lastmodified", Value::Str("2026-01-01T00:00:00Z".into())),
+        ]);
+        let md = Metadata::from_value(&m).unwrap();
+        let Stanza::AwsKms {
+            context, aws_profile, ..
+        } = &md.key_groups[0].stanzas[0]
+        else {
+            panic!("not a kms stanza");
+        };
+        assert_eq!(
+            context,
+            &[
+                ("app".to_owned(), "web".to_owned()),
+                ("env".to_owned(), "prod".to_owned())
+            ]
+        );
+        assert_eq!(aws_profile, "prod");
     }
 
     #[test]

@@ -1,0 +1,257 @@
+//! Cloud key services: data-key shares wrapped by a key that lives in a
+//! network service (Google Cloud KMS, HashiCorp Vault transit, AWS KMS,
+//! Azure Key Vault) and unwrapped by asking that service at activation.
+//!
+//! [`Kms`] is what [`Keyring`](super::Keyring) asks for such stanzas. It finds
+//! credentials the way each vendor's own SDKs do (Application Default
+//! Credentials, the AWS credential chain, `VAULT_TOKEN`, managed identity ...),
+//! reading the process environment only when the first network stanza is met,
+//! so runs with local keys alone never pay for it.
+//!
+//! Every request has bounded timeouts (a host without network must not hang
+//! the boot), a host that did not answer is not asked again in the same run,
+//! and credentials are fetched once per run. Every attempt is logged with
+//! journal fields `SOPS_KEY_SOURCE`, `SOPS_KEY_RESOURCE` and
+//! `SOPS_KEY_OUTCOME`; tokens, keys and plaintext never reach a message.
+
+#[cfg(feature = "aws-kms")]
+mod aws;
+#[cfg(feature = "azure-kv")]
+mod azure;
+#[cfg(feature = "gcp-kms")]
+mod gcp;
+// Builds with only some sources leave parts of the shared client unused.
+#[cfg_attr(not(feature = "kms"), allow(dead_code))]
+mod http;
+#[cfg(feature = "vault")]
+mod vault;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::log::{Logger, Priority};
+use crate::sops::metadata::Stanza;
+
+/// Where credentials and endpoints come from: the process environment, or a
+/// fixed set of variables (tests, embedding).
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    fixed: Option<HashMap<String, String>>,
+}
+
+impl Env {
+    /// The process environment, read when asked.
+    pub fn process() -> Env {
+        Env { fixed: None }
+    }
+
+    /// Exactly these variables and no others.
+    pub fn fixed<K: Into<String>, V: Into<String>>(vars: impl IntoIterator<Item = (K, V)>) -> Env {
+        Env {
+            fixed: Some(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect()),
+        }
+    }
+
+    /// A variable's value; unset and empty are the same, as in the vendors' SDKs.
+    pub(crate) fn var(&self, name: &str) -> Option<String> {
+        let v = match &self.fixed {
+            None => std::env::var(name).ok(),
+            Some(map) => map.get(name).cloned(),
+        };
+        v.filter(|v| !v.is_empty())
+    }
+
+    #[cfg_attr(not(feature = "kms"), allow(dead_code))]
+    /// The home directory: `$HOME`, else (in the process environment) the
+    /// user's passwd entry, since systemd units run without `HOME` unless they set `User=`.
+    pub(crate) fn home(&self) -> Option<PathBuf> {
+        self.var("HOME").map(PathBuf::from).or_else(|| {
+            self.fixed.is_none().then(|| {
+                nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.dir)
+            })?
+        })
+    }
+}
+
+/// How long one request may take before the source is given up: connecting
+/// (including DNS) and the whole exchange. `SOPS_INSTALL_SECRETS_KMS_TIMEOUT`
+/// (seconds) overrides the total for slow links.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    pub total: Duration,
+}
+
+impl Timeouts {
+    fn from_env(env: &Env) -> Timeouts {
+        let total = env
+            .var("SOPS_INSTALL_SECRETS_KMS_TIMEOUT")
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map_or(Duration::from_secs(5), Duration::from_secs_f64);
+        Timeouts {
+            connect: total.min(Duration::from_secs(3)),
+            total,
+        }
+    }
+}
+
+/// What the sources share: the environment and one HTTP client.
+pub(crate) struct Ctx {
+    pub env: Env,
+    pub http: http::Http,
+}
+
+/// Opens stanzas of network key services. Cheap to create: nothing is read
+/// or connected before the first network stanza.
+#[derive(Default)]
+pub struct Kms {
+    env: Env,
+    ctx: OnceLock<Ctx>,
+    logger: OnceLock<Logger>,
+    #[cfg(feature = "gcp-kms")]
+    gcp: gcp::Gcp,
+    #[cfg(feature = "vault")]
+    vault: vault::Vault,
+    #[cfg(feature = "aws-kms")]
+    aws: aws::Aws,
+    #[cfg(feature = "azure-kv")]
+    azure: azure::Azure,
+}
+
+impl Kms {
+    /// Credentials and endpoints from the process environment.
+    pub fn from_env() -> Kms {
+        Kms::with_env(Env::process())
+    }
+
+    /// Credentials and endpoints from `env` only.
+    pub fn with_env(env: Env) -> Kms {
+        Kms {
+            env,
+            ..Kms::default()
+        }
+    }
+
+    fn ctx(&self) -> &Ctx {
+        self.ctx.get_or_init(|| Ctx {
+            http: http::Http::new(Timeouts::from_env(&self.env)),
+            env: self.env.clone(),
+        })
+    }
+
+    /// Opens one network stanza: the unwrapped data-key share, or a one-line
+    /// reason that names what failed and never holds a secret.
+    pub fn open(&self, stanza: &Stanza) -> Result<Zeroizing<Vec<u8>>, String> {
+        let result = match stanza {
+            #[cfg(feature = "gcp-kms")]
+            Stanza::GcpKms { resource_id, enc } => self.gcp.decrypt(self.ctx(), resource_id, enc),
+            #[cfg(feature = "vault")]
+            Stanza::HcVault {
+                address,
+                engine_path,
+                key_name,
+                enc,
+            } => self
+                .vault
+                .decrypt(self.ctx(), address, engine_path, key_name, enc),
+            #[cfg(feature = "aws-kms")]
+            Stanza::AwsKms {
+                arn,
+                role,
+                context,
+                aws_profile,
+                enc,
+            } => self.aws.decrypt(self.ctx(), arn, role, context, aws_profile, enc),
+            #[cfg(feature = "azure-kv")]
+            Stanza::AzureKv {
+                vault_url,
+                name,
+                version,
+                enc,
+            } => self.azure.decrypt(self.ctx(), vault_url, name, version, enc),
+            other => return Err(format!("{} keys are not supported by this build", other.kind())),
+        };
+        self.log(stanza, &result);
+        result.map(|(share, _)| share)
+    }
+
+    fn log(&self, stanza: &Stanza, result: &Result<(Zeroizing<Vec<u8>>, String), String>) {
+        let logger = self.logger.get_or_init(Logger::from_env);
+        let (source, resource) = (stanza.kind(), stanza.target());
+        let (priority, message, outcome) = match result {
+            Ok((_, how)) => (
+                Priority::Info,
+                format!("{source} {resource}: data key unwrapped ({how})"),
+                "unwrapped",
+            ),
+            Err(why) => (Priority::Warning, format!("{source} {resource}: {why}"), "failed"),
+        };
+        logger.log(
+            priority,
+            &message,
+            &[
+                ("key_source", source),
+                ("key_resource", &resource),
+                ("key_outcome", outcome),
+            ],
+        );
+    }
+}
+
+/// A JSON field as text, for reading responses.
+#[cfg_attr(not(feature = "kms"), allow(dead_code))]
+pub(crate) fn json_str<'a>(v: &'a serde_json::Value, field: &str) -> Option<&'a str> {
+    v.get(field).and_then(serde_json::Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixed_environment_hides_the_process_one() {
+        let env = Env::fixed([("VAULT_ADDR", "http://127.0.0.1:8200"), ("EMPTY", "")]);
+        assert_eq!(env.var("VAULT_ADDR").as_deref(), Some("http://127.0.0.1:8200"));
+        assert_eq!(env.var("EMPTY"), None);
+        assert_eq!(env.var("PATH"), None);
+        assert_eq!(env.home(), None);
+    }
+
+    #[test]
+    fn local_and_unsupported_stanzas_are_not_sent_anywhere() {
+        let kms = Kms::with_env(Env::fixed::<&str, &str>([]));
+        let huawei = Stanza::HuaweiKms {
+            key_id: "k".into(),
+            enc: "e".into(),
+        };
+        assert_eq!(
+            kms.open(&huawei).err().as_deref(),
+            Some("hckms keys are not supported by this build")
+        );
+        assert!(kms.ctx.get().is_none(), "no HTTP client was built");
+    }
+
+    #[test]
+    fn timeouts_are_bounded_and_adjustable() {
+        let t = Timeouts::from_env(&Env::fixed::<&str, &str>([]));
+        assert_eq!(
+            (t.connect, t.total),
+            (Duration::from_secs(3), Duration::from_secs(5))
+        );
+        let t = Timeouts::from_env(&Env::fixed([("SOPS_INSTALL_SECRETS_KMS_TIMEOUT", "1.5")]));
+        assert_eq!(
+            (t.connect, t.total),
+            (Duration::from_secs_f64(1.5), Duration::from_secs_f64(1.5))
+        );
+        let t = Timeouts::from_env(&Env::fixed([("SOPS_INSTALL_SECRETS_KMS_TIMEOUT", "-1")]));
+        assert_eq!(t.total, Duration::from_secs(5));
+    }
+}

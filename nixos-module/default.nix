@@ -590,7 +590,12 @@ in
         # starts it again with the new manifest before any other unit is
         # reloaded or restarted (those may need the new secrets).
         requiredBy = [ "sysinit-reactivation.target" ];
-        before = [ "sysinit-reactivation.target" ];
+        # Before sysinit.target, so that ordinary services (ordered after
+        # sysinit.target by their default dependencies) start with their
+        # secrets in place; WantedBy alone does not order (sops-nix #986).
+        # A cloud key service needs the network, which comes after
+        # sysinit.target: then services order after sops-secrets.target.
+        before = [ "sysinit-reactivation.target" ] ++ lib.optional (!cfg.kms.enable) "sysinit.target";
         environment = cfg.environment // {
           # Ask systemd for restarts directly: there is no activation script
           # to hand a restart list to.

@@ -232,7 +232,10 @@ pub enum DecryptError {
 fn describe_offered(offered: &[keys::Offered]) -> String {
     let mut s = String::new();
     if offered.is_empty() {
-        s.push_str("This host offers no identity (no age key file, no SSH key).");
+        s.push_str(
+            "This host offers no local identity (no age key file, SSH key or GPG key); \
+             cloud key services, if the file lists any, were asked as shown above.",
+        );
     } else {
         s.push_str("This host offers:");
         for o in offered {

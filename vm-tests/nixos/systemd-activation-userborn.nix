@@ -88,6 +88,7 @@ pkgs.testers.runNixOSTest {
         expect(prop(unit, "RestrictNamespaces"), "yes", "RestrictNamespaces")
         assert "/run/age-keys.txt" in prop(unit, "RequiresMountsFor").split(), prop(unit, "RequiresMountsFor")
         assert "sysinit.target" in prop(unit, "WantedBy").split(), prop(unit, "WantedBy")
+        assert "sysinit.target" in prop(unit, "Before").split(), prop(unit, "Before")
         assert "sysinit-reactivation.target" in prop(unit, "RequiredBy").split(), prop(unit, "RequiredBy")
         assert "sops-install-secrets.service" in prop(unit, "Names").split(), prop(unit, "Names")
 

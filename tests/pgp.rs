@@ -73,6 +73,23 @@ impl Home {
         Home { dir }
     }
 
+    /// What real gpg encrypts `data` to, for the SSH host key's public half (imported).
+    fn encrypt_to_host(&self, data: &[u8]) -> String {
+        let input = self.dir.path().join("plain");
+        std::fs::write(&input, data).unwrap();
+        let out = Command::new("gpg")
+            .arg("--homedir")
+            .arg(self.dir.path())
+            .args(["--batch", "--trust-model", "always", "--armor", "--encrypt", "-r"])
+            .arg(SOPS_NIX_FINGERPRINT)
+            .args(["--output", "-"])
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     fn gnupg(&self) -> GnupgHome {
         GnupgHome::new(self.dir.path().to_owned(), None)
     }
@@ -86,6 +103,29 @@ impl Drop for Home {
             .args(["--kill", "gpg-agent"])
             .output();
     }
+}
+
+/// A keyring with age key files from tests/fixtures/keys and, optionally, a GnuPG home.
+fn keyring(age_keys: &[&str], gnupg: Option<GnupgHome>) -> Keyring {
+    let mut keyring = Keyring::new();
+    for key in age_keys {
+        keyring
+            .add_age_key_file(&fixtures().join("keys").join(key))
+            .unwrap();
+    }
+    if let Some(home) = gnupg {
+        keyring.set_gnupg_home(home);
+    }
+    keyring
+}
+
+/// A keyring holding tests/fixtures/keys/host_rsa as a GPG key, and nothing else.
+fn ssh_rsa_keyring() -> Keyring {
+    let mut keyring = Keyring::new();
+    keyring
+        .add_ssh_key_as_pgp(&fixtures().join("keys/host_rsa"))
+        .unwrap();
+    keyring
 }
 
 fn fingerprint(name: &str) -> String {
@@ -119,10 +159,7 @@ fn ssh_rsa_host_key_fingerprint_is_the_one_sops_nix_derives_and_gpg_computes() {
 
 #[test]
 fn a_file_encrypted_to_the_ssh_rsa_host_key_opens_in_process_without_gpg() {
-    let mut keyring = Keyring::new();
-    keyring
-        .add_ssh_key_as_pgp(&fixtures().join("keys/host_rsa"))
-        .unwrap();
+    let keyring = ssh_rsa_keyring();
     // No GnuPG home at all: nothing is written, no gpg runs.
     assert_eq!(
         decrypt("ssh_rsa.yaml", &keyring).unwrap(),
@@ -136,8 +173,7 @@ fn a_gnupg_home_opens_pgp_stanzas_with_the_gpg_binary() {
         return;
     }
     let home = Home::with_keys(&["alice.sec.asc"]);
-    let mut keyring = Keyring::new();
-    keyring.set_gnupg_home(home.gnupg());
+    let keyring = keyring(&[], Some(home.gnupg()));
     assert_eq!(decrypt("pgp.yaml", &keyring).unwrap(), expected("pgp.out"));
     let bytes = std::fs::read(pgp_dir().join("enc/pgp.yaml")).unwrap();
     let doc = decrypt_bytes(&bytes, Format::Yaml, &keyring).unwrap();
@@ -154,8 +190,7 @@ fn a_group_with_pgp_and_age_opens_with_either() {
         return;
     }
     let home = Home::with_keys(&["alice.sec.asc"]);
-    let mut gpg_only = Keyring::new();
-    gpg_only.set_gnupg_home(home.gnupg());
+    let gpg_only = keyring(&[], Some(home.gnupg()));
     assert_eq!(
         decrypt("pgp_and_age.yaml", &gpg_only).unwrap(),
         expected("pgp_and_age.out")
@@ -163,14 +198,8 @@ fn a_group_with_pgp_and_age_opens_with_either() {
 
     // With the age key, age is tried first and gpg never runs: a broken gpg
     // does not matter.
-    let mut age_first = Keyring::new();
-    age_first
-        .add_age_key_file(&fixtures().join("keys/age1.txt"))
-        .unwrap();
-    age_first.set_gnupg_home(GnupgHome::new(
-        home.dir.path().to_owned(),
-        Some("/nonexistent/gpg".into()),
-    ));
+    let broken_gpg = GnupgHome::new(home.dir.path().to_owned(), Some("/nonexistent/gpg".into()));
+    let age_first = keyring(&["age1.txt"], Some(broken_gpg));
     assert_eq!(
         decrypt("pgp_and_age.yaml", &age_first).unwrap(),
         expected("pgp_and_age.out")
@@ -183,15 +212,10 @@ fn shamir_groups_of_pgp_and_age_need_both() {
         return;
     }
     let home = Home::with_keys(&["alice.sec.asc"]);
-    let mut both = Keyring::new();
-    both.add_age_key_file(&fixtures().join("keys/age1.txt")).unwrap();
-    both.set_gnupg_home(home.gnupg());
+    let both = keyring(&["age1.txt"], Some(home.gnupg()));
     assert_eq!(decrypt("shamir.yaml", &both).unwrap(), expected("shamir.out"));
 
-    let mut age_only = Keyring::new();
-    age_only
-        .add_age_key_file(&fixtures().join("keys/age1.txt"))
-        .unwrap();
+    let age_only = keyring(&["age1.txt"], None);
     let err = decrypt("shamir.yaml", &age_only).unwrap_err();
     assert!(
         err.contains("1 of 2 key groups could be opened, 2 needed"),
@@ -207,8 +231,7 @@ fn a_home_without_the_key_names_the_fingerprint_and_the_home() {
         return;
     }
     let home = Home::with_keys(&[]);
-    let mut keyring = Keyring::new();
-    keyring.set_gnupg_home(home.gnupg());
+    let keyring = keyring(&[], Some(home.gnupg()));
     let err = decrypt("pgp.yaml", &keyring).unwrap_err();
     let want = format!(
         "no secret key for {} in the GnuPG home {}",
@@ -225,8 +248,7 @@ fn a_passphrase_protected_key_fails_at_once_instead_of_prompting() {
         return;
     }
     let home = Home::with_keys(&["locked.sec.asc"]);
-    let mut keyring = Keyring::new();
-    keyring.set_gnupg_home(home.gnupg());
+    let keyring = keyring(&[], Some(home.gnupg()));
     let start = Instant::now();
     let err = decrypt("locked.yaml", &keyring).unwrap_err();
     assert!(
@@ -241,11 +263,13 @@ fn a_passphrase_protected_key_fails_at_once_instead_of_prompting() {
 #[test]
 fn a_missing_gpg_binary_is_named() {
     let home = tempfile::tempdir().unwrap();
-    let mut keyring = Keyring::new();
-    keyring.set_gnupg_home(GnupgHome::new(
-        home.path().to_owned(),
-        Some("/nonexistent/gpg".into()),
-    ));
+    let keyring = keyring(
+        &[],
+        Some(GnupgHome::new(
+            home.path().to_owned(),
+            Some("/nonexistent/gpg".into()),
+        )),
+    );
     let err = decrypt("pgp.yaml", &keyring).unwrap_err();
     assert!(err.contains("/nonexistent/gpg not found"), "{err}");
     assert!(err.contains("SOPS_GPG_EXEC"), "{err}");
@@ -253,10 +277,7 @@ fn a_missing_gpg_binary_is_named() {
 
 #[test]
 fn an_ssh_rsa_key_of_another_fingerprint_does_not_open_and_says_so() {
-    let mut keyring = Keyring::new();
-    keyring
-        .add_ssh_key_as_pgp(&fixtures().join("keys/host_rsa"))
-        .unwrap();
+    let keyring = ssh_rsa_keyring();
     let err = decrypt("pgp.yaml", &keyring).unwrap_err();
     assert!(
         err.contains("no GPG key of this host has this fingerprint"),
@@ -287,40 +308,15 @@ fn a_pgp_stanza_that_decrypts_to_more_than_a_data_key_is_refused() {
     // Real gpg encrypts 64 KiB (compressible, so also a small compression bomb)
     // to the host key's public half.
     let home = Home::with_keys(&["host_rsa.pgp.asc"]);
-    let input = home.dir.path().join("big");
-    std::fs::write(&input, vec![b'A'; 64 * 1024]).unwrap();
-    let out = Command::new("gpg")
-        .arg("--homedir")
-        .arg(home.dir.path())
-        .args(["--batch", "--trust-model", "always", "--armor", "--encrypt", "-r"])
-        .arg(SOPS_NIX_FINGERPRINT)
-        .arg("--output")
-        .arg("-")
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let key = sops_install_secrets::keys::pgp::SshPgpKey::load(&fixtures().join("keys/host_rsa")).unwrap();
     let err = key
-        .decrypt(std::str::from_utf8(&out.stdout).unwrap())
+        .decrypt(&home.encrypt_to_host(&vec![b'A'; 64 * 1024]))
         .unwrap_err();
     assert!(err.contains("more than 4096 bytes"), "{err}");
 
     // The same path opens a message of data-key size.
-    std::fs::write(&input, [7u8; 32]).unwrap();
-    let out = Command::new("gpg")
-        .arg("--homedir")
-        .arg(home.dir.path())
-        .args(["--batch", "--trust-model", "always", "--armor", "--encrypt", "-r"])
-        .arg(SOPS_NIX_FINGERPRINT)
-        .arg("--output")
-        .arg("-")
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     assert_eq!(
-        *key.decrypt(std::str::from_utf8(&out.stdout).unwrap()).unwrap(),
+        *key.decrypt(&home.encrypt_to_host(&[7u8; 32])).unwrap(),
         [7u8; 32]
     );
 }

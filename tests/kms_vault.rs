@@ -251,3 +251,92 @@ fn https_vault_with_a_private_ca_from_vault_cacert() {
     assert!(stderr(&out).contains("TLS error"), "{}", stderr(&out));
     assert_eq!(server.requests().len(), before);
 }
+
+#[test]
+fn sops_hc_vault_allowlist_keeps_the_token_from_addresses_not_on_it() {
+    let server = fake_vault(false);
+    let dir = tempfile::tempdir().unwrap();
+    let file = vault_file(dir.path(), &server);
+    let run = |list: &str| {
+        support::decrypt_with_env(
+            &file,
+            &[
+                ("VAULT_TOKEN", GOOD_TOKEN.into()),
+                ("SOPS_HC_VAULT_ALLOWLIST", list.into()),
+                ("HOME", dir.path().display().to_string()),
+            ],
+        )
+    };
+    for refused in [
+        "none",
+        "https://vault.example.org",
+        "https://vault.example.org, http://127.0.0.2",
+    ] {
+        let out = run(refused);
+        assert!(!out.status.success(), "{refused}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("is not in SOPS_HC_VAULT_ALLOWLIST; the token was not sent"),
+            "{err}"
+        );
+        assert!(
+            server.requests().is_empty(),
+            "a request went out with {refused:?}"
+        );
+    }
+    let out = run(",");
+    assert!(
+        stderr(&out).contains("SOPS_HC_VAULT_ALLOWLIST's entry 1 is empty"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Listed (with or without a trailing slash), or `all`: the token goes out.
+    for allowed in [
+        server.url(),
+        format!("https://vault.example.org,{}/", server.url()),
+        "all".into(),
+    ] {
+        let out = run(&allowed);
+        assert!(out.status.success(), "{allowed}: {}", stderr(&out));
+        assert_eq!(out.stdout, support::expected_basic_json());
+    }
+}
+
+#[test]
+fn a_stanza_path_that_would_change_the_request_is_refused_before_anything_is_sent() {
+    let server = fake_vault(false);
+    let dir = tempfile::tempdir().unwrap();
+    let key = support::data_key("enc/basic.json", Format::Json);
+    for (engine, key_name) in [
+        ("sops/transit", "nixos?x=1"),
+        ("../sys", "nixos"),
+        ("sops/transit", "a/b"),
+    ] {
+        let file = support::with_only_stanza(
+            dir.path(),
+            "hc_vault",
+            json!({
+                "vault_address": server.url(),
+                "engine_path": engine,
+                "key_name": key_name,
+                "created_at": "2026-01-01T00:00:00Z",
+                "enc": transit_encrypt(&STANDARD.encode(&key)),
+            }),
+        );
+        let out = support::decrypt_with_env(
+            &file,
+            &[
+                ("VAULT_TOKEN", GOOD_TOKEN.into()),
+                ("HOME", dir.path().display().to_string()),
+            ],
+        );
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("is not a plain Vault path"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(server.requests().is_empty());
+}

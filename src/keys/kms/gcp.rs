@@ -120,7 +120,8 @@ impl Gcp {
 /// `projects/P/locations/L/keyRings/R/cryptoKeys/K`, as sops checks it.
 fn valid_resource_id(id: &str) -> bool {
     let parts: Vec<&str> = id.split('/').collect();
-    parts.len() == 8
+    super::plain_url_path(id)
+        && parts.len() == 8
         && ["projects", "locations", "keyRings", "cryptoKeys"]
             .iter()
             .enumerate()
@@ -563,6 +564,13 @@ mod tests {
         ));
         assert!(!valid_resource_id(
             "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"
+        ));
+        // Nothing that would change the request's path or query.
+        assert!(!valid_resource_id(
+            "projects/p/locations/global/keyRings/r/cryptoKeys/k?alt=x"
+        ));
+        assert!(!valid_resource_id(
+            "projects/p/locations/global/keyRings/r/cryptoKeys/%2e%2e"
         ));
     }
 }

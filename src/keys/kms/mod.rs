@@ -38,9 +38,23 @@ use crate::sops::metadata::Stanza;
 
 /// Where credentials and endpoints come from: the process environment, or a
 /// fixed set of variables (tests, embedding).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Env {
     fixed: Option<HashMap<String, String>>,
+}
+
+/// Names only: a fixed environment may hold tokens and secret keys.
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.fixed {
+            None => f.write_str("Env(process)"),
+            Some(map) => {
+                let mut names: Vec<&str> = map.keys().map(String::as_str).collect();
+                names.sort_unstable();
+                write!(f, "Env(fixed: {})", names.join(", "))
+            }
+        }
+    }
 }
 
 impl Env {
@@ -95,7 +109,8 @@ impl Timeouts {
             .var("SOPS_INSTALL_SECRETS_KMS_TIMEOUT")
             .and_then(|s| s.parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s > 0.0)
-            .map_or(Duration::from_secs(5), Duration::from_secs_f64);
+            // At most five minutes: a boot must not wait longer on one request.
+            .map_or(Duration::from_secs(5), |s| Duration::from_secs_f64(s.min(300.0)));
         Timeouts {
             connect: total.min(Duration::from_secs(3)),
             total,
@@ -206,6 +221,22 @@ impl Kms {
     }
 }
 
+/// Whether a stanza field can go into a URL path as it is: a non-empty path of
+/// `[A-Za-z0-9._~@:=+-]` segments (no `?`, `#`, `%`, spaces, empty, `.` or
+/// `..` segments), so a crafted stanza cannot change which endpoint is asked.
+#[cfg_attr(not(feature = "kms"), allow(dead_code))]
+pub(crate) fn plain_url_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._~@:=+-".contains(c))
+        })
+}
+
 /// A JSON field as text, for reading responses.
 #[cfg_attr(not(feature = "kms"), allow(dead_code))]
 pub(crate) fn json_str<'a>(v: &'a serde_json::Value, field: &str) -> Option<&'a str> {
@@ -253,5 +284,28 @@ mod tests {
         );
         let t = Timeouts::from_env(&Env::fixed([("SOPS_INSTALL_SECRETS_KMS_TIMEOUT", "-1")]));
         assert_eq!(t.total, Duration::from_secs(5));
+        let t = Timeouts::from_env(&Env::fixed([("SOPS_INSTALL_SECRETS_KMS_TIMEOUT", "1e30")]));
+        assert_eq!(t.total, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn debug_output_names_variables_but_never_shows_their_values() {
+        let env = Env::fixed([("VAULT_TOKEN", "hvs.very-secret"), ("AWS_REGION", "eu-west-1")]);
+        let shown = format!("{env:?}");
+        assert_eq!(shown, "Env(fixed: AWS_REGION, VAULT_TOKEN)");
+    }
+
+    #[test]
+    fn only_plain_paths_go_into_urls() {
+        assert!(plain_url_path(
+            "projects/p-1/locations/global/keyRings/r/cryptoKeys/k"
+        ));
+        assert!(plain_url_path("transit"));
+        assert!(plain_url_path("sops.key-1"));
+        for bad in [
+            "", "a//b", "../sys", "a/./b", "k?x=1", "k#f", "k%2F", "a b", "/abs", "k/",
+        ] {
+            assert!(!plain_url_path(bad), "{bad:?} was accepted");
+        }
     }
 }

@@ -8,6 +8,11 @@
 //! `VAULT_CACERT` replaces the system roots with that CA. The address is the
 //! stanza's (sops ignores `VAULT_ADDR` for a stanza that names one);
 //! `VAULT_ADDR` is used only when the stanza has none.
+//!
+//! The stanza list is outside a sops file's MAC, so whoever can edit the file
+//! chooses where the token goes. `SOPS_HC_VAULT_ALLOWLIST` limits that with
+//! sops's semantics: `all` (the default, as in sops), `none`, or
+//! comma-separated address prefixes (`https://vault.example.org`).
 
 use std::sync::OnceLock;
 
@@ -44,6 +49,13 @@ impl Vault {
                 .ok_or("the stanza names no vault_address and VAULT_ADDR is unset")?,
             a => a.to_owned(),
         };
+        check_allowed(ctx, &address)?;
+        let engine = engine_path.trim_matches('/');
+        if !super::plain_url_path(engine) || !super::plain_url_path(key_name) || key_name.contains('/') {
+            return Err(format!(
+                "engine_path {engine_path:?} or key_name {key_name:?} is not a plain Vault path"
+            ));
+        }
         let (token, origin) = self
             .token
             .get_or_init(|| token(ctx))
@@ -54,7 +66,6 @@ impl Vault {
             Ok(None) => &ctx.http,
             Err(e) => return Err(e.clone()),
         };
-        let engine = engine_path.trim_matches('/');
         let namespace = ctx.env.var("VAULT_NAMESPACE");
         let mut headers = vec![("X-Vault-Token", token.as_str()), ("X-Vault-Request", "true")];
         if let Some(ns) = &namespace {
@@ -82,6 +93,44 @@ impl Vault {
             .map(Zeroizing::new)
             .map_err(|_| "Vault answered with a plaintext that is not base64")?;
         Ok((key, format!("token from {origin}")))
+    }
+}
+
+/// Refuses an address `SOPS_HC_VAULT_ALLOWLIST` does not allow, before any
+/// token is read or sent.
+fn check_allowed(ctx: &Ctx, address: &str) -> Result<(), String> {
+    let Some(list) = ctx.env.var("SOPS_HC_VAULT_ALLOWLIST") else {
+        return Ok(());
+    };
+    let with_slash = |s: &str| {
+        if s.ends_with('/') {
+            s.to_owned()
+        } else {
+            format!("{s}/")
+        }
+    };
+    let allowed = match list.as_str() {
+        "all" => true,
+        "none" => false,
+        _ => {
+            let mut prefixes = Vec::new();
+            for (i, entry) in list.split(',').enumerate() {
+                let entry = entry.trim();
+                if entry.is_empty() {
+                    return Err(format!("SOPS_HC_VAULT_ALLOWLIST's entry {} is empty", i + 1));
+                }
+                prefixes.push(with_slash(entry));
+            }
+            let address = with_slash(address);
+            prefixes.iter().any(|p| address.starts_with(p.as_str()))
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!(
+            "{address} is not in SOPS_HC_VAULT_ALLOWLIST; the token was not sent (add the address to the list if this Vault is yours)"
+        ))
     }
 }
 

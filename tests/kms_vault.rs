@@ -321,7 +321,7 @@ fn a_stanza_path_that_would_change_the_request_is_refused_before_anything_is_sen
                 "engine_path": engine,
                 "key_name": key_name,
                 "created_at": "2026-01-01T00:00:00Z",
-                "enc": transit_encrypt(&STANDARD.encode(&key)),
+                "enc": transit_encrypt(&STANDARD.encode(key)),
             }),
         );
         let out = support::decrypt_with_env(

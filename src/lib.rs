@@ -28,6 +28,7 @@ pub mod install;
 pub mod keys;
 pub mod log;
 pub mod manifest;
+pub mod process;
 pub mod sops;
 pub mod templates;
 pub mod units;

@@ -13,10 +13,10 @@
 //!   waiting for someone to type.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use pgp::composed::{KeyDetails, Message, SignedSecretKey};
 use pgp::crypto::hash::HashAlgorithm;
@@ -30,6 +30,7 @@ use pgp::types::{
 use zeroize::Zeroizing;
 
 use super::ssh::{self, SshKeyError};
+use crate::process::{self, RunError};
 
 /// The user ID sops-nix gives keys converted from SSH. It does not enter the
 /// fingerprint; it is there so that `gpg --import` accepts the exported key.
@@ -246,62 +247,29 @@ impl GnupgHome {
 
     /// Decrypts an armored PGP message for the stanza of `fingerprint`.
     pub fn decrypt(&self, fingerprint: &str, armored: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-        let home = self.home.display();
+        let home = self.home.display().to_string();
         let exec = Path::new(&self.exec).display();
-        let mut child = Command::new(&self.exec)
-            .arg("--homedir")
-            .arg(&self.home)
-            .args(["--batch", "--no-tty", "--pinentry-mode", "error", "--decrypt"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => format!(
-                    "{exec} not found on PATH (install gnupg for the installer, or set SOPS_GPG_EXEC)"
-                ),
-                _ => format!("cannot run {exec}: {e}"),
-            })?;
-        // The message is a few hundred bytes: it fits in the pipe at once.
-        let mut stdin = child.stdin.take().expect("piped");
-        let write = stdin.write_all(armored.as_bytes());
-        drop(stdin);
-        let mut stdout = child.stdout.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let out = std::thread::spawn(move || {
-            let mut buf = Zeroizing::new(Vec::new());
-            stdout.read_to_end(&mut buf).map(|_| buf)
-        });
-        let err = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            stderr.read_to_end(&mut buf).map(|_| buf)
-        });
-        let deadline = Instant::now() + GPG_TIMEOUT;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "{exec} did not finish within {} s (is gpg-agent waiting for a passphrase?)",
-                        GPG_TIMEOUT.as_secs()
-                    ));
-                }
-                Err(e) => return Err(format!("cannot wait for {exec}: {e}")),
-            }
-        };
-        let stdout = out.join().expect("reader thread").map_err(|e| e.to_string())?;
-        let stderr = err.join().expect("reader thread").unwrap_or_default();
-        let stderr = String::from_utf8_lossy(&stderr);
-        if status.success() && !stdout.is_empty() {
-            return Ok(stdout);
+        let mut cmd = Command::new(&self.exec);
+        cmd.arg("--homedir").arg(&self.home).args([
+            "--batch",
+            "--no-tty",
+            "--pinentry-mode",
+            "error",
+            "--decrypt",
+        ]);
+        match process::run(&mut cmd, armored.as_bytes(), GPG_TIMEOUT) {
+            Ok(out) if out.status.success() && !out.stdout.is_empty() => Ok(out.stdout),
+            Ok(out) => Err(explain_gpg_failure(&out.stderr, fingerprint, &home)),
+            Err(RunError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                "{exec} not found on PATH (install gnupg for the installer, or set SOPS_GPG_EXEC)"
+            )),
+            Err(RunError::Spawn(e)) => Err(format!("cannot run {exec}: {e}")),
+            Err(RunError::TimedOut(t)) => Err(format!(
+                "{exec} did not finish within {} s (is gpg-agent waiting for a passphrase?)",
+                t.as_secs()
+            )),
+            Err(RunError::Wait(e)) => Err(format!("cannot wait for {exec}: {e}")),
         }
-        if let Err(e) = write {
-            return Err(format!("cannot pass the message to {exec}: {e}"));
-        }
-        Err(explain_gpg_failure(&stderr, fingerprint, &home.to_string()))
     }
 }
 

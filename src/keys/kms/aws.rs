@@ -58,11 +58,17 @@ pub(super) struct Aws {
 /// The partition and region of a KMS key ARN, checked as sops checks it.
 fn parse_arn(arn: &str) -> Result<(&str, &str), String> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    // The partition and region become the endpoint's host name: only what
+    // AWS uses, so a crafted ARN cannot point the signed request elsewhere.
     let ok = parts.len() == 6
         && parts[0] == "arn"
-        && parts[1].starts_with("aws")
+        && ["aws", "aws-cn", "aws-us-gov"].contains(&parts[1])
         && parts[2] == "kms"
         && !parts[3].is_empty()
+        && parts[3].len() <= 63
+        && parts[3]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !parts[4].is_empty()
         && parts[4].bytes().all(|b| b.is_ascii_digit())
         && (parts[5].starts_with("key/") || parts[5].starts_with("alias/"));
@@ -478,12 +484,20 @@ fn from_profile(
 
 /// `credential_process`: a command printing `{"Version": 1, "AccessKeyId", ...}`.
 fn credential_process(cmd: &str, source: &str) -> Result<Creds, String> {
-    let out = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("{source}: credential_process cannot run: {e}"))?;
+    let out = crate::process::run(
+        std::process::Command::new("/bin/sh").arg("-c").arg(cmd),
+        b"",
+        super::HELPER_TIMEOUT,
+    )
+    .map_err(|e| match e {
+        crate::process::RunError::TimedOut(t) => format!(
+            "{source}: credential_process did not finish within {} s and was stopped",
+            t.as_secs()
+        ),
+        crate::process::RunError::Spawn(e) | crate::process::RunError::Wait(e) => {
+            format!("{source}: credential_process cannot run: {e}")
+        }
+    })?;
     let text = Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
     if !out.status.success() {
         return Err(format!("{source}: credential_process failed ({})", out.status));
@@ -547,6 +561,31 @@ fn json_credentials(reply: &Reply, source: String) -> Result<Creds, String> {
     })
 }
 
+/// Where the SDKs let container credentials (and the authorization token)
+/// come from: any https URL; plain http only from loopback or the agents'
+/// link-local addresses. URLs with user info are refused.
+fn container_endpoint_allowed(url: &str) -> bool {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return false;
+    };
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    if authority.as_str().contains('@') {
+        return false;
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => {
+            host == "localhost"
+                || ["169.254.170.2", "169.254.170.23", "fd00:ec2::23"].contains(&host)
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
+    }
+}
+
 /// ECS/EKS container credentials.
 fn container(ctx: &Ctx) -> Result<Creds, String> {
     let url = match ctx.env.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
@@ -568,6 +607,13 @@ fn container(ctx: &Ctx) -> Result<Creds, String> {
             .var("AWS_CONTAINER_AUTHORIZATION_TOKEN")
             .map(Zeroizing::new),
     };
+    if !container_endpoint_allowed(&url) {
+        return Err(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI must be https, or http on loopback or the ECS/EKS agent \
+             addresses (169.254.170.2, 169.254.170.23, fd00:ec2::23), as in the AWS SDKs"
+                .into(),
+        );
+    }
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
     let reply = ctx
         .http
@@ -644,6 +690,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn container_credentials_come_only_from_where_the_sdks_allow() {
+        assert!(container_endpoint_allowed(
+            "http://169.254.170.2/v2/credentials/x"
+        ));
+        assert!(container_endpoint_allowed("http://127.0.0.1:8080/creds"));
+        assert!(container_endpoint_allowed("http://[fd00:ec2::23]/creds"));
+        assert!(container_endpoint_allowed("https://creds.example.org/x"));
+        assert!(!container_endpoint_allowed("http://creds.example.org/x"));
+        assert!(!container_endpoint_allowed(
+            "http://169.254.170.2@evil.example.org/x"
+        ));
+        assert!(!container_endpoint_allowed("ftp://127.0.0.1/x"));
+        assert!(!container_endpoint_allowed(""));
+    }
+
+    #[test]
     fn arns_are_checked_like_sops() {
         assert_eq!(
             parse_arn("arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab").unwrap(),
@@ -655,6 +717,10 @@ mod tests {
         );
         assert!(parse_arn("arn:aws:s3:::bucket").is_err());
         assert!(parse_arn("1234abcd-12ab").is_err());
+        // A region or partition that would put another host into the endpoint.
+        assert!(parse_arn("arn:aws:kms:eu-west-1.amazonaws.com@127.0.0.1/#:111122223333:key/k").is_err());
+        assert!(parse_arn("arn:aws.evil:kms:eu-west-1:111122223333:key/k").is_err());
+        assert!(parse_arn("arn:aws:kms:EU-WEST-1:111122223333:key/k").is_err());
     }
 
     #[test]

@@ -118,6 +118,11 @@ impl Timeouts {
     }
 }
 
+/// How long a credential helper program (an AWS `credential_process`, the
+/// Azure CLI) may run: it may itself ask a service, but must not hang a boot.
+#[cfg_attr(not(feature = "kms"), allow(dead_code))]
+pub(crate) const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the sources share: the environment and one HTTP client.
 pub(crate) struct Ctx {
     pub env: Env,

@@ -34,7 +34,8 @@ let
           default = if cfg.defaultSopsKey != null then cfg.defaultSopsKey else name;
           defaultText = lib.literalMD "{option}`sops.defaultSopsKey`, or the attribute name";
           description = ''
-            Where the value is in the sops file: keys separated by `/`. `""`
+            Where the value is in the sops file: keys separated by `/`, so
+            `ssh_keys/private_key` is `private_key` inside `ssh_keys`. `""`
             installs the whole decrypted file. Ignored for the binary format.
           '';
         };
@@ -53,12 +54,15 @@ let
             "yaml"
             "json"
             "binary"
-            "ini"
             "dotenv"
+            "ini"
           ];
           default = cfg.defaultSopsFormat;
           defaultText = lib.literalExpression "config.sops.defaultSopsFormat";
-          description = "Format of the sops file. A binary file is installed whole.";
+          description = ''
+            Format of the sops file. A binary file is installed whole, as
+            decrypted.
+          '';
         };
         mode = lib.mkOption {
           type = lib.types.str;
@@ -203,7 +207,8 @@ in
       default = true;
       description = ''
         Check the sops files when the configuration is built: each must be in
-        the Nix store, and every secret's key must exist in it.
+        the Nix store, and every secret's key must exist in it. Turn off for
+        sops files that live only on the target machine.
       '';
     };
 
@@ -338,7 +343,10 @@ in
       type = lib.types.attrsOf sopsLib.placeholderType;
       default = { };
       visible = false;
-      description = "The string standing for each secret in template text.";
+      description = ''
+        The string standing for each secret in template text; defined for
+        every secret as soon as there is a template.
+      '';
     };
   };
 

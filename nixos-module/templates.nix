@@ -46,7 +46,7 @@ let
         owner = lib.mkOption {
           type = lib.types.nullOr lib.types.singleLineStr;
           default = null;
-          description = "User owning the rendered file. Leave `uid` at 0 when you set this.";
+          description = "User owning the rendered file, looked up by name at activation. Leave `uid` at 0 when you set this.";
         };
         uid = lib.mkOption {
           type = lib.types.nullOr lib.types.int;
@@ -66,7 +66,7 @@ let
             else
               throw "sops.templates.${lib.strings.escapeNixIdentifier name}.owner = \"${config.owner}\" is not declared in users.users, so its group is unknown: set sops.templates.${lib.strings.escapeNixIdentifier name}.group (or gid) explicitly.";
           defaultText = lib.literalMD "the group of the owner ({option}`users.users.<owner>.group`), or null";
-          description = "Group owning the rendered file. Leave `gid` at 0 when you set this.";
+          description = "Group owning the rendered file, looked up by name at activation. Leave `gid` at 0 when you set this.";
         };
         gid = lib.mkOption {
           type = lib.types.nullOr lib.types.int;
@@ -90,13 +90,19 @@ let
           type = lib.types.listOf lib.types.str;
           default = [ ];
           example = [ "sshd.service" ];
-          description = "Units to restart when the rendered file changes.";
+          description = ''
+            Units to restart when the rendered file changes, like
+            {option}`systemd.services.<name>.restartTriggers`.
+          '';
         };
         reloadUnits = lib.mkOption {
           type = lib.types.listOf lib.types.str;
           default = [ ];
           example = [ "sshd.service" ];
-          description = "Units to reload when the rendered file changes.";
+          description = ''
+            Units to reload when the rendered file changes, like
+            {option}`systemd.services.<name>.reloadTriggers`.
+          '';
         };
       };
     }

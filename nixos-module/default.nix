@@ -13,6 +13,7 @@
 #
 # Secrets marked neededForUsers go through a second manifest installed before
 # users are created (secrets-for-users.nix); templates are in templates.nix.
+# Options declared alike in the home-manager module come from options.nix.
 {
   config,
   options,
@@ -24,6 +25,7 @@
 let
   cfg = config.sops;
   sopsLib = import ./lib.nix { inherit lib; };
+  sopsOptions = import ./options.nix { inherit lib; };
   users = config.users.users;
 
   regularSecrets = lib.filterAttrs (_: secret: !secret.neededForUsers) cfg.secrets;
@@ -65,25 +67,24 @@ let
   secretType = lib.types.submodule (
     { config, name, ... }:
     {
-      options = {
-        name = lib.mkOption {
-          type = lib.types.str;
-          default = name;
-          description = ''
+      imports = [
+        (sopsOptions.secret {
+          inherit cfg;
+          nameDescription = ''
             File name of the secret below /run/secrets (or
             /run/secrets-for-users); may contain `/` to make subdirectories.
           '';
-        };
-        key = lib.mkOption {
-          type = lib.types.str;
-          default = if cfg.defaultSopsKey != null then cfg.defaultSopsKey else name;
-          defaultText = lib.literalMD "{option}`sops.defaultSopsKey`, or the attribute name";
-          description = ''
-            Where the value is in the sops file: keys separated by `/`, so
-            `ssh_keys/private_key` is `private_key` inside `ssh_keys`. `""`
-            installs the whole decrypted file. Ignored for the binary format.
-          '';
-        };
+        })
+        (sopsOptions.ownership {
+          kind = "secrets";
+          what = "file";
+          str = lib.types.str;
+          inherit users;
+        })
+        (sopsOptions.units "this secret changes")
+      ];
+
+      options = {
         path = lib.mkOption {
           type = lib.types.str;
           default =
@@ -97,71 +98,6 @@ let
             symlink to the secret is made there.
           '';
         };
-        format = lib.mkOption {
-          type = lib.types.enum [
-            "yaml"
-            "json"
-            "binary"
-            "dotenv"
-            "ini"
-          ];
-          default = cfg.defaultSopsFormat;
-          defaultText = lib.literalExpression "config.sops.defaultSopsFormat";
-          description = ''
-            Format of the sops file. A binary file is installed whole, as
-            decrypted.
-          '';
-        };
-        mode = lib.mkOption {
-          type = lib.types.str;
-          default = "0400";
-          description = "File mode of the secret, in octal.";
-        };
-        owner = lib.mkOption {
-          type = lib.types.nullOr lib.types.str;
-          default = null;
-          description = ''
-            User owning the file, looked up by name at activation. Leave
-            `uid` at 0 when you set this.
-          '';
-        };
-        uid = lib.mkOption {
-          type = lib.types.nullOr lib.types.int;
-          default = 0;
-          description = ''
-            Numeric owner of the file, used when `owner` is null, whether or
-            not a user with that id exists.
-          '';
-        };
-        group = lib.mkOption {
-          type = lib.types.nullOr lib.types.str;
-          default =
-            if config.owner == null then
-              null
-            else if users ? ${config.owner} then
-              users.${config.owner}.group
-            else
-              throw "sops.secrets.${lib.strings.escapeNixIdentifier name}.owner = \"${config.owner}\" is not declared in users.users, so its group is unknown: set sops.secrets.${lib.strings.escapeNixIdentifier name}.group (or gid) explicitly.";
-          defaultText = lib.literalMD "the group of the owner ({option}`users.users.<owner>.group`), or null";
-          description = ''
-            Group owning the file, looked up by name at activation. Leave `gid`
-            at 0 when you set this.
-          '';
-        };
-        gid = lib.mkOption {
-          type = lib.types.nullOr lib.types.int;
-          default = 0;
-          description = ''
-            Numeric group of the file, used when `group` is null, whether or
-            not a group with that id exists.
-          '';
-        };
-        sopsFile = lib.mkOption {
-          type = lib.types.path;
-          default = cfg.defaultSopsFile;
-          defaultText = lib.literalExpression "config.sops.defaultSopsFile";
-          description = "The sops file holding the secret.";
-        };
         sopsFileHash = lib.mkOption {
           type = lib.types.str;
           readOnly = true;
@@ -170,24 +106,6 @@ let
           description = ''
             SHA-256 of the sops file, for example to put into
             {option}`systemd.services.<name>.restartTriggers`.
-          '';
-        };
-        restartUnits = lib.mkOption {
-          type = lib.types.listOf lib.types.str;
-          default = [ ];
-          example = [ "sshd.service" ];
-          description = ''
-            Units to restart when this secret changes, like
-            {option}`systemd.services.<name>.restartTriggers`.
-          '';
-        };
-        reloadUnits = lib.mkOption {
-          type = lib.types.listOf lib.types.str;
-          default = [ ];
-          example = [ "sshd.service" ];
-          description = ''
-            Units to reload when this secret changes, like
-            {option}`systemd.services.<name>.reloadTriggers`.
           '';
         };
         credential = lib.mkOption {
@@ -218,6 +136,7 @@ let
 in
 {
   imports = [
+    (sopsOptions.common { keyFileExample = "/var/lib/sops-nix/key.txt"; })
     ./templates.nix
     ./secrets-for-users.nix
     (lib.mkRenamedOptionModule [ "sops" "gnupgHome" ] [ "sops" "gnupg" "home" ])
@@ -229,37 +148,6 @@ in
       type = lib.types.attrsOf secretType;
       default = { };
       description = "Secrets to decrypt and install, by name.";
-    };
-
-    defaultSopsFile = lib.mkOption {
-      type = lib.types.path;
-      description = "The sops file of every secret that does not name its own.";
-    };
-
-    defaultSopsFormat = lib.mkOption {
-      type = lib.types.str;
-      default = "yaml";
-      description = "The format of every secret that does not name its own.";
-    };
-
-    defaultSopsKey = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
-      description = ''
-        The key of every secret that does not name its own; null means each
-        secret's attribute name. `""` means the whole file. Ignored for the
-        binary format.
-      '';
-    };
-
-    validateSopsFiles = lib.mkOption {
-      type = lib.types.bool;
-      default = true;
-      description = ''
-        Check the sops files when the configuration is built: each must be in
-        the Nix store, and every secret's key must exist in it. Turn off for
-        sops files that live only on the target machine.
-      '';
     };
 
     onFailure = lib.mkOption {
@@ -310,23 +198,6 @@ in
       '';
     };
 
-    log = lib.mkOption {
-      type = lib.types.listOf (
-        lib.types.enum [
-          "keyImport"
-          "secretChanges"
-        ]
-      );
-      default = [
-        "keyImport"
-        "secretChanges"
-      ];
-      description = ''
-        What the installer reports: `keyImport` the age recipient of each SSH
-        key it uses, `secretChanges` each secret it adds, changes or removes.
-      '';
-    };
-
     environment = lib.mkOption {
       type = lib.types.attrsOf (lib.types.either lib.types.str lib.types.path);
       default = { };
@@ -337,13 +208,6 @@ in
         quote values that contain `'` with lib.escapeShellArg. The variables are
         set in a subshell, once for each manifest.
       '';
-    };
-
-    package = lib.mkOption {
-      type = lib.types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalMD "sops-install-secrets built from this repository";
-      description = "The sops-install-secrets package that installs the secrets.";
     };
 
     validationPackage = lib.mkOption {
@@ -407,28 +271,6 @@ in
     };
 
     age = {
-      keyFile = lib.mkOption {
-        type = lib.types.nullOr sopsLib.pathNotInStore;
-        default = null;
-        example = "/var/lib/sops-nix/key.txt";
-        description = "An age key file (outside the Nix store) to decrypt with.";
-      };
-
-      plugins = lib.mkOption {
-        type = lib.types.listOf lib.types.package;
-        default = [ ];
-        description = "age plugins to put on the installer's PATH.";
-      };
-
-      generateKey = lib.mkOption {
-        type = lib.types.bool;
-        default = false;
-        description = ''
-          Create {option}`sops.age.keyFile` with a new age key if it does not
-          exist. When off, the key file must already be there.
-        '';
-      };
-
       sshKeyPaths = lib.mkOption {
         type = lib.types.listOf lib.types.path;
         default = openSshHostKeys "ed25519";
@@ -460,13 +302,6 @@ in
           RSA SSH private keys to use as GPG keys. Set it to `[ ]` when you set
           {option}`sops.gnupg.home`.
         '';
-      };
-
-      package = lib.mkOption {
-        type = lib.types.package;
-        default = pkgs.gnupg;
-        defaultText = lib.literalExpression "pkgs.gnupg";
-        description = "The gpg that GPG decryption uses (`SOPS_GPG_EXEC`).";
       };
     };
   };
@@ -513,27 +348,13 @@ in
           let
             option = "sops.secrets.${lib.strings.escapeNixIdentifier attr}";
           in
-          [
-            {
-              assertion = !(secret.owner != null && secret.uid != null && secret.uid != 0);
-              message = "${option} sets both owner = \"${toString secret.owner}\" and uid = ${toString secret.uid}: keep one (owner is looked up by name, uid is used as it is).";
-            }
-            {
-              assertion = !(secret.group != null && secret.gid != null && secret.gid != 0);
-              message = "${option} sets both group = \"${toString secret.group}\" and gid = ${toString secret.gid}: keep one (group is looked up by name, gid is used as it is).";
-            }
-            {
-              assertion = secret.name != "rendered" && !(lib.hasPrefix "rendered/" secret.name);
-              message = "${option}: the name \"${secret.name}\" is taken by templates, which are written to /run/secrets/rendered; choose another name.";
-            }
-          ]
+          sopsLib.ownerIdAssertions option secret
+          ++ [ (sopsLib.renderedNameAssertion "/run/secrets/rendered" option secret) ]
         ) cfg.secrets
       );
 
       warnings =
-        sopsLib.storeKeyWarnings "sops.age.sshKeyPaths" cfg.age.sshKeyPaths
-        ++ sopsLib.storeKeyWarnings "sops.gnupg.sshKeyPaths" cfg.gnupg.sshKeyPaths
-        ++ sopsLib.storeKeyWarnings "sops.age.keyFile" (lib.optional (cfg.age.keyFile != null) cfg.age.keyFile)
+        sopsLib.keyWarnings cfg
         ++ lib.optional (cfg.kms.enable && !cfg.useSystemdActivation) (
           "sops.kms.enable is set but secrets are installed by an activation script, which runs before the "
           + "network is up at boot: cloud key services can only be reached on switches. "
@@ -551,28 +372,20 @@ in
     })
 
     (lib.mkIf (installsAnything && !cfg.useSystemdActivation) {
-      system.activationScripts.setupSecrets =
-        lib.stringAfter (
-          [
-            "specialfs"
-            "users"
-            "groups"
-          ]
-          ++ lib.optional cfg.age.generateKey "generate-age-key"
-        ) ''
-          [ -e /run/current-system ] || echo setting up secrets...
-          ${sopsLib.withEnvironment {
-            inherit (cfg) environment;
-            plugins = cfg.age.plugins;
-          } installCommand}
-        ''
-        # The installer honours NIXOS_ACTION=dry-activate: it reports what
-        # would change and writes nothing but the dry-activation lists.
-        // lib.optionalAttrs (config.system ? dryActivationScript) { supportsDryActivation = true; };
+      system.activationScripts.setupSecrets = sopsLib.installerActivationScript {
+        inherit config;
+        deps = [
+          "specialfs"
+          "users"
+          "groups"
+        ];
+        message = "setting up secrets...";
+        command = installCommand;
+      };
     })
 
     (lib.mkIf (installsAnything && cfg.useSystemdActivation) {
-      systemd.services.sops-nix = {
+      systemd.services.sops-nix = sopsLib.installerService pkgs cfg installCommand // {
         description = "Install sops secrets";
         # sops-nix calls this unit sops-install-secrets.service.
         aliases = [ "sops-install-secrets.service" ];
@@ -596,25 +409,6 @@ in
         # A cloud key service needs the network, which comes after
         # sysinit.target: then services order after sops-secrets.target.
         before = [ "sysinit-reactivation.target" ] ++ lib.optional (!cfg.kms.enable) "sysinit.target";
-        environment = cfg.environment // {
-          # Ask systemd for restarts directly: there is no activation script
-          # to hand a restart list to.
-          SOPS_RESTART_UNITS_VIA_SYSTEMCTL = "1";
-        };
-        path = cfg.age.plugins;
-        unitConfig = {
-          DefaultDependencies = false;
-          RequiresMountsFor = sopsLib.keyPaths cfg;
-        };
-        serviceConfig = {
-          Type = "oneshot";
-          RemainAfterExit = true;
-          ExecStartPre = lib.mkIf cfg.age.generateKey [
-            "${pkgs.writeShellScript "sops-nix-generate-age-key" generateAgeKey}"
-          ];
-          ExecStart = installCommand;
-        }
-        // sopsLib.unitHardening;
       };
 
       # Services that need their secrets can order after this target: it is

@@ -16,28 +16,22 @@
 let
   cfg = config.sops;
   sopsLib = import ./lib.nix { inherit lib; };
+  sopsOptions = import ./options.nix { inherit lib; };
 
   secretType = lib.types.submodule (
-    { config, name, ... }:
+    { config, ... }:
     {
-      options = {
-        name = lib.mkOption {
-          type = lib.types.str;
-          default = name;
-          description = ''
+      imports = [
+        (sopsOptions.secret {
+          inherit cfg;
+          nameDescription = ''
             File name of the secret in the secrets directory
             ({option}`sops.defaultSymlinkPath`).
           '';
-        };
-        key = lib.mkOption {
-          type = lib.types.str;
-          default = if cfg.defaultSopsKey != null then cfg.defaultSopsKey else name;
-          defaultText = lib.literalMD "{option}`sops.defaultSopsKey`, or the attribute name";
-          description = ''
-            Where the value is in the sops file: keys separated by `/`. `""`
-            installs the whole decrypted file. Ignored for the binary format.
-          '';
-        };
+        })
+      ];
+
+      options = {
         path = lib.mkOption {
           type = lib.types.str;
           default = "${cfg.defaultSymlinkPath}/${config.name}";
@@ -48,71 +42,20 @@ let
             $XDG_RUNTIME_DIR, `%%` for `%`.
           '';
         };
-        format = lib.mkOption {
-          type = lib.types.enum [
-            "yaml"
-            "json"
-            "binary"
-            "ini"
-            "dotenv"
-          ];
-          default = cfg.defaultSopsFormat;
-          defaultText = lib.literalExpression "config.sops.defaultSopsFormat";
-          description = "Format of the sops file. A binary file is installed whole.";
-        };
-        mode = lib.mkOption {
-          type = lib.types.str;
-          default = "0400";
-          description = "File mode of the secret, in octal.";
-        };
-        sopsFile = lib.mkOption {
-          type = lib.types.path;
-          default = cfg.defaultSopsFile;
-          defaultText = lib.literalExpression "config.sops.defaultSopsFile";
-          description = "The sops file holding the secret.";
-        };
       };
     }
   );
 
-  templateType = lib.types.submodule (
-    { config, name, ... }:
-    {
-      options = {
-        name = lib.mkOption {
-          type = lib.types.singleLineStr;
-          default = name;
-          description = "File name of the rendered template below the `rendered` directory.";
-        };
-        path = lib.mkOption {
-          type = lib.types.singleLineStr;
-          default = "${cfg.defaultSymlinkPath}/rendered/${config.name}";
-          defaultText = lib.literalExpression ''"''${config.sops.defaultSymlinkPath}/rendered/''${name}"'';
-          description = ''
-            Where the rendered file can be read. If it differs from the
-            default, a symlink to the file is made there.
-          '';
-        };
-        content = lib.mkOption {
-          type = lib.types.lines;
-          default = "";
-          description = "The template's text, with placeholders where secrets go.";
-        };
-        mode = lib.mkOption {
-          type = lib.types.singleLineStr;
-          default = "0400";
-          description = "File mode of the rendered file, in octal.";
-        };
-        file = lib.mkOption {
-          type = lib.types.path;
-          default = pkgs.writeText (lib.strings.sanitizeDerivationName "sops-template-${config.name}") config.content;
-          defaultText = lib.literalMD "a store file holding `content`";
-          example = lib.literalExpression "./configuration-template.conf";
-          description = "The file the template is read from. Setting it makes `content` unused.";
-        };
-      };
-    }
-  );
+  templateType = lib.types.submodule {
+    imports = [
+      (sopsOptions.template {
+        inherit pkgs;
+        nameDescription = "File name of the rendered template below the `rendered` directory.";
+        renderedDir = "${cfg.defaultSymlinkPath}/rendered";
+        pathDefaultText = lib.literalExpression ''"''${config.sops.defaultSymlinkPath}/rendered/''${name}"'';
+      })
+    ];
+  };
 
   manifest = sopsLib.manifestFile {
     inherit pkgs;
@@ -170,41 +113,16 @@ let
   '';
 in
 {
+  imports = [
+    (sopsOptions.common { keyFileExample = "/home/someuser/.age-key.txt"; })
+    (sopsOptions.templates templateType)
+  ];
+
   options.sops = {
     secrets = lib.mkOption {
       type = lib.types.attrsOf secretType;
       default = { };
       description = "Secrets to decrypt and install, by name.";
-    };
-
-    defaultSopsFile = lib.mkOption {
-      type = lib.types.path;
-      description = "The sops file of every secret that does not name its own.";
-    };
-
-    defaultSopsFormat = lib.mkOption {
-      type = lib.types.str;
-      default = "yaml";
-      description = "The format of every secret that does not name its own.";
-    };
-
-    defaultSopsKey = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
-      description = ''
-        The key of every secret that does not name its own; null means each
-        secret's attribute name. `""` means the whole file. Ignored for the
-        binary format.
-      '';
-    };
-
-    validateSopsFiles = lib.mkOption {
-      type = lib.types.bool;
-      default = true;
-      description = ''
-        Check the sops files when the configuration is built: each must be in
-        the Nix store, and every secret's key must exist in it.
-      '';
     };
 
     defaultSymlinkPath = lib.mkOption {
@@ -232,23 +150,6 @@ in
       description = "How many old generations of secrets to keep; 0 keeps all of them.";
     };
 
-    log = lib.mkOption {
-      type = lib.types.listOf (
-        lib.types.enum [
-          "keyImport"
-          "secretChanges"
-        ]
-      );
-      default = [
-        "keyImport"
-        "secretChanges"
-      ];
-      description = ''
-        What the installer reports: `keyImport` the age recipient of each SSH
-        key it uses, `secretChanges` each secret it adds, changes or removes.
-      '';
-    };
-
     environment = lib.mkOption {
       type = lib.types.attrsOf (lib.types.either lib.types.str lib.types.path);
       default = { };
@@ -258,36 +159,7 @@ in
       '';
     };
 
-    package = lib.mkOption {
-      type = lib.types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalMD "sops-install-secrets built from this repository";
-      description = "The sops-install-secrets package that installs the secrets.";
-    };
-
     age = {
-      keyFile = lib.mkOption {
-        type = lib.types.nullOr sopsLib.pathNotInStore;
-        default = null;
-        example = "/home/someuser/.age-key.txt";
-        description = "An age key file (outside the Nix store) to decrypt with.";
-      };
-
-      plugins = lib.mkOption {
-        type = lib.types.listOf lib.types.package;
-        default = [ ];
-        description = "age plugins to put on the installer's PATH.";
-      };
-
-      generateKey = lib.mkOption {
-        type = lib.types.bool;
-        default = false;
-        description = ''
-          Create {option}`sops.age.keyFile` with a new age key if it does not
-          exist. When off, the key file must already be there.
-        '';
-      };
-
       sshKeyPaths = lib.mkOption {
         type = lib.types.listOf lib.types.path;
         default = [ ];
@@ -296,13 +168,6 @@ in
     };
 
     gnupg = {
-      package = lib.mkOption {
-        type = lib.types.package;
-        default = pkgs.gnupg;
-        defaultText = lib.literalExpression "pkgs.gnupg";
-        description = "The gpg that GPG decryption uses (`SOPS_GPG_EXEC`).";
-      };
-
       home = lib.mkOption {
         type = lib.types.nullOr lib.types.str;
         default = null;
@@ -327,26 +192,9 @@ in
         description = "RSA SSH private keys to use as GPG keys.";
       };
     };
-
-    templates = lib.mkOption {
-      type = lib.types.attrsOf templateType;
-      default = { };
-      description = "Files rendered from secrets, by name.";
-    };
-
-    placeholder = lib.mkOption {
-      type = lib.types.attrsOf sopsLib.placeholderType;
-      default = { };
-      visible = false;
-      description = "The string standing for each secret in template text.";
-    };
   };
 
   config = lib.mkMerge [
-    (lib.mkIf (cfg.templates != { }) {
-      sops.placeholder = lib.mapAttrs (name: _: lib.mkDefault (sopsLib.placeholderFor name)) cfg.secrets;
-    })
-
     (lib.mkIf (cfg.secrets != { } || cfg.templates != { }) {
       assertions = [
         {
@@ -393,15 +241,12 @@ in
       ]
       ++ sopsLib.nameAssertions "secrets" cfg.defaultSymlinkPath cfg.secrets
       ++ sopsLib.nameAssertions "templates" "${cfg.defaultSymlinkPath}/rendered" cfg.templates
-      ++ lib.mapAttrsToList (attr: secret: {
-        assertion = secret.name != "rendered" && !(lib.hasPrefix "rendered/" secret.name);
-        message = "sops.secrets.${lib.strings.escapeNixIdentifier attr}: the name \"${secret.name}\" is taken by templates, which are written to ${cfg.defaultSymlinkPath}/rendered; choose another name.";
-      }) cfg.secrets;
+      ++ lib.mapAttrsToList (
+        attr:
+        sopsLib.renderedNameAssertion "${cfg.defaultSymlinkPath}/rendered" "sops.secrets.${lib.strings.escapeNixIdentifier attr}"
+      ) cfg.secrets;
 
-      warnings =
-        sopsLib.storeKeyWarnings "sops.age.sshKeyPaths" cfg.age.sshKeyPaths
-        ++ sopsLib.storeKeyWarnings "sops.gnupg.sshKeyPaths" cfg.gnupg.sshKeyPaths
-        ++ sopsLib.storeKeyWarnings "sops.age.keyFile" (lib.optional (cfg.age.keyFile != null) cfg.age.keyFile);
+      warnings = sopsLib.keyWarnings cfg;
 
       home.sessionVariables = lib.mkIf cfg.gnupg.qubes-split-gpg.enable {
         SOPS_GPG_EXEC = "qubes-gpg-client-wrapper";

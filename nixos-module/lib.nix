@@ -1,6 +1,8 @@
 # Pieces the NixOS module (default.nix, templates.nix, secrets-for-users.nix)
-# and the home-manager module (home-manager.nix) share: name checks, key-path
-# warnings, option types, the placeholder spelling and the manifest derivation.
+# and the home-manager module (home-manager.nix) share: name checks and other
+# assertions, key-path warnings, option types, the placeholder spelling, the
+# manifest derivation and the units and activation scripts that install it.
+# Shared option declarations are in options.nix.
 { lib }:
 
 rec {
@@ -44,6 +46,26 @@ rec {
       }
     ) entries;
 
+  # The assertions on one secret or template (NixOS) that owner and uid, or
+  # group and gid, are not both set. `option` names it in the messages.
+  ownerIdAssertions = option: entry: [
+    {
+      assertion = !(entry.owner != null && entry.uid != null && entry.uid != 0);
+      message = "${option} sets both owner = \"${toString entry.owner}\" and uid = ${toString entry.uid}: keep one (owner is looked up by name, uid is used as it is).";
+    }
+    {
+      assertion = !(entry.group != null && entry.gid != null && entry.gid != 0);
+      message = "${option} sets both group = \"${toString entry.group}\" and gid = ${toString entry.gid}: keep one (group is looked up by name, gid is used as it is).";
+    }
+  ];
+
+  # The assertion that a secret's name leaves `rendered` to the templates,
+  # which are written to `renderedDir`. `option` names the secret.
+  renderedNameAssertion = renderedDir: option: secret: {
+    assertion = secret.name != "rendered" && !(lib.hasPrefix "rendered/" secret.name);
+    message = "${option}: the name \"${secret.name}\" is taken by templates, which are written to ${renderedDir}; choose another name.";
+  };
+
   # sops-nix's age.keyFile type: a path that is not in the Nix store, since
   # everything in the store is world-readable.
   pathNotInStore = lib.mkOptionType {
@@ -76,6 +98,13 @@ rec {
         if lib.isPath p && !lib.path.hasStorePathPrefix p then "will be copied into" else "is in"
       } the world-readable Nix store. Give the key's location on the machine as a string (\"/etc/ssh/ssh_host_ed25519_key\") instead."
     ) (lib.filter (p: lib.isPath p || lib.hasPrefix "${builtins.storeDir}/" (toString p)) paths);
+
+  # storeKeyWarnings for every private key option of config.sops.
+  keyWarnings =
+    cfg:
+    storeKeyWarnings "sops.age.sshKeyPaths" cfg.age.sshKeyPaths
+    ++ storeKeyWarnings "sops.gnupg.sshKeyPaths" cfg.gnupg.sshKeyPaths
+    ++ storeKeyWarnings "sops.age.keyFile" (lib.optional (cfg.age.keyFile != null) cfg.age.keyFile);
 
   # The manifest.nix arguments that come straight from a NixOS config.sops;
   # the caller adds secrets, templates, placeholders and, for the
@@ -148,6 +177,55 @@ rec {
     MemoryDenyWriteExecute = true;
     SystemCallArchitectures = "native";
   };
+
+  # What sops-nix.service and sops-install-secrets-for-users.service share: a
+  # oneshot running `command` (the installer on a manifest), after creating
+  # the age key if asked to. The caller adds the unit's name and ordering.
+  installerService = pkgs: cfg: command: {
+    environment = cfg.environment // {
+      # Ask systemd for restarts directly: there is no activation script
+      # to hand a restart list to.
+      SOPS_RESTART_UNITS_VIA_SYSTEMCTL = "1";
+    };
+    path = cfg.age.plugins;
+    unitConfig = {
+      DefaultDependencies = false;
+      RequiresMountsFor = keyPaths cfg;
+    };
+    serviceConfig = {
+      Type = "oneshot";
+      RemainAfterExit = true;
+      ExecStartPre = lib.mkIf cfg.age.generateKey [
+        "${pkgs.writeShellScript "sops-nix-generate-age-key" (generateAgeKey pkgs cfg.age.keyFile)}"
+      ];
+      ExecStart = command;
+    }
+    // unitHardening;
+  };
+
+  # The activation scripts setupSecrets and setupSecretsForUsers: run
+  # `command` with sops.environment after `deps` (and after generate-age-key
+  # when there is one), saying `message` at boot.
+  installerActivationScript =
+    {
+      config,
+      deps,
+      message,
+      command,
+    }:
+    let
+      cfg = config.sops;
+    in
+    lib.stringAfter (deps ++ lib.optional cfg.age.generateKey "generate-age-key") ''
+      [ -e /run/current-system ] || echo ${message}
+      ${withEnvironment {
+        inherit (cfg) environment;
+        plugins = cfg.age.plugins;
+      } command}
+    ''
+    # The installer honours NIXOS_ACTION=dry-activate: it reports what
+    # would change and writes nothing but the dry-activation lists.
+    // lib.optionalAttrs (config.system ? dryActivationScript) { supportsDryActivation = true; };
 
   # The manifest as a store file. Building it runs the installer's check mode:
   # `sopsfile` reads every sops file (keys are stored in the clear, so no

@@ -68,45 +68,28 @@ in
 
     system.build.sops-nix-users-manifest = manifestForUsers;
 
-    systemd.services.sops-install-secrets-for-users = lib.mkIf viaSystemd {
-      description = "Install sops secrets needed to create users";
-      wantedBy = [
-        "systemd-sysusers.service"
-        "userborn.service"
-      ];
-      before = [
-        "systemd-sysusers.service"
-        "userborn.service"
-      ];
-      environment = cfg.environment // {
-        SOPS_RESTART_UNITS_VIA_SYSTEMCTL = "1";
-      };
-      path = cfg.age.plugins;
-      unitConfig = {
-        DefaultDependencies = false;
-        RequiresMountsFor = sopsLib.keyPaths cfg;
-      };
-      serviceConfig = {
-        Type = "oneshot";
-        RemainAfterExit = true;
-        ExecStartPre = lib.mkIf cfg.age.generateKey [
-          "${pkgs.writeShellScript "sops-nix-generate-age-key" (sopsLib.generateAgeKey pkgs cfg.age.keyFile)}"
+    systemd.services.sops-install-secrets-for-users = lib.mkIf viaSystemd (
+      sopsLib.installerService pkgs cfg installCommand
+      // {
+        description = "Install sops secrets needed to create users";
+        wantedBy = [
+          "systemd-sysusers.service"
+          "userborn.service"
         ];
-        ExecStart = installCommand;
+        before = [
+          "systemd-sysusers.service"
+          "userborn.service"
+        ];
       }
-      // sopsLib.unitHardening;
-    };
+    );
 
     system.activationScripts = lib.mkIf (!viaSystemd) {
-      setupSecretsForUsers =
-        lib.stringAfter ([ "specialfs" ] ++ lib.optional cfg.age.generateKey "generate-age-key") ''
-          [ -e /run/current-system ] || echo setting up secrets for users...
-          ${sopsLib.withEnvironment {
-            inherit (cfg) environment;
-            plugins = cfg.age.plugins;
-          } installCommand}
-        ''
-        // lib.optionalAttrs (config.system ? dryActivationScript) { supportsDryActivation = true; };
+      setupSecretsForUsers = sopsLib.installerActivationScript {
+        inherit config;
+        deps = [ "specialfs" ];
+        message = "setting up secrets for users...";
+        command = installCommand;
+      };
 
       users.deps = [ "setupSecretsForUsers" ];
     };

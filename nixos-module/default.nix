@@ -359,6 +359,11 @@ in
           "sops.kms.enable is set but secrets are installed by an activation script, which runs before the "
           + "network is up at boot: cloud key services can only be reached on switches. "
           + "Set sops.useSystemdActivation = true."
+        )
+        ++ lib.optional (cfg.kms.enable && lib.any (s: s.neededForUsers) (lib.attrValues cfg.secrets)) (
+          "sops.kms.enable is set and some secrets have neededForUsers: those are installed before users "
+          + "exist, and before the network is up at boot, so they cannot come from a cloud key service. "
+          + "Encrypt their sops file to a local key (age, SSH or GPG) too."
         );
 
       # sshKeyPaths keys are used in process; only a GnuPG home needs gpg.

@@ -91,20 +91,22 @@ rec {
   # Warnings for private keys that are, or will be copied into, the Nix store
   # (a Nix path value such as ./key is copied when the manifest is written).
   storeKeyWarnings =
-    option: paths:
+    option: example: paths:
     map (
       p:
       "${option} contains ${toString p}, which ${
         if lib.isPath p && !lib.path.hasStorePathPrefix p then "will be copied into" else "is in"
-      } the world-readable Nix store. Give the key's location on the machine as a string (\"/etc/ssh/ssh_host_ed25519_key\") instead."
+      } the world-readable Nix store. Give the key's location on the machine as a string (\"${example}\") instead."
     ) (lib.filter (p: lib.isPath p || lib.hasPrefix "${builtins.storeDir}/" (toString p)) paths);
 
   # storeKeyWarnings for every private key option of config.sops.
   keyWarnings =
     cfg:
-    storeKeyWarnings "sops.age.sshKeyPaths" cfg.age.sshKeyPaths
-    ++ storeKeyWarnings "sops.gnupg.sshKeyPaths" cfg.gnupg.sshKeyPaths
-    ++ storeKeyWarnings "sops.age.keyFile" (lib.optional (cfg.age.keyFile != null) cfg.age.keyFile);
+    storeKeyWarnings "sops.age.sshKeyPaths" "/etc/ssh/ssh_host_ed25519_key" cfg.age.sshKeyPaths
+    ++ storeKeyWarnings "sops.gnupg.sshKeyPaths" "/etc/ssh/ssh_host_rsa_key" cfg.gnupg.sshKeyPaths
+    ++ storeKeyWarnings "sops.age.keyFile" "/var/lib/sops-nix/key.txt" (
+      lib.optional (cfg.age.keyFile != null) cfg.age.keyFile
+    );
 
   # The manifest.nix arguments that come straight from a NixOS config.sops;
   # the caller adds secrets, templates, placeholders and, for the

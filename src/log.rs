@@ -116,13 +116,40 @@ impl Logger {
             return;
         }
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "sops-install-secrets: {message}");
+        let _ = writeln!(err, "sops-install-secrets: {}", printable(message));
     }
+}
+
+/// A message for a terminal: control characters other than newline and tab
+/// (which a server's error text or a crafted stanza field could carry, such
+/// as escape sequences) are shown escaped instead of acted on.
+fn printable(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return message.into();
+    }
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_default().collect::<String>()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_control_sequences_are_escaped() {
+        assert_eq!(printable("plain\nline\tok"), "plain\nline\tok");
+        assert_eq!(printable("bad \u{1b}[2J here"), "bad \\u{1b}[2J here");
+        assert_eq!(printable("cr\r"), "cr\\r");
+    }
 
     #[test]
     fn fields_use_the_native_protocol() {

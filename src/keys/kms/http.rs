@@ -35,6 +35,14 @@ impl Reply {
         serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The body as a typed answer, `None` if it does not fit `T`. Fields
+    /// that hold secrets (tokens, key material) should be
+    /// `Zeroizing<String>`, which a [`serde_json::Value`] cannot be. serde's
+    /// error is dropped on purpose: it may quote the value it choked on.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(&self.body).ok()
+    }
+
     /// Whether the status is 2xx.
     pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)

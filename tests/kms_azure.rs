@@ -4,6 +4,11 @@
 //! credentials) and the instance metadata service's managed identity
 //! endpoint. The sops file is real sops output (`enc/basic.json`) re-keyed
 //! to an `azure_kv` stanza whose `enc` the fake vault produced.
+//!
+//! The loopback vault's challenge names its own address as the resource (a
+//! challenge naming another host, such as `https://vault.azure.net` for a
+//! vault at 127.0.0.1, is refused), so the token is asked for
+//! `http://127.0.0.1:<port>/.default`.
 #![cfg(feature = "azure-kv")]
 
 mod support;
@@ -61,22 +66,51 @@ fn kv_error(status: u16, code: &str, message: &str, inner: Option<&str>) -> Resp
     Response::json(status, e)
 }
 
-/// Key Vault, Entra and IMDS in one loopback server.
+/// What the fake answers with: its own URL, and the resource its challenge names.
+struct Peer {
+    base: String,
+    resource: String,
+}
+
+/// Key Vault, Entra and IMDS in one loopback server whose challenge names
+/// the server itself.
 fn fake_azure() -> Server {
-    let base = Arc::new(OnceLock::<String>::new());
-    let b = base.clone();
-    let server = Server::start(move |req: &Request| handle(req, b.get().unwrap()));
-    base.set(server.url()).unwrap();
+    fake_azure_with(false, None)
+}
+
+/// The same over TLS (`fixtures/kms/vault-ca.pem` signs its certificate)
+/// when `tls`, and with a challenge naming `resource` when given.
+fn fake_azure_with(tls: bool, resource: Option<&str>) -> Server {
+    let peer = Arc::new(OnceLock::<Peer>::new());
+    let p = peer.clone();
+    let handler = move |req: &Request| handle(req, p.get().unwrap());
+    let server = if tls {
+        Server::start_tls(handler)
+    } else {
+        Server::start(handler)
+    };
+    let base = url(&server, tls);
+    let resource = resource.map_or(base.clone(), str::to_owned);
+    assert!(peer.set(Peer { base, resource }).is_ok());
     server
 }
 
-fn handle(req: &Request, base: &str) -> Response {
+fn url(server: &Server, tls: bool) -> String {
+    if tls {
+        format!("https://{}", server.addr)
+    } else {
+        server.url()
+    }
+}
+
+fn handle(req: &Request, peer: &Peer) -> Response {
+    let (base, resource) = (peer.base.as_str(), peer.resource.as_str());
     let good = jwt(APP, "aaaaaaaa-0000-0000-0000-000000000001");
     let denied = jwt(DENIED_APP, "bbbbbbbb-0000-0000-0000-000000000002");
     match (req.method.as_str(), req.path()) {
         ("POST", p) if p == format!("/{TENANT}/oauth2/v2.0/token") => {
             let f = |k: &str| req.form_value(k).unwrap_or_default();
-            if f("grant_type") != "client_credentials" || f("scope") != "https://vault.azure.net/.default" {
+            if f("grant_type") != "client_credentials" || f("scope") != format!("{resource}/.default") {
                 return Response::json(
                     400,
                     json!({ "error": "invalid_request", "error_description": "AADSTS900144: bad request" }),
@@ -120,7 +154,7 @@ fn handle(req: &Request, base: &str) -> Response {
                     json!({ "error": "invalid_request", "error_description": "Required metadata header not specified" }),
                 );
             }
-            if req.query("resource").as_deref() != Some("https://vault.azure.net") {
+            if req.query("resource").as_deref() != Some(resource) {
                 return Response::json(
                     400,
                     json!({ "error": "invalid_resource", "error_description": "bad resource" }),
@@ -130,7 +164,7 @@ fn handle(req: &Request, base: &str) -> Response {
                 200,
                 json!({
                     "access_token": good, "client_id": APP, "expires_in": "86399", "expires_on": "1999999999",
-                    "ext_expires_in": "86399", "not_before": "1700000000", "resource": "https://vault.azure.net",
+                    "ext_expires_in": "86399", "not_before": "1700000000", "resource": resource,
                     "token_type": "Bearer"
                 }),
             )
@@ -145,7 +179,7 @@ fn handle(req: &Request, base: &str) -> Response {
                 );
                 r.headers.push((
                     "WWW-Authenticate".into(),
-                    format!(r#"Bearer authorization="{base}/{TENANT}", resource="https://vault.azure.net""#),
+                    format!(r#"Bearer authorization="{base}/{TENANT}", resource="{resource}""#),
                 ));
                 return r;
             };
@@ -187,12 +221,16 @@ fn handle(req: &Request, base: &str) -> Response {
 }
 
 fn azure_file(dir: &std::path::Path, server: &Server) -> std::path::PathBuf {
+    azure_file_at(dir, &server.url())
+}
+
+fn azure_file_at(dir: &std::path::Path, vault_url: &str) -> std::path::PathBuf {
     let key = support::data_key("enc/basic.json", Format::Json);
     support::with_only_stanza(
         dir,
         "azure_kv",
         json!({
-            "vault_url": server.url(),
+            "vault_url": vault_url,
             "name": KEY,
             "version": VERSION,
             "created_at": "2026-01-01T00:00:00Z",
@@ -236,7 +274,11 @@ fn client_secret_credentials_decrypt_a_real_sops_file() {
     assert_eq!(reqs[1].form_value("client_secret").as_deref(), Some("app-secret"));
     assert_eq!(reqs[2].path(), format!("/keys/{KEY}/{VERSION}/decrypt"));
     assert_eq!(reqs[2].query("api-version").as_deref(), Some("7.4"));
-    assert!(reqs[2].header("authorization").unwrap().starts_with("Bearer ey"));
+    let token = jwt(APP, "aaaaaaaa-0000-0000-0000-000000000001");
+    assert_eq!(
+        reqs[2].header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
     let err = stderr(&out);
     assert!(
         err.contains(&format!(
@@ -244,7 +286,26 @@ fn client_secret_credentials_decrypt_a_real_sops_file() {
         )),
         "{err}"
     );
-    assert!(!err.contains("app-secret") && !err.contains("Bearer"), "{err}");
+    assert_no_secrets(&err, &["app-secret", &token]);
+}
+
+/// Neither the credentials nor the data key (hex, base64, base64url) are in `text`.
+fn assert_no_secrets(text: &str, secrets: &[&str]) {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let key = support::data_key("enc/basic.json", Format::Json);
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let forms = [
+        hex.clone(),
+        hex.to_uppercase(),
+        STANDARD.encode(key),
+        URL_SAFE.encode(key),
+        URL_SAFE_NO_PAD.encode(key),
+    ];
+    for s in secrets.iter().copied().chain(forms.iter().map(String::as_str)) {
+        // The unpadded prefix catches the value cut short or re-padded too.
+        let needle = s.trim_end_matches('=');
+        assert!(!text.contains(needle), "{needle} in: {text}");
+    }
 }
 
 #[test]
@@ -311,19 +372,20 @@ fn the_azure_cli_is_the_last_resort() {
     std::fs::write(
         &az,
         format!(
-            "#!/bin/sh\n[ \"$*\" = \"account get-access-token --output json --resource https://vault.azure.net\" ] || exit 2\n\
+            "#!/bin/sh\n[ \"$*\" = \"account get-access-token --output json --resource {}\" ] || exit 2\n\
              echo '{{\"accessToken\": \"{}\", \"expiresOn\": \"2099-01-01 00:00:00.000000\", \"subscription\": \"s\", \"tenant\": \"{TENANT}\", \"tokenType\": \"Bearer\"}}'\n",
+            server.url(),
             jwt(APP, "aaaaaaaa-0000-0000-0000-000000000001")
         ),
     )
     .unwrap();
     std::fs::set_permissions(&az, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    // No managed identity: the metadata service's port is closed.
+    // No managed identity: the metadata service's port is closed (the
+    // listener is a temporary, dropped at the end of the statement).
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    drop(std::net::TcpListener::bind("127.0.0.1:0"));
     let out = support::decrypt_with_env(
         &file,
         &[
@@ -364,4 +426,182 @@ fn a_user_assigned_identity_from_app_services_identity_endpoint() {
         stderr(&out)
     );
     assert!(!stderr(&out).contains("app-service-header"));
+}
+
+/// Credentials for every source, all pointing at `server`.
+fn every_credential(server: &Server, dir: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("AZURE_TENANT_ID", TENANT.into()),
+        ("AZURE_CLIENT_ID", APP.into()),
+        ("AZURE_CLIENT_SECRET", "app-secret".into()),
+        ("AZURE_AUTHORITY_HOST", server.url()),
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", server.url()),
+        ("HOME", dir.display().to_string()),
+        ("PATH", no_az()),
+    ]
+}
+
+#[test]
+fn a_challenge_for_another_service_gets_no_token() {
+    // The review's proof of concept: the host's challenge names Azure
+    // Resource Manager; no token is fetched, none is sent.
+    let server = fake_azure_with(false, Some("https://management.azure.com"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = azure_file(dir.path(), &server);
+    let mut env = every_credential(&server, dir.path());
+    env.retain(|(k, _)| !k.starts_with("AZURE_CLIENT") && *k != "AZURE_TENANT_ID");
+    let out = support::decrypt_with_env(&file, &env);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("asks for a token to management.azure.com, which is not the vault's domain; refused"),
+        "{err}"
+    );
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1, "only the unauthenticated challenge: {reqs:?}");
+    assert_eq!(reqs[0].header("authorization"), None);
+}
+
+#[test]
+fn a_challenge_for_azures_vault_domain_from_another_host_is_refused() {
+    // The loopback vault claims to be vault.azure.net's.
+    let server = fake_azure_with(false, Some("https://vault.azure.net"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = azure_file(dir.path(), &server);
+    let out = support::decrypt_with_env(&file, &every_credential(&server, dir.path()));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("asks for a token to vault.azure.net, which is not the vault's domain"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[test]
+fn a_vault_over_plain_http_gets_nothing() {
+    let server = fake_azure();
+    let dir = tempfile::tempdir().unwrap();
+    for vault in ["http://acme.vault.azure.net", "http://192.0.2.1:8080"] {
+        let file = azure_file_at(dir.path(), vault);
+        let out = support::decrypt_with_env(&file, &every_credential(&server, dir.path()));
+        assert!(!out.status.success());
+        let host = vault.trim_start_matches("http://");
+        assert!(
+            stderr(&out).contains(&format!(
+                "Key Vault {host} is not https: credentials are only sent over TLS"
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(server.requests().len(), 0, "no token was fetched");
+}
+
+#[test]
+fn user_information_in_the_vault_url_is_refused() {
+    // The review's proof of concept: the part before '@' looks like a
+    // vault.azure.net host, the request would go to the loopback server.
+    let server = fake_azure();
+    let dir = tempfile::tempdir().unwrap();
+    let vault = format!("http://acme.vault.azure.net:1@{}", server.addr);
+    let file = azure_file_at(dir.path(), &vault);
+    let out = support::decrypt_with_env(&file, &every_credential(&server, dir.path()));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "Key Vault {}: a URL with user information (user@host) is refused",
+            server.addr
+        )),
+        "{err}"
+    );
+    assert_eq!(server.requests().len(), 0);
+}
+
+#[test]
+fn a_client_secret_is_not_sent_to_a_plain_http_authority() {
+    let server = fake_azure();
+    let dir = tempfile::tempdir().unwrap();
+    let file = azure_file(dir.path(), &server);
+    let mut env = every_credential(&server, dir.path());
+    env.retain(|(k, _)| *k != "AZURE_AUTHORITY_HOST");
+    env.push(("AZURE_AUTHORITY_HOST", "http://login.example.com".into()));
+    let out = support::decrypt_with_env(&file, &env);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("AZURE_AUTHORITY_HOST login.example.com is not https"),
+        "{}",
+        stderr(&out)
+    );
+    // The challenge only; no token request anywhere.
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[test]
+fn proxies_are_not_used_for_loopback_and_the_metadata_service() {
+    // Every proxy variable points at a closed port: a request through a
+    // proxy would fail with "connection refused".
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = format!("http://{dead}");
+    let server = fake_azure();
+    let dir = tempfile::tempdir().unwrap();
+    let file = azure_file(dir.path(), &server);
+    let mut env = vec![
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", server.url()),
+        ("HOME", dir.path().display().to_string()),
+        ("PATH", no_az()),
+    ];
+    for var in [
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+    ] {
+        env.push((var, proxy.clone()));
+    }
+    let out = support::decrypt_with_env(&file, &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, support::expected_basic_json());
+    assert_eq!(server.requests().len(), 3);
+}
+
+#[test]
+fn an_https_vault_is_trusted_through_ssl_cert_file() {
+    let server = fake_azure_with(true, None);
+    let base = url(&server, true);
+    let dir = tempfile::tempdir().unwrap();
+    let file = azure_file_at(dir.path(), &base);
+    let env = vec![
+        ("AZURE_TENANT_ID", TENANT.into()),
+        ("AZURE_CLIENT_ID", APP.into()),
+        ("AZURE_CLIENT_SECRET", "app-secret".into()),
+        ("AZURE_AUTHORITY_HOST", base.clone()),
+        ("HOME", dir.path().display().to_string()),
+        ("PATH", no_az()),
+    ];
+    // Without it, the system's (or the bundled) roots do not know the
+    // test CA: a TLS error, and no token sent.
+    let out = support::decrypt_with_env(&file, &env);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("TLS error"), "{}", stderr(&out));
+    assert!(server.requests().is_empty());
+
+    let ca = support::fixtures().join("kms/vault-ca.pem");
+    let mut trusted = env.clone();
+    trusted.push(("SSL_CERT_FILE", ca.display().to_string()));
+    let out = support::decrypt_with_env(&file, &trusted);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, support::expected_basic_json());
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert_eq!(
+        reqs[1].form_value("scope").as_deref(),
+        Some(format!("{base}/.default").as_str())
+    );
 }

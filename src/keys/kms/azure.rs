@@ -5,7 +5,11 @@
 //!
 //! The token's scope follows the vault's cloud (`https://vault.azure.net/.default`
 //! for `*.vault.azure.net`, and so on); for any other host it is learned from
-//! Key Vault's `WWW-Authenticate` challenge, as the SDKs do.
+//! Key Vault's `WWW-Authenticate` challenge, as the SDKs do, and, as they do,
+//! only when the challenge's resource is the vault's own domain (the vault's
+//! host is that host or ends with `.` and it): a host must not be able to
+//! ask for a token to another service. A bearer token only travels over
+//! HTTPS (plain `http` is allowed for loopback hosts, for tests).
 //!
 //! Credentials, in the order of azidentity's `DefaultAzureCredential` (what
 //! sops uses): a client secret (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
@@ -23,10 +27,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::http::{Body, Reply, host_of};
+use super::http::{Body, Reply, Target, host_of};
 use super::{Ctx, json_str};
 
 const API_VERSION: &str = "7.4";
@@ -47,9 +52,8 @@ pub(super) struct Azure {
     scopes: Mutex<HashMap<String, String>>,
 }
 
-/// The token scope of a vault in one of Azure's clouds.
-fn known_scope(vault_url: &str) -> Option<String> {
-    let host = host_of(vault_url).split(':').next().unwrap_or("");
+/// The token scope of a vault in one of Azure's clouds, by its host.
+fn known_scope(host: &str) -> Option<String> {
     [
         "vault.azure.net",
         "vault.azure.cn",
@@ -64,14 +68,147 @@ fn known_scope(vault_url: &str) -> Option<String> {
     .map(|d| format!("https://{d}/.default"))
 }
 
-/// The scope in a `WWW-Authenticate: Bearer authorization="...", resource="..."` (or `scope="..."`) challenge.
-fn challenge_scope(header: &str) -> Option<String> {
-    let field = |name: &str| {
-        let start = header.find(&format!("{name}=\""))? + name.len() + 2;
-        let end = start + header[start..].find('"')?;
-        Some(header[start..end].to_owned())
+/// A URL a bearer token or a client credential goes to: HTTPS, or plain
+/// HTTP to this machine (127.0.0.0/8, ::1, localhost; tests).
+fn credential_target(url: &str, what: &str) -> Result<Target, String> {
+    let target = Target::parse(url).map_err(|e| format!("{what} {e}"))?;
+    if target.scheme != "https" && !target.is_loopback() {
+        return Err(format!(
+            "{what} {} is not https: credentials are only sent over TLS",
+            host_of(url)
+        ));
+    }
+    Ok(target)
+}
+
+/// The parameters of the `Bearer` challenge in a `WWW-Authenticate` value
+/// (RFC 9110 11.6.1: `Scheme name=token, name="quoted \"string\"", ...`,
+/// several challenges separated by commas), with lower-case names. `None`
+/// when there is no Bearer challenge, or the value is malformed or
+/// ambiguous (two Bearer challenges, a parameter given twice).
+fn bearer_params(header: &str) -> Option<HashMap<String, String>> {
+    let b = header.as_bytes();
+    let mut i = 0;
+    let tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&c);
+    let skip = |i: &mut usize, set: &[u8]| {
+        while *i < b.len() && set.contains(&b[*i]) {
+            *i += 1;
+        }
     };
-    field("scope").or_else(|| field("resource").map(|r| format!("{}/.default", r.trim_end_matches('/'))))
+    let token = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && tchar(b[*i]) {
+            *i += 1;
+        }
+        &header[start..*i]
+    };
+    let mut bearer: Option<HashMap<String, String>> = None;
+    let mut in_bearer = false;
+    loop {
+        skip(&mut i, b" \t,");
+        if i >= b.len() {
+            break;
+        }
+        let name = token(&mut i);
+        if name.is_empty() {
+            return None;
+        }
+        skip(&mut i, b" \t");
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            skip(&mut i, b" \t");
+            let value = if i < b.len() && b[i] == b'"' {
+                i += 1;
+                let mut v = String::new();
+                loop {
+                    let (&c, rest) = b.get(i..)?.split_first()?;
+                    i += 1;
+                    match c {
+                        b'"' => break,
+                        b'\\' => {
+                            let escaped = *rest.first().filter(|e| e.is_ascii())?;
+                            v.push(char::from(escaped));
+                            i += 1;
+                        }
+                        _ => {
+                            // Multi-byte UTF-8 is copied as it is.
+                            let len = header[i - 1..].chars().next()?.len_utf8();
+                            v.push_str(&header[i - 1..i - 1 + len]);
+                            i += len - 1;
+                        }
+                    }
+                }
+                v
+            } else {
+                // A token, or the `=` padding of a token68 (`Negotiate abc==`).
+                let v = token(&mut i).to_owned();
+                skip(&mut i, b"=");
+                v
+            };
+            if in_bearer {
+                let params = bearer.as_mut().expect("in a Bearer challenge");
+                if params.insert(name.to_ascii_lowercase(), value).is_some() {
+                    return None;
+                }
+            }
+        } else {
+            // A new challenge's scheme (perhaps followed by a token68, which
+            // the next round reads as a name without `=`: harmless).
+            in_bearer = name.eq_ignore_ascii_case("bearer");
+            if in_bearer {
+                if bearer.is_some() {
+                    return None;
+                }
+                bearer = Some(HashMap::new());
+            }
+        }
+    }
+    bearer
+}
+
+/// The token scope a Key Vault challenge names (`scope="..."`, else
+/// `resource="..."` + `/.default`), accepted only when it belongs to the
+/// vault's own domain: `vault_host` is the scope's host or ends with `.`
+/// and it, as the Azure SDKs' challenge policies check.
+fn challenge_scope(header: &str, vault_host: &str) -> Result<String, String> {
+    let params =
+        bearer_params(header).ok_or("its WWW-Authenticate header holds no (well-formed) Bearer challenge")?;
+    let scope = match (params.get("scope"), params.get("resource")) {
+        (Some(scope), _) => scope.clone(),
+        (None, Some(resource)) => format!("{}/.default", resource.trim_end_matches('/')),
+        (None, None) => return Err("its Bearer challenge names no scope or resource".to_owned()),
+    };
+    let host = match Target::parse(&scope) {
+        Ok(t) if !scope.contains(char::is_whitespace) => t.host,
+        _ => return Err("its Bearer challenge names a scope that is not one URL".to_owned()),
+    };
+    if vault_host == host || vault_host.ends_with(&format!(".{host}")) {
+        Ok(scope)
+    } else {
+        Err(format!(
+            "its challenge asks for a token to {host}, which is not the vault's domain; refused"
+        ))
+    }
+}
+
+/// Key Vault's answer to a decryption.
+#[derive(Deserialize)]
+struct Decrypted {
+    /// The data key, base64url.
+    value: Zeroizing<String>,
+}
+
+/// A Microsoft Entra token endpoint's or managed identity's answer.
+#[derive(Deserialize)]
+struct AccessToken {
+    access_token: Zeroizing<String>,
+}
+
+/// What `az account get-access-token --output json` prints.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CliToken {
+    access_token: Zeroizing<String>,
 }
 
 impl Azure {
@@ -89,10 +226,12 @@ impl Azure {
             .map_err(|e| format!("the stanza's ciphertext is not base64url: {e}"))?;
         let vault = vault_url.trim_end_matches('/');
         let url = format!("{vault}/keys/{name}/{version}/decrypt?api-version={API_VERSION}");
+        // The host the request really goes to, parsed from the URL as sent.
+        let target = credential_target(&url, "Key Vault")?;
         let body = json!({ "alg": "RSA-OAEP-256", "value": URL_SAFE_NO_PAD.encode(&ciphertext) });
-        let host = host_of(vault).to_owned();
+        let host = host_of(&url).to_owned();
 
-        let scope = match known_scope(vault)
+        let scope = match known_scope(&target.host)
             .or_else(|| self.scopes.lock().expect("not poisoned").get(&host).cloned())
         {
             Some(s) => s,
@@ -105,10 +244,11 @@ impl Azure {
                 let scope = reply
                     .www_authenticate
                     .as_deref()
-                    .and_then(challenge_scope)
-                    .ok_or_else(|| {
+                    .ok_or_else(|| "it sent no WWW-Authenticate challenge".to_owned())
+                    .and_then(|h| challenge_scope(h, &target.host))
+                    .map_err(|why| {
                         format!(
-                            "Key Vault {host} answered HTTP {} without a Bearer challenge naming its token scope",
+                            "Key Vault {host} answered HTTP {} without a usable token scope: {why}",
                             reply.status
                         )
                     })?;
@@ -139,14 +279,13 @@ impl Azure {
         if !reply.ok() {
             return Err(vault_error(&reply, &token, vault, name));
         }
-        let key = json_str(&reply.json(), "value")
-            .ok_or("Key Vault answered without a value")
-            .and_then(|v| {
-                URL_SAFE_NO_PAD
-                    .decode(v.trim_end_matches('='))
-                    .map(Zeroizing::new)
-                    .map_err(|_| "Key Vault answered with a value that is not base64url")
-            })?;
+        let answer = reply
+            .parse::<Decrypted>()
+            .ok_or("Key Vault answered without a value")?;
+        let key = URL_SAFE_NO_PAD
+            .decode(answer.value.trim_end_matches('='))
+            .map(Zeroizing::new)
+            .map_err(|_| "Key Vault answered with a value that is not base64url")?;
         Ok((key, token.source))
     }
 }
@@ -210,12 +349,12 @@ fn vault_error(reply: &Reply, token: &Token, vault: &str, name: &str) -> String 
 
 /// The `access_token` of a Microsoft Entra token endpoint or managed identity answer.
 fn access_token(reply: &Reply, what: &str) -> Result<Zeroizing<String>, String> {
-    let v = reply.json();
     if reply.ok()
-        && let Some(t) = json_str(&v, "access_token")
+        && let Some(t) = reply.parse::<AccessToken>()
     {
-        return Ok(Zeroizing::new(t.to_owned()));
+        return Ok(t.access_token);
     }
+    let v = reply.json();
     let why = match (json_str(&v, "error"), json_str(&v, "error_description")) {
         (Some(e), Some(d)) => format!("{e}: {}", d.lines().next().unwrap_or("")),
         (Some(e), None) => e.to_owned(),
@@ -229,12 +368,15 @@ fn token(ctx: &Ctx, scope: &str) -> Result<Token, String> {
     let env = |k: &str| ctx.env.var(k);
     let authority = env("AZURE_AUTHORITY_HOST").unwrap_or_else(|| AUTHORITY.to_owned());
     let authority = authority.trim_end_matches('/');
+    // The client secret or assertion goes there: TLS only (as azidentity).
+    let authority_ok = || credential_target(authority, "AZURE_AUTHORITY_HOST").map(drop);
     if let (Some(tenant), Some(client), Some(secret)) = (
         env("AZURE_TENANT_ID"),
         env("AZURE_CLIENT_ID"),
         env("AZURE_CLIENT_SECRET"),
     ) {
         let secret = Zeroizing::new(secret);
+        authority_ok()?;
         let url = format!("{authority}/{tenant}/oauth2/v2.0/token");
         let reply = ctx
             .http
@@ -261,6 +403,7 @@ fn token(ctx: &Ctx, scope: &str) -> Result<Token, String> {
         env("AZURE_CLIENT_ID"),
         env("AZURE_FEDERATED_TOKEN_FILE"),
     ) {
+        authority_ok()?;
         let assertion = std::fs::read_to_string(&file)
             .map(Zeroizing::new)
             .map_err(|e| format!("AZURE_FEDERATED_TOKEN_FILE {file}: {e}"))?;
@@ -395,10 +538,10 @@ fn azure_cli(ctx: &Ctx, resource: &str) -> Result<Token, String> {
             "az account get-access-token failed ({status}; run `az login`?)"
         ));
     }
-    let v: Value = serde_json::from_str(&out).map_err(|_| "az printed no JSON".to_owned())?;
-    let token = json_str(&v, "accessToken").ok_or("az printed no accessToken")?;
+    let token: CliToken =
+        serde_json::from_str(&out).map_err(|_| "az printed no JSON with an accessToken".to_owned())?;
     Ok(Token {
-        bearer: Zeroizing::new(token.to_owned()),
+        bearer: token.access_token,
         source: "the Azure CLI's signed-in account".to_owned(),
     })
 }
@@ -410,27 +553,177 @@ mod tests {
     #[test]
     fn scopes_follow_the_vaults_cloud() {
         assert_eq!(
-            known_scope("https://acme.vault.azure.net").as_deref(),
+            known_scope("acme.vault.azure.net").as_deref(),
             Some("https://vault.azure.net/.default")
         );
         assert_eq!(
-            known_scope("https://acme.vault.azure.cn/").as_deref(),
+            known_scope("acme.vault.azure.cn").as_deref(),
             Some("https://vault.azure.cn/.default")
         );
-        assert_eq!(known_scope("http://127.0.0.1:8443"), None);
+        assert_eq!(
+            known_scope("acme.managedhsm.azure.net").as_deref(),
+            Some("https://managedhsm.azure.net/.default")
+        );
+        assert_eq!(known_scope("127.0.0.1"), None);
+        assert_eq!(known_scope("vault.azure.net.evil.com"), None);
+        assert_eq!(known_scope("evilvault.azure.net"), None);
+    }
+
+    #[test]
+    fn the_known_scope_is_that_of_the_host_the_request_goes_to() {
+        // The PoC: user information that looks like a vault host.
+        let err = credential_target(
+            "http://acme.vault.azure.net:1@127.0.0.1:18091/keys/k/v",
+            "Key Vault",
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("user information"), "{err}");
+        let t = credential_target("https://acme.vault.azure.net/keys/k/v", "Key Vault").unwrap();
+        assert_eq!(
+            known_scope(&t.host).as_deref(),
+            Some("https://vault.azure.net/.default")
+        );
+    }
+
+    #[test]
+    fn credentials_go_over_https_or_to_loopback_only() {
+        for ok in [
+            "https://acme.vault.azure.net",
+            "https://vault.example.com:8443/x",
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3",
+            "http://localhost:1",
+            "http://[::1]:2",
+        ] {
+            assert!(credential_target(ok, "Key Vault").is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://acme.vault.azure.net",
+            "http://10.0.0.1",
+            "http://169.254.169.254",
+            "http://localhost.evil.com",
+            "ftp://acme.vault.azure.net",
+        ] {
+            let err = credential_target(bad, "Key Vault").err().unwrap();
+            assert!(err.starts_with("Key Vault "), "{err}");
+        }
+        let err = credential_target("http://acme.vault.azure.net/keys", "Key Vault").unwrap_err();
+        assert!(err.contains("is not https"), "{err}");
     }
 
     #[test]
     fn challenges_name_the_scope() {
         let h = r#"Bearer authorization="https://login.microsoftonline.com/72f988bf", resource="https://vault.azure.net""#;
         assert_eq!(
-            challenge_scope(h).as_deref(),
-            Some("https://vault.azure.net/.default")
+            challenge_scope(h, "acme.vault.azure.net").as_deref(),
+            Ok("https://vault.azure.net/.default")
         );
         let h = r#"Bearer authorization="https://login.microsoftonline.com/t", scope="https://vault.azure.net/.default""#;
         assert_eq!(
-            challenge_scope(h).as_deref(),
-            Some("https://vault.azure.net/.default")
+            challenge_scope(h, "acme.vault.azure.net").as_deref(),
+            Ok("https://vault.azure.net/.default")
         );
+        // The vault's own host, as a loopback test vault names itself.
+        let h = r#"Bearer resource="http://127.0.0.1:8443""#;
+        assert_eq!(
+            challenge_scope(h, "127.0.0.1").as_deref(),
+            Ok("http://127.0.0.1:8443/.default")
+        );
+        // Scheme and names in any case; other challenges around it.
+        let h = r#"Basic realm="x", BEARER Authorization="https://login/t",Resource="https://vault.azure.net/" , Negotiate abc=="#;
+        assert_eq!(
+            challenge_scope(h, "a.vault.azure.net").as_deref(),
+            Ok("https://vault.azure.net/.default")
+        );
+    }
+
+    #[test]
+    fn a_challenge_for_another_service_is_refused() {
+        // The PoC: a host asks for an Azure Resource Manager token.
+        let h = r#"Bearer authorization="https://login.microsoftonline.com/t", resource="https://management.azure.com""#;
+        let err = challenge_scope(h, "127.0.0.1").unwrap_err();
+        assert!(
+            err.contains("management.azure.com, which is not the vault's domain"),
+            "{err}"
+        );
+        for (header, vault) in [
+            (r#"Bearer resource="https://vault.azure.net""#, "127.0.0.1"),
+            (
+                r#"Bearer resource="https://vault.azure.net""#,
+                "evilvault.azure.net",
+            ),
+            (
+                r#"Bearer resource="https://vault.azure.net""#,
+                "vault.azure.net.evil.com",
+            ),
+            (
+                r#"Bearer scope="https://management.azure.com/.default""#,
+                "a.vault.azure.net",
+            ),
+            // scope wins over resource, as in the SDKs.
+            (
+                r#"Bearer scope="https://graph.microsoft.com/.default", resource="https://vault.azure.net""#,
+                "a.vault.azure.net",
+            ),
+        ] {
+            assert!(challenge_scope(header, vault).is_err(), "{header} for {vault}");
+        }
+    }
+
+    #[test]
+    fn challenges_are_parsed_not_searched() {
+        // `find("scope=\"")` matched inside another parameter's name or value.
+        let h =
+            r#"Bearer xyz_scope="https://vault.azure.net/.default", resource="https://management.azure.com""#;
+        assert!(challenge_scope(h, "a.vault.azure.net").is_err());
+        let h = r#"Bearer authorization="https://login/t?scope=\"https://vault.azure.net\"""#;
+        assert_eq!(
+            challenge_scope(h, "a.vault.azure.net").unwrap_err(),
+            "its Bearer challenge names no scope or resource"
+        );
+        // Only the Bearer challenge's parameters count.
+        let h = r#"PoP resource="https://vault.azure.net", Bearer resource="https://management.azure.com""#;
+        assert!(challenge_scope(h, "a.vault.azure.net").is_err());
+        let h = r#"PoP resource="https://vault.azure.net""#;
+        assert!(challenge_scope(h, "a.vault.azure.net").is_err());
+        // Ambiguous or malformed: refused.
+        for h in [
+            r#"Bearer resource="https://vault.azure.net", resource="https://management.azure.com""#,
+            r#"Bearer resource="https://vault.azure.net", Bearer resource="https://vault.azure.net""#,
+            r#"Bearer resource="https://vault.azure.net"#,
+            r#"Bearer resource=https://vault.azure.net"#,
+            r#"Bearer scope="https://vault.azure.net/.default https://management.azure.com/.default""#,
+            r#"Bearer resource="vault.azure.net""#,
+            "",
+        ] {
+            assert!(challenge_scope(h, "a.vault.azure.net").is_err(), "{h}");
+        }
+        // Escapes in quoted strings.
+        let params = bearer_params(r#"Bearer error_description="say \"hi\" \\ é", resource="x""#).unwrap();
+        assert_eq!(params["error_description"], r#"say "hi" \ é"#);
+        assert_eq!(params["resource"], "x");
+    }
+
+    #[test]
+    fn answers_are_read_into_zeroizing_strings() {
+        let reply = Reply {
+            status: 200,
+            body: Zeroizing::new(r#"{"kid": "k", "value": "AAEC"}"#.to_owned()),
+            www_authenticate: None,
+        };
+        assert_eq!(reply.parse::<Decrypted>().unwrap().value.as_str(), "AAEC");
+        let reply = Reply {
+            status: 200,
+            body: Zeroizing::new(r#"{"token_type": "Bearer", "access_token": "ey.x.y"}"#.to_owned()),
+            www_authenticate: None,
+        };
+        assert_eq!(access_token(&reply, "t").unwrap().as_str(), "ey.x.y");
+        let reply = Reply {
+            status: 200,
+            body: Zeroizing::new(r#"{"access_token": 5}"#.to_owned()),
+            www_authenticate: None,
+        };
+        assert!(access_token(&reply, "t").is_err());
     }
 }

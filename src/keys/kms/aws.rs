@@ -153,15 +153,16 @@ impl Aws {
         if !reply.ok() {
             return Err(kms_error(&reply, &creds, arn, context));
         }
-        let plaintext = json_str(&reply.json(), "Plaintext")
-            .ok_or("AWS KMS answered without a Plaintext")
-            .and_then(|p| {
-                STANDARD
-                    .decode(p)
-                    .map(Zeroizing::new)
-                    .map_err(|_| "AWS KMS answered with a Plaintext that is not base64")
-            })?;
-        Ok((plaintext, creds.source.clone()))
+        #[derive(serde::Deserialize)]
+        struct Decrypted {
+            #[serde(rename = "Plaintext")]
+            plaintext: Zeroizing<String>,
+        }
+        let answer: Decrypted = reply.parse().ok_or("AWS KMS answered without a Plaintext")?;
+        Ok((
+            super::decode_share(&answer.plaintext, "AWS KMS")?,
+            creds.source.clone(),
+        ))
     }
 }
 

@@ -20,10 +20,8 @@
 //! picks a user-assigned identity), then the Azure CLI (`az account get-access-token`).
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -510,36 +508,20 @@ fn azure_cli(ctx: &Ctx, resource: &str) -> Result<Token, String> {
     if let Some(t) = ctx.env.var("AZURE_TENANT_ID") {
         cmd.args(["--tenant", &t]);
     }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("az cannot run ({e})"))?;
-    let limit = Duration::from_secs(10);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(|e| format!("az: {e}"))? {
-            break s;
+    let out = crate::process::run(&mut cmd, b"", super::HELPER_TIMEOUT).map_err(|e| match e {
+        crate::process::RunError::TimedOut(t) => format!("az did not finish within {} s", t.as_secs()),
+        crate::process::RunError::Spawn(e) | crate::process::RunError::Wait(e) => {
+            format!("az cannot run ({e})")
         }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("az did not finish within {} s", limit.as_secs()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = Zeroizing::new(String::new());
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_string(&mut out);
-    }
+    })?;
+    let status = out.status;
     if !status.success() {
         return Err(format!(
             "az account get-access-token failed ({status}; run `az login`?)"
         ));
     }
-    let token: CliToken =
-        serde_json::from_str(&out).map_err(|_| "az printed no JSON with an accessToken".to_owned())?;
+    let token: CliToken = serde_json::from_slice(&out.stdout)
+        .map_err(|_| "az printed no JSON with an accessToken".to_owned())?;
     Ok(Token {
         bearer: token.access_token,
         source: "the Azure CLI's signed-in account".to_owned(),

@@ -109,11 +109,15 @@ impl Gcp {
         if !reply.ok() {
             return Err(kms_error(ctx, &reply, token, resource_id));
         }
-        let plaintext = json_str(&reply.json(), "plaintext")
-            .map(|p| STANDARD.decode(p).map(Zeroizing::new))
-            .ok_or("Cloud KMS answered without a plaintext")?
-            .map_err(|_| "Cloud KMS answered with a plaintext that is not base64")?;
-        Ok((plaintext, token.flow.clone()))
+        #[derive(serde::Deserialize)]
+        struct Decrypted {
+            plaintext: Zeroizing<String>,
+        }
+        let answer: Decrypted = reply.parse().ok_or("Cloud KMS answered without a plaintext")?;
+        Ok((
+            super::decode_share(&answer.plaintext, "Cloud KMS")?,
+            token.flow.clone(),
+        ))
     }
 }
 

@@ -242,6 +242,17 @@ pub(crate) fn plain_url_path(s: &str) -> bool {
         })
 }
 
+/// An unwrapped data-key share as a service answers it, base64 (standard
+/// alphabet) in a zeroized string; decoded straight into a zeroized buffer.
+#[cfg_attr(not(feature = "kms"), allow(dead_code))]
+pub(crate) fn decode_share(b64: &str, service: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map(Zeroizing::new)
+        .map_err(|_| format!("{service} answered with a plaintext that is not base64"))
+}
+
 /// A JSON field as text, for reading responses.
 #[cfg_attr(not(feature = "kms"), allow(dead_code))]
 pub(crate) fn json_str<'a>(v: &'a serde_json::Value, field: &str) -> Option<&'a str> {

@@ -16,8 +16,6 @@
 
 use std::sync::OnceLock;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -83,16 +81,19 @@ impl Vault {
         if !reply.ok() {
             return Err(vault_error(http, &reply, &address, &headers, engine, key_name));
         }
-        let v = reply.json();
-        let encoded = v
-            .pointer("/data/plaintext")
-            .and_then(Value::as_str)
-            .ok_or("Vault answered without data.plaintext")?;
-        let key = STANDARD
-            .decode(encoded)
-            .map(Zeroizing::new)
-            .map_err(|_| "Vault answered with a plaintext that is not base64")?;
-        Ok((key, format!("token from {origin}")))
+        #[derive(serde::Deserialize)]
+        struct Decrypted {
+            data: Plaintext,
+        }
+        #[derive(serde::Deserialize)]
+        struct Plaintext {
+            plaintext: Zeroizing<String>,
+        }
+        let answer: Decrypted = reply.parse().ok_or("Vault answered without data.plaintext")?;
+        Ok((
+            super::decode_share(&answer.data.plaintext, "Vault")?,
+            format!("token from {origin}"),
+        ))
     }
 }
 

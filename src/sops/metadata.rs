@@ -138,16 +138,30 @@ impl Stanza {
                 key_name,
                 ..
             } => {
-                format!("{address}/v1/{engine_path}/keys/{key_name}")
+                format!("{}/v1/{engine_path}/keys/{key_name}", without_userinfo(address))
             }
             Stanza::AzureKv {
                 vault_url,
                 name,
                 version,
                 ..
-            } => format!("{vault_url}/keys/{name}/{version}"),
+            } => format!("{}/keys/{name}/{version}", without_userinfo(vault_url)),
             Stanza::HuaweiKms { key_id, .. } => key_id.clone(),
         }
+    }
+}
+
+/// A URL as it may be shown: `user:password@` (which a stanza could carry and
+/// which is refused before any request) is left out of messages and logs.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
     }
 }
 
@@ -482,6 +496,28 @@ fn normalize_rfc3339(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stanza_targets_never_show_passwords_in_urls() {
+        let vault = Stanza::HcVault {
+            address: "https://user:hunter2@vault.example.org:8200".into(),
+            engine_path: "sops".into(),
+            key_name: "k".into(),
+            enc: String::new(),
+        };
+        assert_eq!(vault.target(), "https://vault.example.org:8200/v1/sops/keys/k");
+        let azure = Stanza::AzureKv {
+            vault_url: "https://a:b@acme.vault.azure.net/".into(),
+            name: "k".into(),
+            version: "1".into(),
+            enc: String::new(),
+        };
+        assert_eq!(azure.target(), "https://acme.vault.azure.net//keys/k/1");
+        assert_eq!(
+            without_userinfo("http://127.0.0.1:1/x@y"),
+            "http://127.0.0.1:1/x@y"
+        );
+    }
     use crate::sops::tree::MapEntry;
 
     #[test]

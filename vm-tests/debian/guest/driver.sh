@@ -13,7 +13,7 @@
 set -uo pipefail # no -e: a failed check is reported and the others still run
 
 exec 3>"${1:?usage: driver.sh RESULTS-FILE}"
-plan=43
+plan=45
 expected=/etc/sops-test/expected
 secret=/run/secrets/ssh_keys/private_key
 n=0
@@ -127,6 +127,10 @@ use_manifest 3-wrong-key.json
 check_fails "sops-nix.service fails with a file the host key cannot open" systemctl restart sops-nix.service
 check_eq "sops-nix.service is failed" "failed exit-code" \
   "$(prop sops-nix.service ActiveState) $(prop sops-nix.service Result)"
+check "systemctl --failed lists sops-nix.service" \
+  bash -c 'systemctl --failed --no-legend --plain | grep -q "^sops-nix.service "'
+check_fails "sops-secrets.target is no longer active after the failed install" \
+  systemctl is-active --quiet sops-secrets.target
 check_eq "/run/secrets still links to generation 2" "/run/secrets.d/2" "$(readlink /run/secrets)"
 check_fails "no generation 3 is left behind" test -e /run/secrets.d/3
 check_content "ssh_keys/private_key still holds generation 2's plaintext" "$expected/private_key.v2" "$secret"

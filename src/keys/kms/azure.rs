@@ -361,6 +361,35 @@ fn access_token(reply: &Reply, what: &str) -> Result<Zeroizing<String>, String> 
     Err(format!("{what} gave no token: HTTP {} {why}", reply.status))
 }
 
+/// Entra's client-credentials grant, the application proving itself with
+/// `proof` (a client secret or a federated assertion).
+fn client_credentials(
+    ctx: &Ctx,
+    authority: &str,
+    tenant: &str,
+    client: &str,
+    proof: &[(&str, &str)],
+    scope: &str,
+    what: String,
+) -> Result<Token, String> {
+    let mut form = vec![("grant_type", "client_credentials"), ("client_id", client)];
+    form.extend_from_slice(proof);
+    form.push(("scope", scope));
+    let reply = ctx
+        .http
+        .send(
+            "POST",
+            &format!("{authority}/{tenant}/oauth2/v2.0/token"),
+            &[],
+            Body::Form(&form),
+        )
+        .map_err(|e| format!("Microsoft Entra token endpoint {e}"))?;
+    Ok(Token {
+        bearer: access_token(&reply, &what)?,
+        source: what,
+    })
+}
+
 /// The credential chain of `DefaultAzureCredential`, for one scope.
 fn token(ctx: &Ctx, scope: &str) -> Result<Token, String> {
     let env = |k: &str| ctx.env.var(k);
@@ -375,26 +404,16 @@ fn token(ctx: &Ctx, scope: &str) -> Result<Token, String> {
     ) {
         let secret = Zeroizing::new(secret);
         authority_ok()?;
-        let url = format!("{authority}/{tenant}/oauth2/v2.0/token");
-        let reply = ctx
-            .http
-            .send(
-                "POST",
-                &url,
-                &[],
-                Body::Form(&[
-                    ("grant_type", "client_credentials"),
-                    ("client_id", &client),
-                    ("client_secret", &secret),
-                    ("scope", scope),
-                ]),
-            )
-            .map_err(|e| format!("Microsoft Entra token endpoint {e}"))?;
         let what = format!("the client secret of application {client} (AZURE_CLIENT_SECRET)");
-        return Ok(Token {
-            bearer: access_token(&reply, &what)?,
-            source: what,
-        });
+        return client_credentials(
+            ctx,
+            authority,
+            &tenant,
+            &client,
+            &[("client_secret", &secret)],
+            scope,
+            what,
+        );
     }
     if let (Some(tenant), Some(client), Some(file)) = (
         env("AZURE_TENANT_ID"),
@@ -405,30 +424,15 @@ fn token(ctx: &Ctx, scope: &str) -> Result<Token, String> {
         let assertion = std::fs::read_to_string(&file)
             .map(Zeroizing::new)
             .map_err(|e| format!("AZURE_FEDERATED_TOKEN_FILE {file}: {e}"))?;
-        let url = format!("{authority}/{tenant}/oauth2/v2.0/token");
-        let reply = ctx
-            .http
-            .send(
-                "POST",
-                &url,
-                &[],
-                Body::Form(&[
-                    ("grant_type", "client_credentials"),
-                    ("client_id", &client),
-                    (
-                        "client_assertion_type",
-                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                    ),
-                    ("client_assertion", assertion.trim()),
-                    ("scope", scope),
-                ]),
-            )
-            .map_err(|e| format!("Microsoft Entra token endpoint {e}"))?;
         let what = format!("workload identity of application {client} ({file})");
-        return Ok(Token {
-            bearer: access_token(&reply, &what)?,
-            source: what,
-        });
+        let proof = [
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.trim()),
+        ];
+        return client_credentials(ctx, authority, &tenant, &client, &proof, scope, what);
     }
     let resource = scope.trim_end_matches("/.default");
     let managed = managed_identity(ctx, resource);

@@ -269,14 +269,11 @@ fn host_opens(
                         .is_some_and(|ssh| r.split_whitespace().take(2).collect::<Vec<_>>().join(" ") == ssh)
             })
         }
-        Stanza::Pgp { fingerprint, .. } if pgp_from_ssh => {
-            let wanted: String = fingerprint.chars().filter(|c| !c.is_whitespace()).collect();
-            host.iter().any(|h| {
-                h.pgp
-                    .as_deref()
-                    .is_some_and(|fp| wanted.len() >= 16 && fp.ends_with(&wanted.to_ascii_uppercase()))
-            })
-        }
+        Stanza::Pgp { fingerprint, .. } if pgp_from_ssh => host.iter().any(|h| {
+            h.pgp
+                .as_deref()
+                .is_some_and(|fp| crate::keys::pgp::fingerprint_names(fp, fingerprint))
+        }),
         _ => false,
     };
     let groups = &metadata.key_groups;

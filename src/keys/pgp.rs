@@ -130,13 +130,7 @@ impl SshPgpKey {
 
     /// Whether a stanza's fingerprint (full, or a 16-digit key ID) names this key.
     pub fn matches(&self, fingerprint: &str) -> bool {
-        let wanted: String = fingerprint
-            .trim_end_matches('!')
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect::<String>()
-            .to_ascii_uppercase();
-        wanted.len() >= 16 && self.fingerprint.ends_with(&wanted)
+        fingerprint_names(&self.fingerprint, fingerprint)
     }
 
     /// The public key, ASCII-armored, for `gpg --import` and `.sops.yaml` users.
@@ -219,6 +213,19 @@ pub fn ssh_rsa_fingerprint(e: &[u8], n: &[u8]) -> Result<String, String> {
     .map_err(|e| e.to_string())?;
     let key = PublicKey::from_inner(inner).map_err(|e| e.to_string())?;
     Ok(hex_upper(key.fingerprint().as_bytes()))
+}
+
+/// Whether `wanted` (a stanza's fingerprint: full or a 16-digit key ID, any
+/// case, spaces allowed, sops's trailing `!` ignored) names the key of the full
+/// upper-case fingerprint `full`. Shorter key IDs are ambiguous and never match.
+pub fn fingerprint_names(full: &str, wanted: &str) -> bool {
+    let wanted: String = wanted
+        .trim_end_matches('!')
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    wanted.len() >= 16 && full.ends_with(&wanted)
 }
 
 fn hex_upper(bytes: &[u8]) -> String {

@@ -196,12 +196,6 @@ struct Decrypted {
     value: Zeroizing<String>,
 }
 
-/// A Microsoft Entra token endpoint's or managed identity's answer.
-#[derive(Deserialize)]
-struct AccessToken {
-    access_token: Zeroizing<String>,
-}
-
 /// What `az account get-access-token --output json` prints.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -347,18 +341,9 @@ fn vault_error(reply: &Reply, token: &Token, vault: &str, name: &str) -> String 
 
 /// The `access_token` of a Microsoft Entra token endpoint or managed identity answer.
 fn access_token(reply: &Reply, what: &str) -> Result<Zeroizing<String>, String> {
-    if reply.ok()
-        && let Some(t) = reply.parse::<AccessToken>()
-    {
-        return Ok(t.access_token);
-    }
-    let v = reply.json();
-    let why = match (json_str(&v, "error"), json_str(&v, "error_description")) {
-        (Some(e), Some(d)) => format!("{e}: {}", d.lines().next().unwrap_or("")),
-        (Some(e), None) => e.to_owned(),
-        _ => "no access_token in the answer".to_owned(),
-    };
-    Err(format!("{what} gave no token: HTTP {} {why}", reply.status))
+    reply
+        .oauth_token()
+        .map_err(|why| format!("{what} gave no token: HTTP {} {why}", reply.status))
 }
 
 /// Entra's client-credentials grant, the application proving itself with

@@ -493,22 +493,12 @@ fn metadata_token(ctx: &Ctx) -> Result<Token, String> {
 
 /// The `access_token` of a token endpoint's JSON answer, or an OAuth error in words.
 fn access_token(reply: &Reply, endpoint: &str, principal: &str) -> Result<Zeroizing<String>, String> {
-    let v = reply.json();
-    if reply.ok()
-        && let Some(t) = json_str(&v, "access_token")
-    {
-        return Ok(Zeroizing::new(t.to_owned()));
-    }
-    let what = match (json_str(&v, "error"), json_str(&v, "error_description")) {
-        (Some(e), Some(d)) => format!("{e}: {d}"),
-        (Some(e), None) => e.to_owned(),
-        _ if reply.ok() => "an answer without an access_token".to_owned(),
-        _ => "no OAuth error in the answer".to_owned(),
-    };
-    Err(format!(
-        "{endpoint} refused a token for {principal}: HTTP {} {what}",
-        reply.status
-    ))
+    reply.oauth_token().map_err(|what| {
+        format!(
+            "{endpoint} refused a token for {principal}: HTTP {} {what}",
+            reply.status
+        )
+    })
 }
 
 /// A Cloud KMS error answer (`{"error": {"code", "message", "status"}}`) in words.

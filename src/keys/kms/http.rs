@@ -47,6 +47,29 @@ impl Reply {
     pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)
     }
+
+    /// An OAuth 2.0 token endpoint's answer (RFC 6749 §5): the access token,
+    /// or what the endpoint said instead (`invalid_grant: description`), for
+    /// the caller to put in its message.
+    pub fn oauth_token(&self) -> Result<Zeroizing<String>, String> {
+        #[derive(serde::Deserialize)]
+        struct Granted {
+            access_token: Zeroizing<String>,
+        }
+        if self.ok()
+            && let Some(t) = self.parse::<Granted>()
+        {
+            return Ok(t.access_token);
+        }
+        let v = self.json();
+        let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
+        Err(match (field("error"), field("error_description")) {
+            (Some(e), Some(d)) => format!("{e}: {}", d.lines().next().unwrap_or("")),
+            (Some(e), None) => e.to_owned(),
+            _ if self.ok() => "an answer without an access_token".to_owned(),
+            _ => "no OAuth error in the answer".to_owned(),
+        })
+    }
 }
 
 /// What to send.

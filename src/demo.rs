@@ -88,9 +88,13 @@ fn run(dir: &Path, template: &str, out: &mut String) -> Result<(), String> {
         nixos_run_dir: dir.join("no-nixos"),
         age_key_file_env: None,
         gpg_exec: None,
+        lock_wait: install::lock::DEFAULT_WAIT,
     };
-    let report = install::install(&manifest, &opts, Vec::new())
+    let outcome = install::install(&manifest, &opts, Vec::new());
+    outcome
+        .result
         .map_err(|f| f.0.into_iter().map(|p| p.message).collect::<Vec<_>>().join("\n"))?;
+    let report = outcome.report;
     for line in report.log.iter().map(|l| &l.message).chain(&report.changes) {
         let _ = writeln!(out, "  {line}");
     }

@@ -24,6 +24,7 @@
 //! ```
 
 pub mod demo;
+pub mod hardening;
 pub mod install;
 pub mod keys;
 pub mod log;

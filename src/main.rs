@@ -358,20 +358,26 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),
         gpg_exec: std::env::var_os("SOPS_GPG_EXEC"),
+        lock_wait: install::lock::wait_from_env(),
     };
     let logger = Logger::from_env();
-    match install::install(&manifest, &opts, earlier) {
-        Ok(report) => {
-            for line in &report.log {
-                let fields: Vec<(&str, &str)> = line.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                logger.log(line.priority, &line.message, &fields);
-            }
-            let mut stdout = std::io::stdout().lock();
-            for line in &report.changes {
-                let _ = writeln!(stdout, "{line}");
-            }
-            Ok(ExitCode::SUCCESS)
+    let outcome = install::install(&manifest, &opts, earlier);
+    // Warnings, change lines and "installed generation N" are told on every
+    // outcome: a failed run may still have installed, or seen why it failed.
+    let report = &outcome.report;
+    for line in &report.log {
+        let fields: Vec<(&str, &str)> = line.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        logger.log(line.priority, &line.message, &fields);
+    }
+    {
+        let mut stdout = std::io::stdout().lock();
+        for line in &report.changes {
+            let _ = writeln!(stdout, "{line}");
         }
+        let _ = stdout.flush();
+    }
+    match outcome.result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(install::Failed(problems)) => {
             let manifest_shown = manifest_path.display().to_string();
             logger.mark_failure(&manifest_shown);
@@ -400,6 +406,11 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
 }
 
 fn main() -> ExitCode {
+    // Before anything is read: no core dump may carry a decrypted value.
+    if let Err(e) = sops_install_secrets::hardening::forbid_core_dumps() {
+        eprintln!("sops-install-secrets: cannot disable core dumps: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() {
         eprintln!("{USAGE}");

@@ -12,6 +12,7 @@
 
 pub mod generation;
 pub mod links;
+pub mod lock;
 pub mod mount;
 pub mod owners;
 pub mod state;
@@ -57,6 +58,8 @@ pub struct Options {
     pub age_key_file_env: Option<PathBuf>,
     /// `SOPS_GPG_EXEC`: the gpg binary for `gnupgHome` (default `gpg` on `PATH`).
     pub gpg_exec: Option<std::ffi::OsString>,
+    /// How long to wait for another run on the same mount ([`lock::WAIT_VARIABLE`]).
+    pub lock_wait: std::time::Duration,
 }
 
 /// One thing that stopped the run, with journal fields naming what it is about.
@@ -139,7 +142,7 @@ impl LogLine {
     }
 }
 
-/// What a successful run did, for the caller to print.
+/// What a run did and saw, for the caller to print, whether it succeeded or not.
 #[derive(Debug, Default)]
 pub struct Report {
     /// Messages for the log (warnings, key imports).
@@ -486,15 +489,95 @@ fn compare(
     changes
 }
 
+/// Writes generation N+1 (secrets, rendered templates, the record) and makes
+/// it live; on any failure the partial generation is removed and the live
+/// link is untouched. Returns N+1.
+fn write_and_swap(
+    manifest: &Manifest,
+    secrets: &[Prepared<'_>],
+    rendered: &[Prepared<'_>],
+    keys_gid: u32,
+) -> Result<u64, Failed> {
+    let mount = &manifest.secrets_mount_point;
+    let live = links::live_generation(mount, &manifest.symlink_path).unwrap_or(0);
+    links::remove_leftovers(mount, live).map_err(Failed::one)?;
+    let next = live + 1;
+    let dir_ids = (!manifest.user_mode).then_some(Ids {
+        uid: 0,
+        gid: keys_gid,
+    });
+    let mut generation = Generation::create(mount, next, dir_ids).map_err(Failed::one)?;
+    let written = (|| {
+        for f in secrets {
+            generation
+                .write_file(f.name.as_str(), f.ids, f.mode.0, &f.value)
+                .map_err(|e| format!("secret {:?}: {e}", f.name.as_str()))?;
+        }
+        for f in rendered {
+            generation
+                .write_file(&format!("rendered/{}", f.name), f.ids, f.mode.0, &f.value)
+                .map_err(|e| format!("template {:?}: {e}", f.name.as_str()))?;
+        }
+        let entry = |f: &Prepared<'_>| state::Entry {
+            path: f.path.to_path_buf(),
+            restart_units: f.restart.to_vec(),
+            reload_units: f.reload.to_vec(),
+            credential: f.credential,
+        };
+        let record = state::State {
+            secrets: secrets.iter().map(|f| (f.name.to_string(), entry(f))).collect(),
+            templates: rendered.iter().map(|f| (f.name.to_string(), entry(f))).collect(),
+        };
+        let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
+        generation.write_file(state::FILE, root, 0o400, &record.to_json())?;
+        Ok::<(), String>(())
+    })();
+    let path = generation.path().to_path_buf();
+    // Closes the generation's directory fd, so that its filesystem can be unmounted.
+    drop(generation);
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&path);
+        return Err(Failed(vec![
+            e.into(),
+            format!("generation {next} was removed; the live secrets are unchanged").into(),
+        ]));
+    }
+    links::swap(&manifest.symlink_path, &path).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&path);
+        Failed(vec![
+            e.into(),
+            format!("generation {next} was removed; the live secrets are unchanged").into(),
+        ])
+    })?;
+    Ok(next)
+}
+
+/// How a run ended: what it did and saw (warnings, change lines, the
+/// generation it installed), and the problems that made it fail, if any. The
+/// report is kept on failure too, so that every warning and change line
+/// reaches the journal whatever the outcome.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Everything the run logged or changed.
+    pub report: Report,
+    /// `Err` with every problem when the run failed (possibly after installing).
+    pub result: Result<(), Failed>,
+}
+
 /// Runs the installation. `earlier` are the manifest's own problems: the run
 /// still looks for more (owners, sops files) so that all are reported at
 /// once, and writes nothing if there are any.
-pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Result<Report, Failed> {
+pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Outcome {
     let mut report = Report::default();
+    let result = run(manifest, opts, earlier, &mut report);
+    Outcome { report, result }
+}
+
+fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut Report) -> Result<(), Failed> {
     let mut problems = Problems(earlier.into_iter().map(Problem::from).collect());
     let root_owned = opts.ignore_passwd || opts.dry_run;
 
-    let keyring = identities(manifest, opts, &mut report, &mut problems);
+    let keyring = identities(manifest, opts, report, &mut problems);
 
     // Problems of one secret or template (its file, its key, its owner), kept
     // apart from problems of the whole run: with `onFailure = "keep-previous"`
@@ -623,6 +706,17 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
         return Err(Failed(problems.0));
     }
 
+    // From here on the live generation is read, compared and replaced: one run
+    // at a time per mount (a dry run only reads, and waits for nobody).
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(
+            lock::acquire(&manifest.secrets_mount_point, opts.lock_wait)
+                .map_err(|e| Failed::one(e.to_string()))?,
+        )
+    };
+
     // Keeping the previous copy of a failed item: its live bytes, owner and mode.
     let previous = |rel: &str| -> Option<(Zeroizing<Vec<u8>>, Option<Ids>, Mode)> {
         use std::os::unix::fs::MetadataExt;
@@ -724,13 +818,13 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
     if live_exists {
         // A dry run does not look owners up, so it cannot compare them.
         let compare_owner = !opts.dry_run;
-        let secret_changes = compare(&manifest.symlink_path, &secrets, "", compare_owner, &mut report);
+        let secret_changes = compare(&manifest.symlink_path, &secrets, "", compare_owner, report);
         let template_changes = compare(
             &manifest.symlink_path,
             &rendered,
             "rendered",
             compare_owner,
-            &mut report,
+            report,
         );
         if manifest.logging.secret_changes {
             report
@@ -773,11 +867,12 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
                 .log
                 .extend(log.into_iter().map(|l| LogLine::info(l, Vec::new())));
         }
-        return Ok(report);
+        return Ok(());
     }
 
     // From here on the disk changes.
     let mount = &manifest.secrets_mount_point;
+    let mut mounted_now = false;
     if manifest.user_mode {
         std::fs::create_dir_all(mount)
             .map_err(|e| Failed::one(format!("cannot create {}: {e}", mount.display())))?;
@@ -785,57 +880,48 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
         std::fs::set_permissions(mount, std::fs::Permissions::from_mode(0o751))
             .map_err(|e| Failed::one(format!("cannot chmod {}: {e}", mount.display())))?;
     } else {
-        match mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(Failed::one)? {
-            mount::Mounted::TmpfsWithoutNoswap => report.log.push(LogLine::warning(
+        let mounted = mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(Failed::one)?;
+        mounted_now = !matches!(mounted, mount::Mounted::AlreadyThere);
+        if matches!(mounted, mount::Mounted::TmpfsWithoutNoswap) {
+            report.log.push(LogLine::warning(
                 "this kernel does not support tmpfs noswap; secrets may be swapped out".into(),
-            )),
-            mount::Mounted::Fresh | mount::Mounted::AlreadyThere => {}
+            ));
+        }
+        // The mount was the step that needed most of root's powers.
+        if let Err(e) = crate::hardening::drop_capabilities(crate::hardening::AFTER_MOUNT) {
+            report.log.push(LogLine::warning(format!(
+                "could not drop capabilities after mounting: {e}"
+            )));
         }
     }
-    let live = links::live_generation(mount, &manifest.symlink_path).unwrap_or(0);
-    links::remove_leftovers(mount, live).map_err(Failed::one)?;
-    let next = live + 1;
-    let dir_ids = (!manifest.user_mode).then_some(Ids {
-        uid: 0,
-        gid: keys_gid,
-    });
-    let mut generation = Generation::create(mount, next, dir_ids).map_err(Failed::one)?;
-    let written = (|| {
-        for f in &secrets {
-            generation
-                .write_file(f.name.as_str(), f.ids, f.mode.0, &f.value)
-                .map_err(|e| format!("secret {:?}: {e}", f.name.as_str()))?;
-        }
-        for f in &rendered {
-            generation
-                .write_file(&format!("rendered/{}", f.name), f.ids, f.mode.0, &f.value)
-                .map_err(|e| format!("template {:?}: {e}", f.name.as_str()))?;
-        }
-        let entry = |f: &Prepared<'_>| state::Entry {
-            path: f.path.to_path_buf(),
-            restart_units: f.restart.to_vec(),
-            reload_units: f.reload.to_vec(),
-            credential: f.credential,
+    let swapped = write_and_swap(manifest, &secrets, &rendered, keys_gid);
+    // A filesystem this run mounted goes again if the run failed before the
+    // swap: it would hide the live generation the link still points into.
+    if mounted_now && swapped.is_err() {
+        let why = match mount::unmount(mount) {
+            Ok(()) => format!(
+                "the filesystem this run mounted at {} was unmounted again",
+                mount.display()
+            ),
+            Err(e) => e,
         };
-        let record = state::State {
-            secrets: secrets.iter().map(|f| (f.name.to_string(), entry(f))).collect(),
-            templates: rendered.iter().map(|f| (f.name.to_string(), entry(f))).collect(),
-        };
-        let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
-        generation.write_file(state::FILE, root, 0o400, &record.to_json())?;
-        Ok::<(), String>(())
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(generation.path());
-        return Err(Failed(vec![
-            e.into(),
-            format!("generation {next} was removed; the live secrets are unchanged").into(),
-        ]));
+        return Err(Failed(
+            swapped
+                .err()
+                .into_iter()
+                .flat_map(|f| f.0)
+                .chain([why.into()])
+                .collect(),
+        ));
     }
-    links::swap(&manifest.symlink_path, generation.path()).map_err(|e| {
-        let _ = std::fs::remove_dir_all(generation.path());
-        Failed::one(e)
-    })?;
+    let next = swapped?;
+    if !manifest.user_mode
+        && let Err(e) = crate::hardening::drop_capabilities(crate::hardening::AFTER_SWAP)
+    {
+        report.log.push(LogLine::warning(format!(
+            "could not drop capabilities after the swap: {e}"
+        )));
+    }
     report.generation = Some(next);
 
     // The new generation is live; what follows cannot undo it, so collect problems and go on.
@@ -941,7 +1027,7 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
         vec![("generation", next.to_string())],
     ));
     if late.is_empty() && item_problems.is_empty() {
-        return Ok(report);
+        return Ok(());
     }
     // Installed, but not everything: the run still fails so that the unit is
     // marked failed and the operator sees which secrets are stale or missing.

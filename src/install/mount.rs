@@ -94,6 +94,19 @@ pub fn ensure(dir: &Path, keys_gid: u32, use_tmpfs: bool) -> Result<Mounted, Str
     Ok(result)
 }
 
+/// Unmounts what this run mounted at `dir` (after a failure before the swap).
+/// Nothing of the run holds a file open there by then; if something else
+/// does, the filesystem is detached so that the one below shows again.
+pub fn unmount(dir: &Path) -> Result<(), String> {
+    use nix::mount::{MntFlags, umount2};
+    match umount2(dir, MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => umount2(dir, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
+            .map_err(|e| format!("cannot unmount {} again: {e}", dir.display())),
+        Err(e) => Err(format!("cannot unmount {} again: {e}", dir.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

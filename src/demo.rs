@@ -86,7 +86,7 @@ fn run(dir: &Path, template: &str, out: &mut String) -> Result<(), String> {
         dry_run: false,
         restart_via_systemctl: false,
         nixos_run_dir: dir.join("no-nixos"),
-        age_key_file_env: None,
+        sops_env: Default::default(),
         gpg_exec: None,
         lock_wait: install::lock::DEFAULT_WAIT,
     };

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use sops_install_secrets::install::{self, CheckMode, Options};
 use sops_install_secrets::keys::pgp::{GnupgHome, SshPgpKey};
+use sops_install_secrets::keys::sops_env::SopsAgeEnv;
 use sops_install_secrets::keys::{Keyring, ssh};
 use sops_install_secrets::log::{Logger, Priority};
 use sops_install_secrets::manifest::Manifest;
@@ -35,7 +36,7 @@ const USAGE: &str = "usage:
   sops-install-secrets ssh-to-pgp [-i RSA_KEY_FILE] [-o OUT] [--private-key]
 
 decrypt: with no --age-key-file/--ssh-key/--gnupg-home/--gpg-ssh-key, identities come from
-SOPS_AGE_KEY_FILE, SOPS_AGE_KEY, SOPS_AGE_SSH_PRIVATE_KEY_FILE, ~/.config/sops/age/keys.txt
+SOPS_AGE_KEY_FILE, SOPS_AGE_KEY, SOPS_AGE_KEY_CMD, SOPS_AGE_SSH_PRIVATE_KEY_FILE, ~/.config/sops/age/keys.txt
 and the GnuPG home (GNUPGHOME or ~/.gnupg, through gpg or SOPS_GPG_EXEC), as sops does.";
 
 /// A command-line mistake: printed with the usage text.
@@ -84,22 +85,16 @@ fn home_config(rel: &str) -> Option<PathBuf> {
 /// The identities sops itself would use when none are named on the command line.
 fn default_keyring() -> Result<Keyring, String> {
     let mut keyring = Keyring::new();
-    let mut age_file_set = false;
-    if let Some(f) = std::env::var_os("SOPS_AGE_KEY_FILE").filter(|f| !f.is_empty()) {
-        keyring
-            .add_age_key_file(Path::new(&f))
-            .map_err(|e| e.to_string())?;
-        age_file_set = true;
+    let env = SopsAgeEnv::from_process();
+    let problems = env.add_to(&mut keyring, true);
+    if !problems.is_empty() {
+        return Err(problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "));
     }
-    if let Ok(text) = std::env::var("SOPS_AGE_KEY") {
-        let text = zeroize::Zeroizing::new(text);
-        keyring
-            .add_age_keys_text(&text, "SOPS_AGE_KEY")
-            .map_err(|e| e.to_string())?;
-    }
-    if let Some(f) = std::env::var_os("SOPS_AGE_SSH_PRIVATE_KEY_FILE").filter(|f| !f.is_empty()) {
-        keyring.add_ssh_key(Path::new(&f)).map_err(|e| e.to_string())?;
-    }
+    let age_file_set = env.key_file.is_some();
     if !age_file_set && let Some(default) = home_config("sops/age/keys.txt").filter(|p| p.exists()) {
         keyring.add_age_key_file(&default).map_err(|e| e.to_string())?;
     }
@@ -354,9 +349,7 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
         dry_run: std::env::var("NIXOS_ACTION").is_ok_and(|v| v == "dry-activate"),
         restart_via_systemctl: std::env::var("SOPS_RESTART_UNITS_VIA_SYSTEMCTL").is_ok_and(|v| v == "1"),
         nixos_run_dir: PathBuf::from("/run/nixos"),
-        age_key_file_env: std::env::var_os("SOPS_AGE_KEY_FILE")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from),
+        sops_env: SopsAgeEnv::from_process(),
         gpg_exec: std::env::var_os("SOPS_GPG_EXEC"),
         lock_wait: install::lock::wait_from_env(),
     };

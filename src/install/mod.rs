@@ -54,8 +54,11 @@ pub struct Options {
     pub restart_via_systemctl: bool,
     /// Where switch-to-configuration reads restart lists (`/run/nixos`).
     pub nixos_run_dir: PathBuf,
-    /// `SOPS_AGE_KEY_FILE`, used when the manifest names no age identity.
-    pub age_key_file_env: Option<PathBuf>,
+    /// The age identities sops reads from its environment (`SOPS_AGE_KEY`,
+    /// `SOPS_AGE_KEY_CMD`, `SOPS_AGE_SSH_PRIVATE_KEY_FILE`, and
+    /// `SOPS_AGE_KEY_FILE`, which is used only when the manifest names no
+    /// age identity).
+    pub sops_env: crate::keys::sops_env::SopsAgeEnv,
     /// `SOPS_GPG_EXEC`: the gpg binary for `gnupgHome` (default `gpg` on `PATH`).
     pub gpg_exec: Option<std::ffi::OsString>,
     /// How long to wait for another run on the same mount ([`lock::WAIT_VARIABLE`]).
@@ -185,12 +188,9 @@ fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems
             Err(e) => report.log.push(LogLine::warning(format!("{e}"))),
         }
     }
-    if manifest.age_key_file.is_none()
-        && manifest.age_ssh_key_paths.is_empty()
-        && let Some(f) = &opts.age_key_file_env
-        && let Err(e) = keyring.add_age_key_file(f)
-    {
-        problems.push(format!("SOPS_AGE_KEY_FILE: {e}"));
+    let manifest_names_age = manifest.age_key_file.is_some() || !manifest.age_ssh_key_paths.is_empty();
+    for e in opts.sops_env.add_to(&mut keyring, !manifest_names_age) {
+        problems.push(e.to_string());
     }
     for p in &manifest.ssh_key_paths {
         match keyring.add_ssh_key_as_pgp(p) {

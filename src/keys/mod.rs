@@ -11,6 +11,7 @@ pub mod age_file;
 #[cfg(feature = "_net")]
 pub mod kms;
 pub mod pgp;
+pub mod sops_env;
 pub mod ssh;
 
 use std::io::Read;

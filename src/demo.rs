@@ -54,6 +54,11 @@ fn tree(root: &Path, dir: &Path, out: &mut String) {
             .ok()
             .flatten()
             .map_or(meta.uid().to_string(), |u| u.name);
+        let group = nix::unistd::Group::from_gid(meta.gid().into())
+            .ok()
+            .flatten()
+            .map_or(meta.gid().to_string(), |g| g.name);
+        let owner = format!("{user}:{group}");
         let kind = if meta.file_type().is_symlink() {
             format!(
                 " -> {}",
@@ -63,18 +68,37 @@ fn tree(root: &Path, dir: &Path, out: &mut String) {
             )
         } else if meta.is_dir() {
             "/".into()
+        } else if is_installed_value(&rel) {
+            // The demo's values are public test material: show that they were decrypted.
+            format!("  ({} bytes: {})", meta.len(), first_bytes(&path))
         } else {
             format!("  ({} bytes)", meta.len())
         };
         let _ = writeln!(
             out,
-            "  {:04o} {user:<10} {rel}{kind}",
+            "  {:04o} {owner:<16} {rel}{kind}",
             meta.permissions().mode() & 0o7777
         );
         if meta.is_dir() {
             tree(root, &path, out);
         }
     }
+}
+
+/// A secret or rendered template of a generation (not the generation's own record).
+fn is_installed_value(rel: &str) -> bool {
+    rel.starts_with("secrets.d/") && !rel.ends_with(crate::install::state::FILE)
+}
+
+/// The first bytes of a demo value, escaped, e.g. `"-----BEGIN OPE"...`.
+fn first_bytes(path: &Path) -> String {
+    const SHOWN: usize = 14;
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let head: String = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)])
+        .escape_debug()
+        .collect();
+    let more = if bytes.len() > SHOWN { "..." } else { "" };
+    format!("\"{head}\"{more}")
 }
 
 fn run(dir: &Path, template: &str, out: &mut String) -> Result<(), String> {
@@ -127,7 +151,10 @@ pub fn demo() -> Result<String, String> {
         dir.display()
     );
     run(&dir, "DB_PASSWORD=<SOPS:db>\n", &mut out)?;
-    let _ = writeln!(out, "\nThe installed tree (mode, owner, path):");
+    let _ = writeln!(
+        out,
+        "\nThe installed tree (mode, owner:group, path; the demo's values are test material, so their first bytes are shown):"
+    );
     tree(&dir, &dir, &mut out);
     let _ = writeln!(out, "\nChanging the template and installing again:");
     run(&dir, "DB_PASSWORD=<SOPS:db>\nDB_HOST=db.internal\n", &mut out)?;

@@ -3,8 +3,9 @@
 //! Subcommands:
 //! - `decrypt [--age-key-file F]... [--ssh-key F]... [--input-type T] [--output-type T] [--extract PATH] FILE`
 //!   prints what `sops -d` prints, so any file can be checked against real sops;
-//! - `ssh-to-age [--private] FILE` prints the age recipient (or identity) of an
-//!   OpenSSH Ed25519 key, as ssh-to-age does.
+//! - `ssh-to-age [-private-key] [-i FILE] [-o FILE]` prints the age recipients of
+//!   OpenSSH Ed25519 public keys (or the identity of a private key), as Mic92's
+//!   ssh-to-age does.
 //! - `ssh-to-pgp [-i FILE] [-o FILE] [--private-key]` prints an RSA SSH key as an
 //!   OpenPGP key (its fingerprint on stderr), for `.sops.yaml` `pgp:` rules.
 //!
@@ -32,12 +33,23 @@ const USAGE: &str = "usage:
                                [--input-type yaml|json|dotenv|ini|binary]
                                [--output-type yaml|json|dotenv|ini|binary]
                                [--extract a/b/c | --extract '[\"a\"][\"b\"][0]'] FILE
-  sops-install-secrets ssh-to-age [--private] SSH_KEY_FILE
+  sops-install-secrets ssh-to-age [-private-key] [-i FILE] [-o FILE]
   sops-install-secrets ssh-to-pgp [-i RSA_KEY_FILE] [-o OUT] [--private-key]
+  sops-install-secrets --version
+
+Each subcommand takes --help.
 
 decrypt: with no --age-key-file/--ssh-key/--gnupg-home/--gpg-ssh-key, identities come from
 SOPS_AGE_KEY_FILE, SOPS_AGE_KEY, SOPS_AGE_KEY_CMD, SOPS_AGE_SSH_PRIVATE_KEY_FILE, ~/.config/sops/age/keys.txt
 and the GnuPG home (GNUPGHOME or ~/.gnupg, through gpg or SOPS_GPG_EXEC), as sops does.";
+
+/// What `--version` prints.
+const VERSION: &str = concat!("sops-install-secrets ", env!("CARGO_PKG_VERSION"));
+
+const DEMO_HELP: &str =
+    "Installs bundled example secrets (encrypted by real sops to a bundled demo key) into a
+temporary directory, as the installer would under /run/secrets, and prints what it made.
+Needs no root and touches nothing outside the temporary directory.";
 
 /// A command-line mistake: printed with the usage text.
 struct UsageError(String);
@@ -197,42 +209,128 @@ fn decrypt(mut args: Args) -> Result<ExitCode, UsageError> {
     Ok(ExitCode::SUCCESS)
 }
 
+const SSH_TO_AGE_USAGE: &str = "usage: sops-install-secrets ssh-to-age [-private-key] [-i FILE] [-o FILE]
+
+Converts OpenSSH Ed25519 keys to age keys, as Mic92's ssh-to-age does. Reads FILE
+(or standard input): public keys, one per line (`ssh-ed25519 AAAA... comment`, as in
+~/.ssh/id_ed25519.pub or authorized_keys), each printed as an age recipient (age1...);
+with -private-key, an OpenSSH private key, printed as an age identity (AGE-SECRET-KEY-1...).
+Given a private key without -private-key, prints its recipient. Lines with other key types
+are reported on stderr and skipped.";
+
 fn ssh_to_age(mut args: Args) -> Result<ExitCode, UsageError> {
-    let mut private = false;
-    let mut file = None;
+    let (mut private, mut input, mut output) = (false, None, None);
     while let Some((flag, value)) = args.next_flag() {
         match flag.as_str() {
-            "" => file = value,
-            "private" => private = true,
+            "" | "i" => {
+                if input.replace(args.value("i", value)?).is_some() {
+                    return Err(UsageError("ssh-to-age reads one input".into()));
+                }
+            }
+            "o" => output = Some(args.value(&flag, value)?),
+            "private-key" | "private" => private = true,
+            "h" | "help" => {
+                println!("{SSH_TO_AGE_USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
             other => return Err(UsageError(format!("unknown flag --{other}"))),
         }
     }
-    let file = PathBuf::from(file.ok_or_else(|| UsageError("ssh-to-age needs an SSH key file".into()))?);
-    let ids = match ssh::load(&file) {
-        Ok(ids) => ids,
-        Err(e) => {
-            eprintln!("sops-install-secrets: {e}");
-            return Ok(ExitCode::FAILURE);
+    let fail = |msg: String| {
+        eprintln!("sops-install-secrets: {msg}");
+        Ok(ExitCode::FAILURE)
+    };
+    let (text, shown) = match &input {
+        Some(f) if f != "-" => match std::fs::read_to_string(f) {
+            Ok(t) => (zeroize::Zeroizing::new(t), f.clone()),
+            Err(e) => return fail(format!("cannot read {f}: {e}")),
+        },
+        _ => {
+            let mut t = zeroize::Zeroizing::new(String::new());
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut t) {
+                return fail(format!("cannot read standard input: {e}"));
+            }
+            (t, "standard input".to_owned())
         }
     };
-    let Some(derived) = ids.derived else {
-        eprintln!(
-            "sops-install-secrets: {} is not an ssh-ed25519 key; only Ed25519 keys convert to age X25519 keys",
-            file.display()
-        );
-        return Ok(ExitCode::FAILURE);
-    };
-    let mut stdout = std::io::stdout().lock();
-    let line = if private {
-        derived.identity.as_str()
+    let is_private = text.trim_start().starts_with("-----BEGIN");
+    let mut lines: Vec<zeroize::Zeroizing<String>> = Vec::new();
+    let mut failed = false;
+    if private || is_private {
+        if !is_private {
+            return fail(format!(
+                "{shown} is not an OpenSSH private key (-private-key converts private keys)"
+            ));
+        }
+        let ids = match ssh::from_openssh(&text, &shown) {
+            Ok(ids) => ids,
+            Err(e) => return fail(e.to_string()),
+        };
+        let Some(derived) = ids.derived else {
+            return fail(format!(
+                "{shown} is not an ssh-ed25519 key; only Ed25519 keys convert to age X25519 keys"
+            ));
+        };
+        lines.push(zeroize::Zeroizing::new(if private {
+            derived.identity.as_str().to_owned()
+        } else {
+            derived.recipient.clone()
+        }));
     } else {
-        derived.recipient.as_str()
-    };
-    if writeln!(stdout, "{line}").is_err() {
-        return Ok(ExitCode::FAILURE);
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match ssh::parse_host_key(line) {
+                Ok(ssh::HostKey {
+                    age: Some(age),
+                    ssh: Some(_),
+                    ..
+                }) => lines.push(zeroize::Zeroizing::new(age)),
+                Ok(_) => {
+                    // Skipped, not failed: authorized_keys files mix key types.
+                    let kind = line.split_whitespace().next().unwrap_or("");
+                    eprintln!(
+                        "sops-install-secrets: {shown} line {}: skipped a {kind} key; only ssh-ed25519 keys convert to age",
+                        n + 1
+                    );
+                }
+                Err(e) => {
+                    failed = true;
+                    eprintln!("sops-install-secrets: {shown} line {}: {e}", n + 1);
+                }
+            }
+        }
+        if lines.is_empty() {
+            return fail(format!("{shown} holds no ssh-ed25519 public key"));
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    let mut out = zeroize::Zeroizing::new(String::new());
+    for l in &lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    let written = match &output {
+        Some(path) => write_new_file(Path::new(path), out.as_bytes(), private),
+        None => std::io::stdout().lock().write_all(out.as_bytes()),
+    };
+    if let Err(e) = written {
+        return fail(format!("cannot write the key: {e}"));
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
+
+const SSH_TO_PGP_USAGE: &str =
+    "usage: sops-install-secrets ssh-to-pgp -i RSA_KEY_FILE [-o OUT] [-private-key]
+
+Prints an OpenSSH RSA private key as the OpenPGP key sops-nix derives from it (for
+`pgp:` rules in .sops.yaml and sops.gnupg.sshKeyPaths), ASCII-armoured, public unless
+-private-key; its fingerprint goes to stderr.";
 
 fn ssh_to_pgp(mut args: Args) -> Result<ExitCode, UsageError> {
     let (mut input, mut output, mut private) = (None, None, false);
@@ -241,6 +339,10 @@ fn ssh_to_pgp(mut args: Args) -> Result<ExitCode, UsageError> {
             "" | "i" => input = Some(args.value("i", value)?),
             "o" => output = Some(args.value(&flag, value)?),
             "private-key" => private = true,
+            "h" | "help" => {
+                println!("{SSH_TO_PGP_USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
             other => return Err(UsageError(format!("unknown flag --{other}"))),
         }
     }
@@ -315,6 +417,14 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
                 }
             }
             "ignore-passwd" => ignore_passwd = value.is_none_or(|v| v != "false"),
+            "h" | "help" => {
+                println!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            "version" => {
+                println!("{VERSION}");
+                return Ok(ExitCode::SUCCESS);
+            }
             other => return Err(UsageError(format!("unknown flag -{other}"))),
         }
     }
@@ -428,6 +538,14 @@ fn main() -> ExitCode {
                 rest: argv.into_iter(),
             })
         }
+        "demo" if argv.len() > 1 => {
+            if matches!(argv[1].as_str(), "-h" | "-help" | "--help") {
+                println!("usage: sops-install-secrets demo\n\n{DEMO_HELP}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(UsageError(format!("demo takes no arguments (got {:?})", argv[1])))
+            }
+        }
         "demo" => match sops_install_secrets::demo::demo() {
             Ok(text) => {
                 print!("{text}");
@@ -438,8 +556,12 @@ fn main() -> ExitCode {
                 Ok(ExitCode::FAILURE)
             }
         },
-        "-h" | "--help" | "help" => {
+        "-h" | "-help" | "--help" | "help" => {
             println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        "-version" | "--version" | "version" => {
+            println!("{VERSION}");
             Ok(ExitCode::SUCCESS)
         }
         _ => install_manifest(argv),

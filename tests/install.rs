@@ -1747,3 +1747,11 @@ fn an_ssh_rsa_host_public_key_counts_for_pgp_stanzas_when_the_host_uses_ssh_keys
         run.assert_stderr_names(&["ssh_rsa.yaml", "sops updatekeys"]);
     });
 }
+
+#[test]
+fn the_installed_line_counts_one_secret_in_the_singular() {
+    isolated(|env| {
+        let run = env.install(&env.manifest(vec![env.secret("db_password", "app.yaml", "app/db_password")]));
+        run.assert_stderr_names(&["installed 1 secret and 0 templates as generation 1"]);
+    });
+}

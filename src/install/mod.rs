@@ -552,6 +552,11 @@ fn write_and_swap(
     Ok(next)
 }
 
+/// "1 secret", "2 secrets".
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// How a run ended: what it did and saw (warnings, change lines, the
 /// generation it installed), and the problems that made it fail, if any. The
 /// report is kept on failure too, so that every warning and change line
@@ -1019,9 +1024,9 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
     }
     report.log.push(LogLine::info(
         format!(
-            "installed {} secrets and {} templates as generation {next} in {}",
-            secrets.len(),
-            rendered.len(),
+            "installed {} and {} as generation {next} in {}",
+            count(secrets.len(), "secret"),
+            count(rendered.len(), "template"),
             mount.display()
         ),
         vec![("generation", next.to_string())],

@@ -1755,3 +1755,62 @@ fn the_installed_line_counts_one_secret_in_the_singular() {
         run.assert_stderr_names(&["installed 1 secret and 0 templates as generation 1"]);
     });
 }
+
+#[test]
+fn an_unchanged_rerun_compares_with_the_generations_record_not_the_live_files() {
+    isolated(|env| {
+        let m = two_secrets(env, "app.yaml");
+        env.install(&m);
+        let record = env.generation(1).join(STATE_FILE);
+        assert_mode_owner(&record, 0o400, 0, 0);
+        let text = fs::read_to_string(&record).unwrap();
+        assert!(!text.contains(MARKER), "the record holds plaintext");
+        assert!(text.contains("\"digestKey\""), "{text}");
+
+        // Bytes changed behind the installer's back are not read: the record decides.
+        let live = env.generation(1).join("db_password");
+        fs::write(&live, b"changed behind our back").unwrap();
+        let run = env.install(&m);
+        assert!(!run.stdout.contains("modifying"), "{}", run.describe());
+        assert_eq!(activation_list("activation-restart-list"), Vec::<String>::new());
+        // The new generation has the right bytes all the same.
+        assert_content(&env.link.join("db_password"), &expected("app.db_password"));
+
+        // A real change is seen through the digests.
+        let run = env.install(&two_secrets(env, "app_v2.yaml"));
+        run.assert_printed("modifying secret: db_password");
+        assert_eq!(activation_list("activation-restart-list"), ["db.service"]);
+    });
+}
+
+#[test]
+fn a_record_without_digests_makes_the_next_run_read_the_live_copies() {
+    isolated(|env| {
+        let m = two_secrets(env, "app.yaml");
+        env.install(&m);
+        // The record as an older version wrote it: no key, no digests, modes or owners.
+        let record = env.generation(1).join(STATE_FILE);
+        let mut v: Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("digestKey");
+        for kind in ["secrets", "templates"] {
+            for (_, e) in v[kind].as_object_mut().unwrap() {
+                for field in ["digest", "mode", "uid", "gid"] {
+                    e.as_object_mut().unwrap().remove(field);
+                }
+            }
+        }
+        fs::write(&record, serde_json::to_vec(&v).unwrap()).unwrap();
+
+        // Without digests the live copy is read: bytes changed behind our back show.
+        fs::write(env.generation(1).join("db_password"), b"changed behind our back").unwrap();
+        let run = env.install(&m);
+        run.assert_printed("modifying secret: db_password");
+        // That run wrote a record with digests again, and the next one uses it.
+        let mut m2 = two_secrets(env, "app_v2.yaml");
+        m2["secrets"][1]["mode"] = json!("0440");
+        let run = env.install(&m2);
+        run.assert_printed("modifying secrets: api_token, db_password");
+        let record = env.generation(3).join(STATE_FILE);
+        assert!(fs::read_to_string(&record).unwrap().contains("\"digestKey\""));
+    });
+}

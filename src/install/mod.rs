@@ -168,6 +168,8 @@ struct Prepared<'m> {
     restart: &'m [String],
     reload: &'m [String],
     credential: bool,
+    /// Keyed digest of `value`, for the generation's record.
+    digest: String,
 }
 
 fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems: &mut Problems) -> Keyring {
@@ -438,13 +440,21 @@ fn files_under(dir: &Path, prefix: &str, out: &mut Vec<String>) {
 /// Compares what is about to be installed with the live generation.
 /// A change of owner, group or mode counts like a change of content: a
 /// service that could read its secret may no longer (or now another can).
+///
+/// With the live generation's record (`recorded`: written by this version,
+/// with digests) the comparison is with the record alone, without reading a
+/// live file; without one, each live copy is read and stat'ed.
 fn compare(
     live_root: &Path,
     files: &[Prepared<'_>],
     subdir: &str,
+    recorded: Option<&std::collections::BTreeMap<String, state::Entry>>,
     compare_owner: bool,
     report: &mut Report,
 ) -> units::Changes {
+    if let Some(record) = recorded {
+        return compare_with_record(files, record, compare_owner);
+    }
     let mut changes = units::Changes::default();
     let base = if subdir.is_empty() {
         live_root.to_path_buf()
@@ -489,6 +499,35 @@ fn compare(
     changes
 }
 
+/// [`compare`] against the live generation's record.
+fn compare_with_record(
+    files: &[Prepared<'_>],
+    record: &std::collections::BTreeMap<String, state::Entry>,
+    compare_owner: bool,
+) -> units::Changes {
+    let mut changes = units::Changes::default();
+    for f in files {
+        let name = f.name.as_str();
+        let Some(old) = record.get(name) else {
+            changes.added.push(name.to_owned());
+            continue;
+        };
+        let same_owner = !compare_owner
+            || f.ids
+                .is_none_or(|ids| old.uid == Some(ids.uid) && old.gid == Some(ids.gid));
+        if old.digest.as_deref() != Some(f.digest.as_str()) || old.mode != Some(f.mode.0) || !same_owner {
+            changes.modified.push(name.to_owned());
+        }
+    }
+    let wanted: std::collections::HashSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    changes.removed = record
+        .keys()
+        .filter(|name| !wanted.contains(name.as_str()))
+        .cloned()
+        .collect();
+    changes
+}
+
 /// Writes generation N+1 (secrets, rendered templates, the record) and makes
 /// it live; on any failure the partial generation is removed and the live
 /// link is untouched. Returns N+1.
@@ -497,6 +536,7 @@ fn write_and_swap(
     secrets: &[Prepared<'_>],
     rendered: &[Prepared<'_>],
     keys_gid: u32,
+    digest_key: &state::DigestKey,
 ) -> Result<u64, Failed> {
     let mount = &manifest.secrets_mount_point;
     let live = links::live_generation(mount, &manifest.symlink_path).unwrap_or(0);
@@ -523,11 +563,17 @@ fn write_and_swap(
             restart_units: f.restart.to_vec(),
             reload_units: f.reload.to_vec(),
             credential: f.credential,
+            digest: Some(f.digest.clone()),
+            mode: Some(f.mode.0),
+            uid: f.ids.map(|ids| ids.uid),
+            gid: f.ids.map(|ids| ids.gid),
         };
-        let record = state::State {
+        let mut record = state::State {
+            digest_key: None,
             secrets: secrets.iter().map(|f| (f.name.to_string(), entry(f))).collect(),
             templates: rendered.iter().map(|f| (f.name.to_string(), entry(f))).collect(),
         };
+        record.set_key(digest_key);
         let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
         generation.write_file(state::FILE, root, 0o400, &record.to_json())?;
         Ok::<(), String>(())
@@ -722,6 +768,11 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
         )
     };
 
+    // What the live generation recorded about itself, and the key of its
+    // content digests (a new one on a mount whose record has none).
+    let old_state = state::State::load(&manifest.symlink_path);
+    let digest_key = old_state.key().unwrap_or_else(state::DigestKey::fresh);
+
     // Keeping the previous copy of a failed item: its live bytes, owner and mode.
     let previous = |rel: &str| -> Option<(Zeroizing<Vec<u8>>, Option<Ids>, Mode)> {
         use std::os::unix::fs::MetadataExt;
@@ -755,6 +806,7 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
         };
         secrets.push(Prepared {
             name: &s.name,
+            digest: digest_key.digest(&value),
             value,
             ids,
             mode,
@@ -806,6 +858,7 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
         };
         rendered.push(Prepared {
             name: &t.name,
+            digest: digest_key.digest(&value),
             value,
             ids,
             mode,
@@ -819,15 +872,23 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
     // Changes against the live generation. At boot there is none: nothing to restart.
     let mut requests = units::Requests::default();
     let live_exists = manifest.symlink_path.exists();
-    let old_state = state::State::load(&manifest.symlink_path);
     if live_exists {
         // A dry run does not look owners up, so it cannot compare them.
         let compare_owner = !opts.dry_run;
-        let secret_changes = compare(&manifest.symlink_path, &secrets, "", compare_owner, report);
+        let recorded = old_state.key().is_some();
+        let secret_changes = compare(
+            &manifest.symlink_path,
+            &secrets,
+            "",
+            recorded.then_some(&old_state.secrets),
+            compare_owner,
+            report,
+        );
         let template_changes = compare(
             &manifest.symlink_path,
             &rendered,
             "rendered",
+            recorded.then_some(&old_state.templates),
             compare_owner,
             report,
         );
@@ -899,7 +960,7 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
             )));
         }
     }
-    let swapped = write_and_swap(manifest, &secrets, &rendered, keys_gid);
+    let swapped = write_and_swap(manifest, &secrets, &rendered, keys_gid, &digest_key);
     // A filesystem this run mounted goes again if the run failed before the
     // swap: it would hide the live generation the link still points into.
     if mounted_now && swapped.is_err() {

@@ -5,11 +5,26 @@
 //! lost a file it may read) and the custom paths of links that now point
 //! nowhere. Each generation keeps that in a small root-only file; it holds
 //! names, paths and unit names, never a secret.
+//!
+//! It also lets an unchanged re-run skip reading every live copy: for each
+//! file it keeps the mode, owner and a keyed digest (HMAC-SHA-256, truncated
+//! to 128 bits) of the content, so the next run compares what it is about to
+//! write with the record instead of with the files. The key is random, made
+//! when a mount's first recorded generation is written and carried from
+//! record to record; it lives in the record itself, a root-only file on the
+//! secrets mount, so the digests tell nothing that the reader of the record,
+//! root, could not read from the secrets themselves, and nothing survives a
+//! reboot. A record without a key (written by an older version, or none at
+//! all, as after sops-nix) makes the next run read the live copies instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// The file's name inside a generation.
 pub const FILE: &str = ".sops-install-secrets.json";
@@ -27,11 +42,67 @@ pub struct Entry {
     /// Whether a credential link was made for it.
     #[serde(default)]
     pub credential: bool,
+    /// Keyed digest of the content ([`DigestKey::digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Permission bits as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Owner as written (absent in user mode, where nothing is chowned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Group as written (absent in user mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
+/// The key of a mount's content digests (32 random bytes, wiped on drop).
+#[derive(Clone)]
+pub struct DigestKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for DigestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DigestKey(..)")
+    }
+}
+
+impl DigestKey {
+    /// A new random key.
+    pub fn fresh() -> DigestKey {
+        use rand::RngCore;
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut key[..]);
+        DigestKey(key)
+    }
+
+    fn from_text(text: &str) -> Option<DigestKey> {
+        let bytes = Zeroizing::new(B64.decode(text).ok()?);
+        let mut key = Zeroizing::new([0u8; 32]);
+        if bytes.len() != key.len() {
+            return None;
+        }
+        key.copy_from_slice(&bytes);
+        Some(DigestKey(key))
+    }
+
+    fn to_text(&self) -> String {
+        B64.encode(&self.0[..])
+    }
+
+    /// The digest a record keeps of `content`.
+    pub fn digest(&self, content: &[u8]) -> String {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.0[..]).expect("any key length");
+        mac.update(content);
+        B64.encode(&mac.finalize().into_bytes()[..16])
+    }
 }
 
 /// Everything a generation holds, by name.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
+    /// The digest key ([`DigestKey`]); absent in records of older versions.
+    #[serde(default, rename = "digestKey", skip_serializing_if = "Option::is_none")]
+    pub digest_key: Option<String>,
     /// Secrets.
     pub secrets: BTreeMap<String, Entry>,
     /// Templates.
@@ -46,6 +117,16 @@ impl State {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
+    }
+
+    /// The record's digest key, if it has one.
+    pub fn key(&self) -> Option<DigestKey> {
+        self.digest_key.as_deref().and_then(DigestKey::from_text)
+    }
+
+    /// Keeps `key` in the record.
+    pub fn set_key(&mut self, key: &DigestKey) {
+        self.digest_key = Some(key.to_text());
     }
 
     /// The JSON to store.
@@ -70,9 +151,35 @@ mod tests {
                 restart_units: vec!["x.service".into()],
                 reload_units: vec![],
                 credential: true,
+                digest: Some("d".into()),
+                mode: Some(0o400),
+                uid: Some(0),
+                gid: None,
             },
         );
+        s.set_key(&DigestKey::fresh());
         std::fs::write(dir.path().join(FILE), s.to_json()).unwrap();
         assert_eq!(State::load(dir.path()), s);
+        assert!(State::load(dir.path()).key().is_some());
+    }
+
+    #[test]
+    fn digests_depend_on_the_key_and_the_content() {
+        let (a, b) = (DigestKey::fresh(), DigestKey::fresh());
+        assert_eq!(a.digest(b"x"), a.digest(b"x"));
+        assert_ne!(a.digest(b"x"), a.digest(b"y"));
+        assert_ne!(a.digest(b"x"), b.digest(b"x"));
+        let mut s = State::default();
+        s.set_key(&a);
+        assert_eq!(s.key().unwrap().digest(b"x"), a.digest(b"x"));
+        assert_eq!(format!("{a:?}"), "DigestKey(..)");
+    }
+
+    #[test]
+    fn a_record_of_an_older_version_has_no_key_and_no_digests() {
+        let old = r#"{"secrets":{"a":{"path":"/run/secrets/a","restartUnits":[],"reloadUnits":[]}},"templates":{}}"#;
+        let s: State = serde_json::from_str(old).unwrap();
+        assert!(s.key().is_none());
+        assert_eq!(s.secrets["a"].digest, None);
     }
 }

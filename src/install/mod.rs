@@ -3,8 +3,11 @@
 //! ```text
 //! identities → owners → decrypt each sops file once → pick values → render templates
 //!   (any problem so far: report all, touch nothing)
-//! → compare with the live generation → (dry run: report and stop)
-//! → mount → write generation N+1 → swap the link → request restarts → custom links → prune
+//! → lock the mount (not in dry runs) → compare with the live generation's record
+//! → (dry run: report and stop)
+//! → mount, drop capabilities → write generation N+1 → swap the link
+//!   (a failure before the swap unmounts what this run mounted)
+//! → request restarts → custom links → prune → unlock
 //! ```
 //! Nothing on disk changes before every secret is decrypted and every owner
 //! resolved; a failure while writing removes the partial generation, so the

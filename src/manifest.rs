@@ -158,7 +158,7 @@ impl Owner {
         };
         match problem {
             Some(why) => Err(format!(
-                "{what} {name:?} is not a {kind} name: {why}; give the {kind}'s name as in `getent {}`, or null and a {id_field}",
+                "{what} {name:?} is not a {kind} name: {why}; give the {kind}'s name as `getent {}` shows it, or set {what} to null and give a {id_field}",
                 if kind == "user" { "passwd" } else { "group" }
             )),
             None => Ok(Owner::Name(name)),
@@ -463,6 +463,11 @@ fn path_problem(path: &Path) -> Option<String> {
     if let Some(c) = text.chars().find(|c| c.is_control()) {
         return Some(format!("contains the control character {c:?}"));
     }
+    path_too_long(path)
+}
+
+/// Why `path` is too long for the kernel, if it is.
+fn path_too_long(path: &Path) -> Option<String> {
     let len = path.as_os_str().len();
     (len >= PATH_MAX).then(|| {
         format!(
@@ -524,6 +529,8 @@ impl Manifest {
                 problems.push(format!("{what} is missing"));
             } else if !p.starts_with('/') {
                 problems.push(format!("{what} {p:?} is not an absolute path"));
+            } else if let Some(why) = path_problem(Path::new(p)) {
+                problems.push(format!("{what} {:?} {why}", shortened(p)));
             }
         }
         let link_path = PathBuf::from(&link);
@@ -782,8 +789,9 @@ fn checked<T>(value: Result<T, String>, bad: &mut impl FnMut(String)) -> Option<
 
 /// Whether `name` below `dir` makes a path the kernel takes; reports through `bad` if not.
 fn fits_below(dir: &Path, name: &Name, bad: &mut impl FnMut(String)) -> bool {
+    // The name and the directory have been checked for control characters on their own.
     let full = dir.join(name.as_str());
-    match path_problem(&full) {
+    match path_too_long(&full) {
         Some(why) => {
             bad(format!(
                 "the name's full path {:?} {why}; choose a shorter name",

@@ -295,18 +295,26 @@ fn owner_and_group_names_with_control_characters_or_paths_are_refused() {
 }
 
 #[test]
-fn custom_paths_with_control_characters_are_refused() {
+fn paths_with_control_characters_are_refused() {
     let mut s = secret("db");
     s["path"] = json!("/etc/db\nforged");
     let mut t = template("t");
     t["path"] = json!("/etc/t\u{1b}");
+    let mut m = manifest(vec![s], vec![t]);
+    m["symlinkPath"] = json!("/run/secrets\nforged");
+    m["secretsMountPoint"] = json!("/run/secrets.d\t");
     assert_check_refuses(
-        &manifest(vec![s], vec![t]),
+        &m,
         &[
+            r#"symlinkPath "/run/secrets\nforged" contains the control character '\n'"#,
+            r#"secretsMountPoint "/run/secrets.d\t" contains the control character '\t'"#,
             r#"secret "db": path "/etc/db\nforged" contains the control character '\n'"#,
             r#"template "t": path "/etc/t\u{1b}" contains the control character '\u{1b}'"#,
         ],
     );
+    // Each problem once: the bad symlinkPath is not repeated for every name below it.
+    let (_, stderr) = check(&m);
+    assert_eq!(stderr.matches("control character").count(), 4, "{stderr}");
 }
 
 #[test]

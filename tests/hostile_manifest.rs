@@ -438,3 +438,29 @@ fn a_control_character_in_a_name_leaves_the_live_generation_untouched() {
         env.assert_live(1);
     });
 }
+
+#[test]
+fn a_forged_unit_in_an_older_generations_record_is_not_written_to_the_restart_list() {
+    isolated(|env| {
+        let good = install_baseline(env);
+        // A record as an installer without the unit-name check could have left it.
+        let record = env.generation(1).join(STATE_FILE);
+        let mut state: Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
+        state["secrets"]["api_token"]["restartUnits"] = json!(["api.service\nforged.service"]);
+        fs::write(&record, serde_json::to_vec(&state).unwrap()).unwrap();
+
+        // api_token goes away, so the units recorded for it would be restarted.
+        let mut without_api = good.clone();
+        without_api["secrets"].as_array_mut().unwrap().truncate(1);
+        let run = env.run(&without_api);
+        run.assert_failure();
+        run.assert_stderr_names(&[r#"unit "api.service\nforged.service" is not a systemd unit name"#]);
+        for list in ["activation-restart-list", "activation-reload-list"] {
+            assert!(
+                !activation_list(list).iter().any(|l| l.contains("forged")),
+                "{list}: {:?}",
+                activation_list(list)
+            );
+        }
+    });
+}

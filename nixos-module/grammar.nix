@@ -25,16 +25,38 @@ let
     toJSON
     ;
 
-  # C0 and DEL by regex; C1 (U+0080 to U+009F, two bytes each in UTF-8) by
-  # replacing them, which needs no bytes spelled in a regex.
-  c1 = concatLists (
-    map (hi: map (lo: fromJSON "\"\\u00${hi}${lo}\"") hexDigits) [
-      "8"
-      "9"
-    ]
-  );
-  hexDigits = filter (c: isString c && c != "") (split "" "0123456789abcdef");
-  hasControl = s: match "[^[:cntrl:]]*" s == null || replaceStrings c1 (map (_: "") c1) s != s;
+  # The control characters, made from JSON escapes: a regex class such as
+  # [[:cntrl:]] would depend on the evaluator's locale. U+0000 cannot be in a
+  # Nix string.
+  controlChars = builtins.tail (
+    concatLists (
+      map (hi: map (lo: fromJSON "\"\\u00${hi}${lo}\"") hexDigits) [
+        "0"
+        "1"
+        "8"
+        "9"
+      ]
+    )
+  ) ++ [ (fromJSON "\"\\u007f\"") ];
+  hexDigits = [
+    "0"
+    "1"
+    "2"
+    "3"
+    "4"
+    "5"
+    "6"
+    "7"
+    "8"
+    "9"
+    "a"
+    "b"
+    "c"
+    "d"
+    "e"
+    "f"
+  ];
+  hasControl = s: replaceStrings controlChars (map (_: "") controlChars) s != s;
   components = s: filter isString (split "/" s);
 
   # systemd's unit types (unit_type_from_string).

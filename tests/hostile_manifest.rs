@@ -130,9 +130,9 @@ fn sops_nix_modes_owners_and_units_are_accepted() {
     named["reloadUnits"] = json!(["sshd.socket", "var-lib-x\\x2dy.mount", "backup.timer"]);
     secrets.push(named);
     let mut numeric = secret("numeric/deep/name");
-    numeric["uid"] = json!(4294967294u32);
-    numeric["gid"] = json!(1000);
+    // uid null (the option is nullOr int) means 0, as in sops-nix.
     numeric["uid"] = json!(null);
+    numeric["gid"] = json!(1000);
     secrets.push(numeric);
     let mut longest = secret(&"n".repeat(255));
     longest["uid"] = json!(4294967294u32);

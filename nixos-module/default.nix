@@ -349,6 +349,7 @@ in
             option = "sops.secrets.${lib.strings.escapeNixIdentifier attr}";
           in
           sopsLib.ownerIdAssertions option secret
+          ++ sopsLib.entryAssertions option secret
           ++ [ (sopsLib.renderedNameAssertion "/run/secrets/rendered" option secret) ]
         ) cfg.secrets
       );

@@ -244,7 +244,18 @@ in
       ++ lib.mapAttrsToList (
         attr:
         sopsLib.renderedNameAssertion "${cfg.defaultSymlinkPath}/rendered" "sops.secrets.${lib.strings.escapeNixIdentifier attr}"
-      ) cfg.secrets;
+      ) cfg.secrets
+      # Modes (user mode has no owners or units).
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
+          attr: sopsLib.entryAssertions "sops.secrets.${lib.strings.escapeNixIdentifier attr}"
+        ) cfg.secrets
+      )
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
+          attr: sopsLib.entryAssertions "sops.templates.${lib.strings.escapeNixIdentifier attr}"
+        ) cfg.templates
+      );
 
       warnings = sopsLib.keyWarnings cfg;
 

@@ -5,28 +5,19 @@
 # Shared option declarations are in options.nix.
 { lib }:
 
+let
+  grammar = import ./grammar.nix;
+in
 rec {
   # Why `name` cannot be a secret or template name, or null if it can. A name
   # is a path below the generation directory; the installer refuses these
   # names too (src/manifest.rs), checking them here makes the mistake fail
   # evaluation instead of activation.
-  nameProblem =
-    name:
-    let
-      parts = lib.splitString "/" name;
-    in
-    if name == "" then
-      "is empty"
-    else if lib.hasPrefix "/" name then
-      "is an absolute path"
-    else if lib.elem ".." parts then
-      "contains a `..` component, which would leave the secrets directory"
-    else if lib.elem "." parts then
-      "contains a `.` component"
-    else if lib.elem "" parts then
-      "contains an empty component (`//` or a trailing `/`)"
-    else
-      null;
+  inherit (grammar) nameProblem;
+
+  # The assertions on one secret's or template's mode, units, owner and group
+  # (grammar.nix); `option` names the entry in the messages.
+  inherit (grammar) entryAssertions;
 
   # One assertion per entry of sops.secrets or sops.templates whose name is
   # unsafe. `below` is where the file would have gone.
@@ -40,7 +31,7 @@ rec {
       {
         assertion = problem == null;
         message = ''
-          sops.${kind}.${lib.strings.escapeNixIdentifier attr}: the name "${entry.name}" ${toString problem}.
+          sops.${kind}.${lib.strings.escapeNixIdentifier attr}: the name ${builtins.toJSON entry.name} ${toString problem}.
           Names are relative paths below ${below} such as "db/password"; rename the entry or set its `name` option.
           To place the file elsewhere, keep a plain name and set `path` instead (a symlink is made there).'';
       }

@@ -43,7 +43,10 @@ in
       ++ lib.concatLists (
         lib.mapAttrsToList (
           attr: template:
-          sopsLib.ownerIdAssertions "sops.templates.${lib.strings.escapeNixIdentifier attr}" template
+          let
+            option = "sops.templates.${lib.strings.escapeNixIdentifier attr}";
+          in
+          sopsLib.ownerIdAssertions option template ++ sopsLib.entryAssertions option template
         ) cfg.templates
       );
   };

@@ -5,8 +5,11 @@
 //! module reads that JSON exactly as sops-nix writes it (unknown fields are
 //! ignored, absent ones take sops-nix's defaults) and turns it into checked
 //! types: after [`Manifest::from_json`] succeeds, every name is a safe
-//! relative path, every mode a valid octal mode, every format known.
-//! Problems are collected, not stopped at, so one run lists them all.
+//! relative path that fits the kernel's limits and holds no control
+//! character, every mode one to four octal digits, every owner a plausible
+//! user or group name or an id `fchown` will apply, every unit a name systemd
+//! accepts, every format known. Problems are collected, not stopped at, so one
+//! run lists them all.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -31,6 +34,14 @@ impl Name {
         if name.contains('\0') {
             return Err("the name contains a NUL byte".into());
         }
+        // A newline would start a forged line in the log and in the change
+        // lines switch-to-configuration shows; other control characters can
+        // rewrite a terminal. No file name needs them.
+        if let Some(c) = name.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "the name contains the control character {c:?}; use letters, digits and punctuation"
+            ));
+        }
         if name.starts_with('/') {
             return Err("the name is an absolute path; names are relative to the secrets directory".into());
         }
@@ -42,6 +53,13 @@ impl Name {
                     return Err(
                         "the name has a `..` path component, which would leave the secrets directory".into(),
                     );
+                }
+                _ if part.len() > NAME_MAX => {
+                    return Err(format!(
+                        "the path component {:?} is {} bytes long; a file name can have at most {NAME_MAX} (NAME_MAX)",
+                        shortened(part),
+                        part.len()
+                    ));
                 }
                 _ => {}
             }
@@ -73,12 +91,16 @@ impl fmt::Display for Name {
 pub struct Mode(pub u32);
 
 impl Mode {
-    /// Parses an octal mode such as `0400` or `440`.
+    /// Parses an octal mode of one to four digits, such as `0400` or `440`:
+    /// what chmod(1) takes as a number. A sign, a prefix or more digits are
+    /// refused rather than guessed at.
     pub fn parse(s: &str) -> Result<Mode, String> {
-        let v = u32::from_str_radix(s, 8).map_err(|_| format!("mode {s:?} is not an octal number"))?;
-        if v > 0o7777 {
-            return Err(format!("mode {s:?} has bits beyond 07777"));
+        if !(1..=4).contains(&s.len()) || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return Err(format!(
+                "mode {s:?} is not an octal mode of 1 to 4 digits (like \"0400\")"
+            ));
         }
+        let v = u32::from_str_radix(s, 8).expect("1 to 4 octal digits");
         Ok(Mode(v))
     }
 }
@@ -86,10 +108,156 @@ impl Mode {
 /// Who owns a file: a name looked up through NSS at install time, or a number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Owner {
-    /// A user or group name.
+    /// A user or group name: not empty, no control character, no `/` or `:`.
     Name(String),
-    /// A numeric id.
+    /// A numeric id, never `u32::MAX`.
     Id(u32),
+}
+
+/// The id that `fchown(2)` reads as "leave unchanged": a file given to it
+/// would silently stay root's.
+const UNCHANGED_ID: u32 = u32::MAX;
+
+impl Owner {
+    /// Checks an owner (`what` is `owner` or `group`, `id_field` then `uid`
+    /// or `gid`): the name when there is one (sops-nix's rule: a name wins),
+    /// else the id, 0 when absent.
+    fn parse(
+        what: &str,
+        id_field: &str,
+        name: Option<String>,
+        id: Option<&serde_json::Number>,
+    ) -> Result<Owner, String> {
+        if let Some(id) = id.filter(|_| name.is_none()) {
+            return match id.as_u64().and_then(|v| u32::try_from(v).ok()) {
+                Some(UNCHANGED_ID) => Err(format!(
+                    "{id_field} {id} is the id fchown(2) takes as \"leave unchanged\", so the file would stay root's; \
+                     give a real id below {UNCHANGED_ID}, or set {what} to a name"
+                )),
+                Some(v) => Ok(Owner::Id(v)),
+                None => Err(format!(
+                    "{id_field} {id} is not an id (a whole number from 0 to {})",
+                    UNCHANGED_ID - 1
+                )),
+            };
+        }
+        let Some(name) = name else {
+            return Ok(Owner::Id(0));
+        };
+        let kind = if what == "owner" { "user" } else { "group" };
+        let problem = if name.is_empty() {
+            Some("it is empty".to_owned())
+        } else if let Some(c) = name.chars().find(|c| c.is_control()) {
+            Some(format!("it contains the control character {c:?}"))
+        } else if name.contains('/') {
+            Some("it contains `/` (it looks like a path)".to_owned())
+        } else if name.contains(':') {
+            Some("it contains `:`, which separates the fields of /etc/passwd and /etc/group".to_owned())
+        } else {
+            None
+        };
+        match problem {
+            Some(why) => Err(format!(
+                "{what} {name:?} is not a {kind} name: {why}; give the {kind}'s name as `getent {}` shows it, or set {what} to null and give a {id_field}",
+                if kind == "user" { "passwd" } else { "group" }
+            )),
+            None => Ok(Owner::Name(name)),
+        }
+    }
+}
+
+/// Units to restart or reload: each one a name systemd accepts for a job
+/// (`unit_name_is_valid` with a plain name or a template's instance), so a
+/// name can never add a line of its own to `activation-restart-list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Units(Vec<String>);
+
+impl std::ops::Deref for Units {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// The unit types systemd knows (`unit_type_from_string`).
+const UNIT_TYPES: [&str; 11] = [
+    "service",
+    "socket",
+    "target",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "timer",
+    "path",
+    "slice",
+    "scope",
+];
+
+/// systemd's UNIT_NAME_MAX, which counts the terminating NUL.
+const UNIT_NAME_MAX: usize = 256;
+
+/// Why systemd would refuse `name` as a unit to restart or reload, if it would.
+///
+/// The grammar is systemd's (`unit_name_is_valid` in `src/basic/unit-name.c`):
+/// at most 255 bytes; a known unit type after the last `.`; before it only
+/// ASCII letters, digits and `:-_.\@`; not starting with `@`. A template
+/// (`foo@.service`) cannot be restarted, so an instance needs a non-empty
+/// name after the `@`.
+pub fn unit_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ":-_.\\@".contains(*c)))
+    {
+        return Some(format!(
+            "it contains {c:?}; unit names consist of ASCII letters, digits and `:-_.\\@`"
+        ));
+    }
+    if name.len() >= UNIT_NAME_MAX {
+        return Some(format!(
+            "it is {} bytes long; systemd allows at most {}",
+            name.len(),
+            UNIT_NAME_MAX - 1
+        ));
+    }
+    let Some((stem, suffix)) = name.rsplit_once('.').filter(|(stem, _)| !stem.is_empty()) else {
+        return Some("it has no unit type; write the whole name, like \"nginx.service\"".into());
+    };
+    if !UNIT_TYPES.contains(&suffix) {
+        return Some(format!(
+            "\".{suffix}\" is not a unit type ({})",
+            UNIT_TYPES.join(", ")
+        ));
+    }
+    match stem.split_once('@') {
+        Some(("", _)) => Some("it starts with `@`".into()),
+        Some((prefix, "")) => Some(format!(
+            "it is a template, which cannot be restarted; name an instance, like \"{prefix}@example.{suffix}\""
+        )),
+        _ => None,
+    }
+}
+
+impl Units {
+    /// Checks a list of units; `field` (`restartUnits`, `reloadUnits`) names it in the errors.
+    fn parse(field: &str, units: Option<Vec<String>>, bad: &mut impl FnMut(String)) -> Option<Units> {
+        let units = units.unwrap_or_default();
+        let mut ok = true;
+        for u in &units {
+            if let Some(why) = unit_name_problem(u) {
+                bad(format!(
+                    "{field} entry {:?} is not a systemd unit name: {why}",
+                    shortened(u)
+                ));
+                ok = false;
+            }
+        }
+        ok.then_some(Units(units))
+    }
 }
 
 /// One secret to install.
@@ -112,9 +280,9 @@ pub struct Secret {
     /// The file mode.
     pub mode: Mode,
     /// Units to restart when it changes.
-    pub restart_units: Vec<String>,
+    pub restart_units: Units,
     /// Units to reload when it changes.
-    pub reload_units: Vec<String>,
+    pub reload_units: Units,
     /// Also offer it as a systemd credential (`LoadCredential=<name>`).
     pub credential: bool,
 }
@@ -144,9 +312,9 @@ pub struct Template {
     /// The file mode.
     pub mode: Mode,
     /// Units to restart when it changes.
-    pub restart_units: Vec<String>,
+    pub restart_units: Units,
     /// Units to reload when it changes.
-    pub reload_units: Vec<String>,
+    pub reload_units: Units,
 }
 
 /// What to do when some secrets cannot be installed.
@@ -236,9 +404,9 @@ struct RawSecret {
     key: Option<String>,
     path: Option<String>,
     owner: Option<String>,
-    uid: Option<u32>,
+    uid: Option<serde_json::Number>,
     group: Option<String>,
-    gid: Option<u32>,
+    gid: Option<serde_json::Number>,
     sops_file: Option<String>,
     format: Option<String>,
     mode: Option<String>,
@@ -256,9 +424,9 @@ struct RawTemplate {
     path: Option<String>,
     mode: Option<String>,
     owner: Option<String>,
-    uid: Option<u32>,
+    uid: Option<serde_json::Number>,
     group: Option<String>,
-    gid: Option<u32>,
+    gid: Option<serde_json::Number>,
     restart_units: Option<Vec<String>>,
     reload_units: Option<Vec<String>>,
 }
@@ -276,11 +444,37 @@ pub fn expand_runtime_dir(path: &str, runtime_dir: &str) -> String {
         .join("%")
 }
 
-fn owner(name: Option<String>, id: Option<u32>) -> Owner {
-    match name {
-        Some(n) => Owner::Name(n),
-        None => Owner::Id(id.unwrap_or(0)),
+/// Longest path the kernel takes, counting the terminating NUL (PATH_MAX).
+const PATH_MAX: usize = nix::libc::PATH_MAX as usize;
+/// Longest file name, one path component (NAME_MAX).
+const NAME_MAX: usize = nix::libc::NAME_MAX as usize;
+
+/// The start of a long string, for error messages that must stay readable.
+fn shortened(s: &str) -> String {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
     }
+}
+
+/// Why `path` (where a file is read, or a symlink made) is unusable, if it is.
+fn path_problem(path: &Path) -> Option<String> {
+    let text = path.to_string_lossy();
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Some(format!("contains the control character {c:?}"));
+    }
+    path_too_long(path)
+}
+
+/// Why `path` is too long for the kernel, if it is.
+fn path_too_long(path: &Path) -> Option<String> {
+    let len = path.as_os_str().len();
+    (len >= PATH_MAX).then(|| {
+        format!(
+            "is {len} bytes long; a path can have at most {} (PATH_MAX)",
+            PATH_MAX - 1
+        )
+    })
 }
 
 impl Manifest {
@@ -335,6 +529,8 @@ impl Manifest {
                 problems.push(format!("{what} is missing"));
             } else if !p.starts_with('/') {
                 problems.push(format!("{what} {p:?} is not an absolute path"));
+            } else if let Some(why) = path_problem(Path::new(p)) {
+                problems.push(format!("{what} {:?} {why}", shortened(p)));
             }
         }
         let link_path = PathBuf::from(&link);
@@ -342,7 +538,7 @@ impl Manifest {
         let mut secrets = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (i, s) in raw.secrets.into_iter().enumerate() {
-            let label = s.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+            let label = s.name.as_deref().map_or_else(|| format!("#{}", i + 1), shortened);
             let mut bad = |msg: String| problems.push(format!("secret {label:?}: {msg}"));
             let name = checked_name(s.name.as_deref(), &mut bad);
             let format = match s.format.as_deref() {
@@ -363,19 +559,44 @@ impl Manifest {
                 }
             };
             note_duplicate(&mut seen, &name, i, "secret", &mut bad);
-            if let (Some(name), Some(format), Some(mode), Some(sops_file)) = (name, format, mode, sops_file) {
-                let default_path = link_path.join(name.as_str());
+            let name = name.filter(|n| fits_below(&link_path, n, &mut bad));
+            let path = checked_path(s.path.map(&expand), &mut bad);
+            let owner = checked(Owner::parse("owner", "uid", s.owner, s.uid.as_ref()), &mut bad);
+            let group = checked(Owner::parse("group", "gid", s.group, s.gid.as_ref()), &mut bad);
+            let restart_units = Units::parse("restartUnits", s.restart_units, &mut bad);
+            let reload_units = Units::parse("reloadUnits", s.reload_units, &mut bad);
+            if let (
+                Some(name),
+                Some(format),
+                Some(mode),
+                Some(sops_file),
+                Some(path),
+                Some(owner),
+                Some(group),
+                Some(restart_units),
+                Some(reload_units),
+            ) = (
+                name,
+                format,
+                mode,
+                sops_file,
+                path,
+                owner,
+                group,
+                restart_units,
+                reload_units,
+            ) {
                 secrets.push(Secret {
-                    path: s.path.map(&expand).map_or(default_path, PathBuf::from),
+                    path: path.unwrap_or_else(|| link_path.join(name.as_str())),
                     name,
                     key: s.key.unwrap_or_default(),
-                    owner: owner(s.owner, s.uid),
-                    group: owner(s.group, s.gid),
+                    owner,
+                    group,
                     sops_file,
                     format,
                     mode,
-                    restart_units: s.restart_units.unwrap_or_default(),
-                    reload_units: s.reload_units.unwrap_or_default(),
+                    restart_units,
+                    reload_units,
                     credential: s.credential.unwrap_or(false),
                 });
             }
@@ -394,7 +615,7 @@ impl Manifest {
         let mut templates = Vec::new();
         let mut seen_templates: HashMap<String, usize> = HashMap::new();
         for (i, t) in raw.templates.into_iter().enumerate() {
-            let label = t.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+            let label = t.name.as_deref().map_or_else(|| format!("#{}", i + 1), shortened);
             let mut bad = |msg: String| problems.push(format!("template {label:?}: {msg}"));
             let name = checked_name(t.name.as_deref(), &mut bad);
             let source = match (t.content, t.file) {
@@ -407,17 +628,41 @@ impl Manifest {
             };
             let mode = checked_mode(t.mode.as_deref(), &mut bad);
             note_duplicate(&mut seen_templates, &name, i, "template", &mut bad);
-            if let (Some(name), Some(source), Some(mode)) = (name, source, mode) {
-                let default_path = link_path.join("rendered").join(name.as_str());
+            let rendered = link_path.join("rendered");
+            let name = name.filter(|n| fits_below(&rendered, n, &mut bad));
+            let path = checked_path(t.path.map(&expand), &mut bad);
+            let owner = checked(Owner::parse("owner", "uid", t.owner, t.uid.as_ref()), &mut bad);
+            let group = checked(Owner::parse("group", "gid", t.group, t.gid.as_ref()), &mut bad);
+            let restart_units = Units::parse("restartUnits", t.restart_units, &mut bad);
+            let reload_units = Units::parse("reloadUnits", t.reload_units, &mut bad);
+            if let (
+                Some(name),
+                Some(source),
+                Some(mode),
+                Some(path),
+                Some(owner),
+                Some(group),
+                Some(restart_units),
+                Some(reload_units),
+            ) = (
+                name,
+                source,
+                mode,
+                path,
+                owner,
+                group,
+                restart_units,
+                reload_units,
+            ) {
                 templates.push(Template {
-                    path: t.path.map(&expand).map_or(default_path, PathBuf::from),
+                    path: path.unwrap_or_else(|| rendered.join(name.as_str())),
                     name,
                     source,
-                    owner: owner(t.owner, t.uid),
-                    group: owner(t.group, t.gid),
+                    owner,
+                    group,
                     mode,
-                    restart_units: t.restart_units.unwrap_or_default(),
-                    reload_units: t.reload_units.unwrap_or_default(),
+                    restart_units,
+                    reload_units,
                 });
             }
         }
@@ -537,6 +782,42 @@ fn checked_name(name: Option<&str>, bad: &mut impl FnMut(String)) -> Option<Name
     }
 }
 
+/// A checked value, or `None` after reporting its problem through `bad`.
+fn checked<T>(value: Result<T, String>, bad: &mut impl FnMut(String)) -> Option<T> {
+    value.map_err(bad).ok()
+}
+
+/// Whether `name` below `dir` makes a path the kernel takes; reports through `bad` if not.
+fn fits_below(dir: &Path, name: &Name, bad: &mut impl FnMut(String)) -> bool {
+    // The name and the directory have been checked for control characters on their own.
+    let full = dir.join(name.as_str());
+    match path_too_long(&full) {
+        Some(why) => {
+            bad(format!(
+                "the name's full path {:?} {why}; choose a shorter name",
+                shortened(&full.to_string_lossy())
+            ));
+            false
+        }
+        None => true,
+    }
+}
+
+/// Checks a custom `path` if there is one: `Some(None)` when there is none,
+/// `None` after reporting its problem through `bad`.
+fn checked_path(path: Option<String>, bad: &mut impl FnMut(String)) -> Option<Option<PathBuf>> {
+    let Some(path) = path else {
+        return Some(None);
+    };
+    match path_problem(Path::new(&path)) {
+        Some(why) => {
+            bad(format!("path {:?} {why}; choose another path", shortened(&path)));
+            None
+        }
+        None => Some(Some(PathBuf::from(path))),
+    }
+}
+
 /// Checks an optional octal mode (default `0400`), reporting through `bad`.
 fn checked_mode(mode: Option<&str>, bad: &mut impl FnMut(String)) -> Option<Mode> {
     Mode::parse(mode.unwrap_or("0400")).map_err(bad).ok()
@@ -580,6 +861,9 @@ mod tests {
     #[test]
     fn names_cannot_escape_the_generation_directory() {
         assert!(Name::parse("ssh_keys/private_key").is_ok());
+        assert!(Name::parse(&"a".repeat(255)).is_ok());
+        let err = Name::parse(&format!("dir/{}", "a".repeat(256))).unwrap_err();
+        assert!(err.contains("NAME_MAX"), "{err}");
         for bad in [
             "",
             "/etc/shadow",
@@ -589,6 +873,12 @@ mod tests {
             "a/",
             "./a",
             "a\0b",
+            "a\nb",
+            "a\rb",
+            "a\tb",
+            "a\u{1b}[2Jb",
+            "a\u{7f}",
+            "a\u{85}b",
         ] {
             assert!(Name::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -601,6 +891,91 @@ mod tests {
         assert!(Mode::parse("0800").is_err());
         assert!(Mode::parse("rw").is_err());
         assert!(Mode::parse("17777").is_err());
+        assert_eq!(Mode::parse("0"), Ok(Mode(0)));
+        assert_eq!(Mode::parse("4755"), Ok(Mode(0o4755)));
+        // from_str_radix alone takes a sign; a mode has none.
+        for bad in ["+400", "-400", "", " 400", "400 ", "0o400", "00400", "４００"] {
+            let err = Mode::parse(bad).unwrap_err();
+            assert!(err.contains("1 to 4 digits"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unit_names_follow_systemds_grammar() {
+        for good in [
+            "nginx.service",
+            "foo@bar.service",
+            "getty@tty1.service",
+            "a@b@c.service",
+            "foo@..service",
+            "sys-devices-x.device",
+            "var-lib-x\\x2dy.mount",
+            "sshd.socket",
+            "x.timer",
+            "multi-user.target",
+            "a:b_c.path",
+            "machine.slice",
+            "x.scope",
+            "x.swap",
+            "x.automount",
+        ] {
+            assert_eq!(unit_name_problem(good), None, "{good:?}");
+        }
+        let long_ok = format!("{}.service", "a".repeat(255 - 8));
+        assert_eq!(unit_name_problem(&long_ok), None);
+        let too_long = format!("{}.service", "a".repeat(256 - 8));
+        assert!(unit_name_problem(&too_long).unwrap().contains("at most 255"));
+        for (bad, why) in [
+            ("", "empty"),
+            ("nginx", "no unit type"),
+            (".service", "no unit type"),
+            ("nginx.serv", "not a unit type"),
+            ("nginx.service\nevil.service", "'\\n'"),
+            ("nginx.service evil.service", "' '"),
+            ("ngïnx.service", "'ï'"),
+            ("a/b.service", "'/'"),
+            ("@x.service", "starts with `@`"),
+            ("foo@.service", "template"),
+        ] {
+            let got = unit_name_problem(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(got.contains(why), "{bad:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn owners_are_names_or_ids_fchown_applies() {
+        let num = |v: i64| serde_json::Number::from(v);
+        assert_eq!(Owner::parse("owner", "uid", None, None), Ok(Owner::Id(0)));
+        assert_eq!(
+            Owner::parse("owner", "uid", None, Some(&num(0))),
+            Ok(Owner::Id(0))
+        );
+        assert_eq!(
+            Owner::parse("owner", "uid", None, Some(&num(4294967294))),
+            Ok(Owner::Id(4294967294))
+        );
+        assert_eq!(
+            Owner::parse("group", "gid", Some("nginx".into()), Some(&num(0))),
+            Ok(Owner::Name("nginx".into()))
+        );
+        for (id, why) in [
+            (4294967295, "leave unchanged"),
+            (-1, "not an id"),
+            (4294967296, "not an id"),
+        ] {
+            let err = Owner::parse("owner", "uid", None, Some(&num(id))).unwrap_err();
+            assert!(err.contains(why) && err.contains("uid"), "{id}: {err}");
+        }
+        for (name, why) in [
+            ("", "empty"),
+            ("root\nforged", "control character"),
+            ("../etc/shadow", "`/`"),
+            ("/etc/passwd", "`/`"),
+            ("a:b", "`:`"),
+        ] {
+            let err = Owner::parse("group", "gid", Some(name.into()), None).unwrap_err();
+            assert!(err.contains(why) && err.starts_with("group "), "{name:?}: {err}");
+        }
     }
 
     #[test]

@@ -75,6 +75,20 @@ pub fn request(
     via_systemctl: bool,
     nixos_run_dir: &Path,
 ) -> Result<Vec<String>, String> {
+    // The manifest's units were checked when it was read; units also come
+    // from the record of an older generation, which an older installer may
+    // have written without that check. A newline here would be a line of its
+    // own in the activation list, so nothing is requested then.
+    if let Some((u, why)) = req
+        .restart
+        .iter()
+        .chain(&req.reload)
+        .find_map(|u| crate::manifest::unit_name_problem(u).map(|why| (u, why)))
+    {
+        return Err(format!(
+            "unit {u:?} is not a systemd unit name ({why}); no unit was restarted or reloaded"
+        ));
+    }
     let mut log = Vec::new();
     if via_systemctl {
         for (verb, units) in [
@@ -148,6 +162,17 @@ mod tests {
                 "would modify rendered secret: c"
             ]
         );
+    }
+
+    #[test]
+    fn a_unit_name_with_a_newline_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Requests::default();
+        r.add(&["a.service".into()], &["b.service\nforged.service".into()]);
+        let err = request(&r, false, false, dir.path()).unwrap_err();
+        assert!(err.contains(r#""b.service\nforged.service""#), "{err}");
+        assert!(!dir.path().join("activation-restart-list").exists());
+        assert!(!dir.path().join("activation-reload-list").exists());
     }
 
     #[test]

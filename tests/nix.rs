@@ -457,3 +457,221 @@ fn manifest_for_users_and_user_mode_keep_their_own_paths() {
         "`%r` is left for the installer to expand"
     );
 }
+
+/// Values for each field the module checks at evaluation (nixos-module/grammar.nix) and the
+/// installer checks again: (field, value, whether it is good).
+fn grammar_cases() -> Vec<(&'static str, Value, bool)> {
+    let mut cases = Vec::new();
+    let mut add = |field, good: bool, values: Vec<Value>| {
+        cases.extend(values.into_iter().map(|v| (field, v, good)));
+    };
+    add(
+        "name",
+        true,
+        vec![
+            json!("db"),
+            json!("ssh_keys/private_key"),
+            json!("ünïcode/名前"),
+            json!("n".repeat(255)),
+        ],
+    );
+    add(
+        "name",
+        false,
+        vec![
+            json!(""),
+            json!("/abs"),
+            json!("a/../b"),
+            json!("./a"),
+            json!("a//b"),
+            json!("db\nforged"),
+            json!("tab\there"),
+            json!("del\u{7f}"),
+            json!("c1\u{85}x"),
+            json!("x".repeat(256)),
+            json!(format!("d/{}", "y".repeat(256))),
+        ],
+    );
+    add(
+        "mode",
+        true,
+        ["0400", "400", "0755", "0", "7777", "0440"]
+            .map(Value::from)
+            .to_vec(),
+    );
+    add(
+        "mode",
+        false,
+        ["+400", "-400", "00400", "", " 400", "0o400", "8", "4OO", "0x1ff"]
+            .map(Value::from)
+            .to_vec(),
+    );
+    add(
+        "unit",
+        true,
+        vec![
+            json!("nginx.service"),
+            json!("foo@bar.service"),
+            json!("getty@tty1.service"),
+            json!("var-lib-x\\x2dy.mount"),
+            json!("a@b@c.service"),
+            json!("foo@..service"),
+            json!("sshd.socket"),
+            json!("backup.timer"),
+            json!("machine.slice"),
+            json!(format!("{}.service", "u".repeat(247))),
+        ],
+    );
+    add(
+        "unit",
+        false,
+        vec![
+            json!(""),
+            json!("nginx"),
+            json!(".service"),
+            json!("x.services"),
+            json!("foo@.service"),
+            json!("@x.service"),
+            json!("a b.service"),
+            json!("db.service\nforged.service"),
+            json!("ngïnx.service"),
+            json!("a/b.service"),
+            json!(format!("{}.service", "u".repeat(248))),
+        ],
+    );
+    add(
+        "owner",
+        true,
+        ["nginx", "app-user_1", "app.group", "root"]
+            .map(Value::from)
+            .to_vec(),
+    );
+    add(
+        "owner",
+        false,
+        [
+            "",
+            "root\nforged",
+            "/etc/passwd",
+            "../x",
+            "wheel:x:0",
+            "del\u{7f}",
+        ]
+        .map(Value::from)
+        .to_vec(),
+    );
+    add("uid", true, vec![json!(0), json!(1000), json!(4294967294u32)]);
+    add(
+        "uid",
+        false,
+        vec![json!(4294967295u32), json!(-1), json!(4294967296u64)],
+    );
+    cases
+}
+
+/// A manifest whose only secret has `value` in `field`.
+fn manifest_with(field: &str, value: &Value) -> Value {
+    let mut secret = json!({
+        "name": "db", "key": "db", "path": "/run/secrets/db",
+        "owner": null, "uid": 0, "group": null, "gid": 0,
+        "sopsFile": "/var/lib/secrets.yaml", "format": "yaml", "mode": "0400",
+        "restartUnits": [], "reloadUnits": [],
+    });
+    match field {
+        "name" => {
+            secret["name"] = value.clone();
+            secret.as_object_mut().unwrap().remove("path");
+        }
+        "unit" => secret["restartUnits"] = json!([value]),
+        other => secret[other] = value.clone(),
+    }
+    json!({
+        "secrets": [secret],
+        "secretsMountPoint": "/run/secrets.d",
+        "symlinkPath": "/run/secrets",
+    })
+}
+
+#[test]
+fn the_module_refuses_at_evaluation_what_the_installer_refuses() {
+    if !have_nix() {
+        return;
+    }
+    let cases = grammar_cases();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.json");
+    let values: Vec<(&str, &Value)> = cases.iter().map(|(f, v, _)| (*f, v)).collect();
+    std::fs::write(&file, serde_json::to_vec(&values).unwrap()).unwrap();
+    let grammar = repo().join("nixos-module/grammar.nix");
+    let expr = format!(
+        r#"let
+          g = import {};
+          problem = {{ name = g.nameProblem; mode = g.modeProblem; unit = g.unitProblem;
+                      owner = g.ownerNameProblem; uid = g.idProblem; }};
+        in map (c: problem.${{builtins.elemAt c 0}} (builtins.elemAt c 1))
+          (builtins.fromJSON (builtins.readFile {}))"#,
+        grammar.display(),
+        file.display()
+    );
+    let verdicts = nix_eval(&["--expr", &expr]).unwrap_or_else(|e| panic!("{e}"));
+    let verdicts = verdicts.as_array().unwrap();
+    assert_eq!(verdicts.len(), cases.len());
+    let mut wrong = Vec::new();
+    for ((field, value, good), nix) in cases.iter().zip(verdicts) {
+        let out = check(&manifest_with(field, value), "manifest");
+        let binary_accepts = out.status.success();
+        let nix_accepts = nix.is_null();
+        if binary_accepts != *good || nix_accepts != *good {
+            wrong.push(format!(
+                "{field} {value}: expected {}, the installer {}, the module {} ({nix})\n{}",
+                if *good { "good" } else { "bad" },
+                if binary_accepts { "accepts" } else { "refuses" },
+                if nix_accepts { "accepts" } else { "refuses" },
+                text(&out.stderr)
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn module_assertions_name_the_option_and_the_value() {
+    if !have_nix() {
+        return;
+    }
+    // lib.nix hands the modules grammar.nix's assertions; nixpkgs' lib is not needed for them.
+    let lib = repo().join("nixos-module/lib.nix");
+    let expr = format!(
+        r#"let sopsLib = import {} {{ lib = throw "nixpkgs lib is not needed here"; }};
+        in map (a: a.message) (builtins.filter (a: !a.assertion) (sopsLib.entryAssertions "sops.secrets.\"db\"" {{
+          name = "db"; mode = "+400"; owner = "root\nforged"; uid = 0; group = null; gid = 4294967295;
+          restartUnits = [ "nginx.service" "db.service\nforged.service" ]; reloadUnits = [ "nginx" ];
+        }}))
+        ++ [ (sopsLib.nameProblem "db\nforged") ]"#,
+        lib.display()
+    );
+    let messages = nix_eval(&["--expr", &expr]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        messages,
+        json!([
+            r#"sops.secrets."db".mode = "+400" is not an octal mode of 1 to 4 digits (like "0400")."#,
+            r#"sops.secrets."db".restartUnits = "db.service\nforged.service" contains a character other than ASCII letters, digits and `:-_.\@`."#,
+            r#"sops.secrets."db".reloadUnits = "nginx" has no unit type; write the whole name, like "nginx.service"."#,
+            r#"sops.secrets."db".owner = "root\nforged" contains a control character."#,
+            r#"sops.secrets."db".gid = 4294967295 is not an id from 0 to 4294967294 (4294967295 would leave the file root's)."#,
+            "contains a control character (a newline would forge lines in logs and restart lists)",
+        ])
+    );
+    // The defaults sops-nix's options give every entry pass.
+    let expr = format!(
+        r#"(import {}).entryAssertions "sops.secrets.\"db\"" {{
+          mode = "0400"; owner = null; uid = 0; group = null; gid = 0; restartUnits = [ ]; reloadUnits = [ ];
+        }}"#,
+        repo().join("nixos-module/grammar.nix").display()
+    );
+    let all = nix_eval(&["--expr", &expr]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        all.as_array().unwrap().iter().all(|a| a["assertion"] == true),
+        "{all}"
+    );
+}

@@ -265,7 +265,19 @@ fn walk(path: &Path, trust: Trust, missing: Missing, final_link: FinalLink) -> R
             });
         }
         let here = shown.join(&part);
-        let obj = match openat(&fd, part.as_os_str(), PATH_FLAGS, Mode::empty()) {
+        // O_DIRECTORY first: only then does the kernel trigger an automount
+        // (autofs, systemd .automount) on the component; anything but a
+        // directory, a symlink included, answers ENOTDIR and is opened as itself.
+        let opened = match openat(
+            &fd,
+            part.as_os_str(),
+            PATH_FLAGS | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        ) {
+            Err(Errno::ENOTDIR) => openat(&fd, part.as_os_str(), PATH_FLAGS, Mode::empty()),
+            other => other,
+        };
+        let obj = match opened {
             Ok(obj) => obj,
             Err(Errno::ENOENT) if matches!(missing, Missing::Create(_)) && creations <= MAX_LINKS => {
                 let Missing::Create(mode) = missing else {

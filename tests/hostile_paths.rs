@@ -317,58 +317,114 @@ fn a_credstore_dir_under_a_users_symlink_is_refused_and_nothing_is_created_there
     });
 }
 
+/// A user-mode setup: `secret-test`'s runtime directory, a world-writable directory holding an
+/// age key and a link to it (`ageKeyFile`), and the manifest home-manager would write.
+struct UserMode {
+    runtime: PathBuf,
+    keys: PathBuf,
+    key_link: PathBuf,
+    manifest: Value,
+}
+
+fn user_mode(env: &Env) -> UserMode {
+    let runtime = env.path("xdg-runtime");
+    fs::create_dir(&runtime).unwrap();
+    set_mode(&runtime, 0o700);
+    chown(&runtime, Some(SECRET_TEST), Some(SECRET_TEST)).unwrap();
+    let keys = env.path("user-keys");
+    fs::create_dir(&keys).unwrap();
+    set_mode(&keys, 0o777);
+    fs::copy(age_key_file(), keys.join("age.txt")).unwrap();
+    set_mode(&keys.join("age.txt"), 0o644);
+    let key_link = keys.join("link.txt");
+    let sops_file = env.public_copy("app.yaml");
+    let manifest = json!({
+        "secrets": [
+            { "name": "db_password", "key": "app/db_password", "path": "%r/secrets/db_password",
+              "format": "yaml", "mode": "0400", "sopsFile": sops_file },
+        ],
+        "templates": [],
+        "secretsMountPoint": "%r/secrets.d",
+        "symlinkPath": "%r/secrets",
+        "keepGenerations": 1,
+        "gnupgHome": null,
+        "sshKeyPaths": [],
+        "ageKeyFile": s(&key_link),
+        "ageSshKeyPaths": [],
+        "placeholderBySecretName": {},
+        "userMode": true,
+        "logging": { "keyImport": false, "secretChanges": false },
+    });
+    UserMode {
+        runtime,
+        keys,
+        key_link,
+        manifest,
+    }
+}
+
+/// Runs `m` as `secret-test` in user mode.
+fn run_as_user(env: &Env, u: &UserMode, m: &Value) -> Run {
+    let mut cmd = env.command(
+        &env.public_binary(),
+        &env.write_manifest(m),
+        &["-ignore-passwd"],
+        &[],
+    );
+    cmd.env("XDG_RUNTIME_DIR", &u.runtime)
+        .uid(SECRET_TEST)
+        .gid(SECRET_TEST);
+    execute(cmd)
+}
+
 #[test]
 fn in_user_mode_the_users_own_links_are_followed_and_another_users_are_not() {
     isolated(|env| {
-        let runtime = env.path("xdg-runtime");
-        fs::create_dir(&runtime).unwrap();
-        set_mode(&runtime, 0o700);
-        chown(&runtime, Some(SECRET_TEST), Some(SECRET_TEST)).unwrap();
-        let keys = env.path("user-keys");
-        fs::create_dir(&keys).unwrap();
-        set_mode(&keys, 0o777);
-        fs::copy(age_key_file(), keys.join("age.txt")).unwrap();
-        set_mode(&keys.join("age.txt"), 0o644);
-        let link = keys.join("link.txt");
-        let sops_file = env.public_copy("app.yaml");
-        let m = json!({
-            "secrets": [
-                { "name": "db_password", "key": "app/db_password", "path": "%r/secrets/db_password",
-                  "format": "yaml", "mode": "0400", "sopsFile": sops_file },
-            ],
-            "templates": [],
-            "secretsMountPoint": "%r/secrets.d",
-            "symlinkPath": "%r/secrets",
-            "keepGenerations": 1,
-            "gnupgHome": null,
-            "sshKeyPaths": [],
-            "ageKeyFile": s(&link),
-            "ageSshKeyPaths": [],
-            "placeholderBySecretName": {},
-            "userMode": true,
-            "logging": { "keyImport": false, "secretChanges": false },
-        });
-        let run_as_user = || {
-            let mut cmd = env.command(
-                &env.public_binary(),
-                &env.write_manifest(&m),
-                &["-ignore-passwd"],
-                &[],
-            );
-            cmd.env("XDG_RUNTIME_DIR", &runtime)
-                .uid(SECRET_TEST)
-                .gid(SECRET_TEST);
-            execute(cmd)
-        };
-        plant(&link, &keys.join("age.txt"), ALICE);
-        let run = run_as_user();
+        let u = user_mode(env);
+        plant(&u.key_link, &u.keys.join("age.txt"), ALICE);
+        let run = run_as_user(env, &u, &u.manifest);
         run.assert_failure();
-        run.assert_stderr_names(&["ageKeyFile", &s(&link), &ALICE.to_string(), "refusing to follow"]);
-        assert!(fs::symlink_metadata(runtime.join("secrets")).is_err());
+        run.assert_stderr_names(&[
+            "ageKeyFile",
+            &s(&u.key_link),
+            &ALICE.to_string(),
+            "refusing to follow",
+        ]);
+        assert!(fs::symlink_metadata(u.runtime.join("secrets")).is_err());
 
-        plant(&link, &keys.join("age.txt"), SECRET_TEST);
-        run_as_user().assert_success();
-        assert_content(&runtime.join("secrets/db_password"), &expected("app.db_password"));
+        plant(&u.key_link, &u.keys.join("age.txt"), SECRET_TEST);
+        run_as_user(env, &u, &u.manifest).assert_success();
+        assert_content(
+            &u.runtime.join("secrets/db_password"),
+            &expected("app.db_password"),
+        );
+    });
+}
+
+#[test]
+fn in_user_mode_a_mount_point_under_another_users_link_is_refused_and_nothing_is_created_there() {
+    isolated(|env| {
+        let u = user_mode(env);
+        plant(&u.key_link, &u.keys.join("age.txt"), SECRET_TEST);
+        let elsewhere = env.path("alice-runtime");
+        fs::create_dir(&elsewhere).unwrap();
+        set_mode(&elsewhere, 0o777);
+        plant(&u.runtime.join("linked"), &elsewhere, ALICE);
+        let mut m = u.manifest.clone();
+        m["secretsMountPoint"] = json!("%r/linked/secrets.d");
+        let run = run_as_user(env, &u, &m);
+        assert_eq!(
+            entries(&elsewhere),
+            Vec::<String>::new(),
+            "a directory was created through alice's link:\n{}",
+            run.describe()
+        );
+        run.assert_failure();
+        run.assert_stderr_names(&[
+            "secretsMountPoint",
+            &s(&u.runtime.join("linked")),
+            &ALICE.to_string(),
+        ]);
     });
 }
 
@@ -433,6 +489,11 @@ fn a_fifo_as_sops_file_is_refused_at_once() {
         let f = fifo(env, "secrets.yaml");
         let m = env.manifest(vec![env.secret_from("db_password", &s(&f), "app/db_password")]);
         assert_fifo_refused(env, &m, "sopsFile", &f);
+        // The build-time check reads sops files too.
+        let run =
+            run_quickly(env.command(&binary(), &env.write_manifest(&m), &["-check-mode=sopsfile"], &[]));
+        run.assert_failure();
+        run.assert_stderr_names(&["sopsFile", &s(&f), "FIFO", "not a regular file"]);
     });
 }
 

@@ -424,6 +424,32 @@ pub fn open_file(path: &Path, trust: Trust) -> Result<File, OpenError> {
     Ok(File::from(fd))
 }
 
+/// Opens the regular file `path` for reading and writing, creating it with
+/// `mode` if it is missing (and its directories, 0755): the directory by the
+/// rule of this module, the file itself with `O_NOFOLLOW`, so that no link
+/// anyone planted in its place is followed. For files the run keeps for
+/// itself, such as a lock.
+pub fn open_or_create(path: &Path, trust: Trust, mode: u32) -> Result<File, OpenError> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(OpenError::NotRegular {
+            path: path.to_owned(),
+            kind: "a directory",
+        });
+    };
+    let dir = open_dir(parent, trust, Missing::Create(0o755))?;
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = openat(&dir.fd, name, flags, Mode::from_bits_truncate(mode))
+        .map_err(|e| io("open", dir.path.join(name), e))?;
+    let st = fstat(&fd).map_err(|e| io("inspect", dir.path.join(name), e))?;
+    if kind(&st) != SFlag::S_IFREG {
+        return Err(OpenError::NotRegular {
+            path: dir.path.join(name),
+            kind: kind_name(&st),
+        });
+    }
+    Ok(File::from(fd))
+}
+
 /// Reads the regular file `path` whole, by the rule of this module.
 pub fn read(path: &Path, trust: Trust) -> Result<Vec<u8>, OpenError> {
     use std::io::Read;
@@ -507,6 +533,20 @@ mod tests {
         // Through a link in a parent it is fine.
         std::fs::create_dir(dir.path().join("real/sub")).unwrap();
         open_real_dir(&dir.path().join("mnt/sub"), Trust::invoker(), Missing::Fail).unwrap();
+    }
+
+    #[test]
+    fn a_file_of_our_own_is_created_but_a_link_in_its_place_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("run/secrets.d.lock");
+        open_or_create(&lock, Trust::invoker(), 0o600).unwrap();
+        assert!(lock.is_file());
+        open_or_create(&lock, Trust::invoker(), 0o600).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        symlink(&elsewhere, dir.path().join("run/other.lock")).unwrap();
+        let err = open_or_create(&dir.path().join("run/other.lock"), Trust::invoker(), 0o600).unwrap_err();
+        assert!(err.to_string().contains("other.lock"), "{err}");
+        assert!(!elsewhere.exists());
     }
 
     #[test]

@@ -331,7 +331,11 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
         .ok()
         .or_else(|| (check_mode != CheckMode::Off).then(String::new));
     // Like every path the manifest names: no other user's symlink, a regular file only.
-    let bytes = match safe_path::read(&manifest_path, Trust::invoker()) {
+    let trust = match check_mode {
+        CheckMode::Off => Trust::invoker(),
+        _ => Trust::build_check(),
+    };
+    let bytes = match safe_path::read(&manifest_path, trust) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("sops-install-secrets: cannot read the manifest: {e}");

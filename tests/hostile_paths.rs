@@ -292,6 +292,37 @@ fn a_symlink_path_under_a_users_symlink_is_refused_and_under_a_root_owned_one_fo
 }
 
 #[test]
+fn the_build_time_check_as_a_user_follows_links_of_any_owner_but_not_as_root() {
+    isolated(|env| {
+        // In the Nix build sandbox, root's store links appear owned by the overflow uid: the
+        // unprivileged check, which installs nothing, follows them.
+        let link = alice_dir(env).join("app.yaml");
+        plant(&link, Path::new(&env.public_copy("app.yaml")), ALICE);
+        let mut m = env.manifest(vec![env.secret_from("db_password", &s(&link), "app/db_password")]);
+        m["ageKeyFile"] = Value::Null;
+        let manifest = env.write_manifest(&m);
+        let manifest_link = alice_dir(env).join("manifest.json");
+        plant(&manifest_link, &manifest, ALICE);
+        let mut cmd = env.command(
+            &env.public_binary(),
+            &manifest_link,
+            &["-check-mode=sopsfile"],
+            &[],
+        );
+        cmd.uid(NOBODY).gid(NOBODY);
+        execute(cmd).assert_success();
+
+        // As root, a user's link is not followed, even to check.
+        let run = execute(env.command(&binary(), &manifest_link, &["-check-mode=sopsfile"], &[]));
+        run.assert_failure();
+        run.assert_stderr_names(&["manifest", &s(&manifest_link), &ALICE.to_string()]);
+        let run = execute(env.command(&binary(), &manifest, &["-check-mode=sopsfile"], &[]));
+        run.assert_failure();
+        run.assert_stderr_names(&["sopsFile", &s(&link), &ALICE.to_string()]);
+    });
+}
+
+#[test]
 fn a_credstore_dir_under_a_users_symlink_is_refused_and_nothing_is_created_there() {
     isolated(|env| {
         let link = alice_dir(env).join("run");

@@ -336,7 +336,7 @@ pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Resu
     }
     if mode == CheckMode::SopsFile {
         for (path, format, users) in &files {
-            let file = match crate::safe_path::read(path, Trust::invoker())
+            let file = match crate::safe_path::read(path, Trust::build_check())
                 .map_err(|e| format!("sopsFile: {e}"))
                 .and_then(|b| EncryptedFile::parse(&b, *format).map_err(|e| e.to_string()))
             {

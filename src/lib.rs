@@ -7,7 +7,9 @@
 //! - [`keys`] holds the host's identities and recovers data keys;
 //! - [`manifest`] reads the JSON sops-nix's NixOS module writes;
 //! - [`install`] is the activation-time pipeline, readable top to bottom in
-//!   [`install::install`].
+//!   [`install::install`];
+//! - [`safe_path`] opens every path the manifest names without following
+//!   another user's symlinks, and reads regular files only.
 //!
 //! ```no_run
 //! use sops_install_secrets::keys::Keyring;
@@ -30,6 +32,7 @@ pub mod keys;
 pub mod log;
 pub mod manifest;
 pub mod process;
+pub mod safe_path;
 pub mod sops;
 pub mod templates;
 pub mod units;

@@ -22,6 +22,7 @@ use sops_install_secrets::keys::sops_env::SopsAgeEnv;
 use sops_install_secrets::keys::{Keyring, ssh};
 use sops_install_secrets::log::{Logger, Priority};
 use sops_install_secrets::manifest::Manifest;
+use sops_install_secrets::safe_path::{self, Trust};
 use sops_install_secrets::sops::tree::{parse_extract_path, parse_slash_path};
 use sops_install_secrets::sops::{Format, decrypt_bytes};
 
@@ -434,7 +435,19 @@ fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
     let runtime_dir = std::env::var("XDG_RUNTIME_DIR")
         .ok()
         .or_else(|| (check_mode != CheckMode::Off).then(String::new));
-    let (manifest, earlier) = match Manifest::load_lenient(&manifest_path, runtime_dir.as_deref()) {
+    // Like every path the manifest names: no other user's symlink, a regular file only.
+    let trust = match check_mode {
+        CheckMode::Off => Trust::invoker(),
+        _ => Trust::build_check(),
+    };
+    let bytes = match safe_path::read(&manifest_path, trust) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("sops-install-secrets: cannot read the manifest: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let (manifest, earlier) = match Manifest::parse(&bytes, runtime_dir.as_deref()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("sops-install-secrets: {}: {e}", manifest_path.display());

@@ -3,21 +3,29 @@
 //! `/run/secrets` is a symlink to `/run/secrets.d/<N>`. Switching generations
 //! is one `rename(2)` of a freshly made symlink over it, so a crash at any
 //! moment leaves either the old or the new generation live. Secrets whose
-//! `path` is elsewhere get a symlink there pointing into `/run/secrets`; its
-//! parent directories are walked with `O_NOFOLLOW` so that a symlink planted
-//! by another user cannot redirect the write.
+//! `path` is elsewhere get a symlink there pointing into `/run/secrets`. The
+//! directories all these links go into are opened by [`crate::safe_path`]'s
+//! rule, so that a symlink planted by another user cannot redirect the write.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
-use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat, readlinkat, renameat};
-use nix::sys::stat::{Mode, SFlag, fstatat, mkdirat};
-use nix::unistd::{Gid, Uid, fchownat, symlinkat, unlinkat};
+use nix::fcntl::{AtFlags, readlinkat, renameat};
+use nix::sys::stat::{SFlag, fstatat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, symlinkat, unlinkat};
 
 use super::generation::Ids;
+use crate::safe_path::{self, Missing, Trust};
+
+/// Opens the directory a link goes into by [`safe_path`]'s rule, trusting
+/// links of root and `trusted_uid`.
+fn open_dir_safely(dir: &Path, trusted_uid: u32, missing: Missing) -> Result<OwnedFd, String> {
+    safe_path::open_dir(dir, Trust::uid(trusted_uid), missing)
+        .map(|d| d.fd)
+        .map_err(|e| e.to_string())
+}
 
 /// The generation number the live link points at, if it points into `mount`.
 pub fn live_generation(mount: &Path, link: &Path) -> Option<u64> {
@@ -35,33 +43,41 @@ fn temp_name(base: &std::ffi::OsStr) -> OsString {
     name
 }
 
-/// Points `link` at `target` atomically.
+/// Points `link` at `target` atomically. The link's directory is opened (and
+/// made, if missing) by [`safe_path`]'s rule, and the link is made and renamed
+/// through that descriptor, so a symlink another user planted above it cannot
+/// move the live link into a directory of that user's choosing.
 pub fn swap(link: &Path, target: &Path) -> Result<(), String> {
+    let shown = link.display();
     let parent = link
         .parent()
-        .ok_or_else(|| format!("{} has no parent directory", link.display()))?;
-    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        .ok_or_else(|| format!("symlinkPath {shown} has no parent directory"))?;
     let base = link
         .file_name()
-        .ok_or_else(|| format!("{} has no file name", link.display()))?;
-    let tmp = parent.join(temp_name(base));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    if let Err(e) = std::fs::rename(&tmp, link) {
+        .ok_or_else(|| format!("symlinkPath {shown} has no file name"))?;
+    let dir = safe_path::open_dir(parent, Trust::invoker(), Missing::Create(0o755))
+        .map_err(|e| format!("symlinkPath {shown}: {e}"))?;
+    let tmp = temp_name(base);
+    let tmp = Path::new(&tmp);
+    let base = Path::new(base);
+    let _ = unlinkat(&dir.fd, tmp, UnlinkatFlags::NoRemoveDir);
+    symlinkat(target, dir.fd.as_fd(), tmp)
+        .map_err(|e| format!("cannot create a symlink next to {shown}: {e}"))?;
+    if let Err(e) = renameat(&dir.fd, tmp, &dir.fd, base) {
         // sops-nix replaces a directory that stands where the link belongs.
-        let is_dir = std::fs::symlink_metadata(link).is_ok_and(|m| m.is_dir());
+        let is_dir = fstatat(&dir.fd, base, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR);
         if is_dir {
-            std::fs::remove_dir_all(link)
-                .map_err(|e| format!("cannot remove directory {}: {e}", link.display()))?;
-            std::fs::rename(&tmp, link)
-                .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), link.display()))?;
+            // Through our descriptor of the parent, not the path it was found by.
+            let in_dir = Path::new("/proc/self/fd")
+                .join(dir.fd.as_raw_fd().to_string())
+                .join(base);
+            std::fs::remove_dir_all(&in_dir).map_err(|e| format!("cannot remove directory {shown}: {e}"))?;
+            renameat(&dir.fd, tmp, &dir.fd, base)
+                .map_err(|e| format!("cannot move the new link over {shown}: {e}"))?;
         } else {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(format!(
-                "cannot rename {} to {}: {e}",
-                tmp.display(),
-                link.display()
-            ));
+            let _ = unlinkat(&dir.fd, tmp, UnlinkatFlags::NoRemoveDir);
+            return Err(format!("cannot move the new link over {shown}: {e}"));
         }
     }
     Ok(())
@@ -110,80 +126,6 @@ pub fn remove_leftovers(mount: &Path, live: u64) -> Result<(), String> {
     Ok(())
 }
 
-const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_CLOEXEC)
-    .union(OFlag::O_RDONLY);
-
-/// Opens the directory `dir`, creating missing parts (0755), following only
-/// symlinks owned by root or by `trusted_uid`.
-fn open_dir_safely(dir: &Path, trusted_uid: u32) -> Result<OwnedFd, String> {
-    let mut pending: Vec<OsString> = Vec::new();
-    for c in dir.components().rev() {
-        match c {
-            Component::Normal(p) => pending.push(p.to_owned()),
-            Component::ParentDir => pending.push(OsString::from("..")),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    let open_root =
-        || nix::fcntl::open("/", DIR_FLAGS, Mode::empty()).map_err(|e| format!("cannot open /: {e}"));
-    let mut fd = open_root()?;
-    let mut walked = PathBuf::from("/");
-    let mut links_followed = 0;
-    while let Some(part) = pending.pop() {
-        let part_str = Path::new(&part);
-        match fstatat(&fd, part_str, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Err(Errno::ENOENT) => {
-                match mkdirat(&fd, part_str, Mode::from_bits_truncate(0o755)) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(format!("cannot create {}: {e}", walked.join(&part).display())),
-                }
-                fd = openat(&fd, part_str, DIR_FLAGS, Mode::empty())
-                    .map_err(|e| format!("cannot open {}: {e}", walked.join(&part).display()))?;
-            }
-            Err(e) => return Err(format!("cannot inspect {}: {e}", walked.join(&part).display())),
-            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
-                if st.st_uid != 0 && st.st_uid != trusted_uid {
-                    return Err(format!(
-                        "{} is a symlink owned by uid {}; refusing to follow it (a link planted by another user could redirect the secret)",
-                        walked.join(&part).display(),
-                        st.st_uid
-                    ));
-                }
-                links_followed += 1;
-                if links_followed > 40 {
-                    return Err(format!("too many symlinks under {}", dir.display()));
-                }
-                let target = readlinkat(&fd, part_str)
-                    .map_err(|e| format!("cannot read link {}: {e}", walked.join(&part).display()))?;
-                let target = PathBuf::from(target);
-                if target.is_absolute() {
-                    fd = open_root()?;
-                    walked = PathBuf::from("/");
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(p) => pending.push(p.to_owned()),
-                        Component::ParentDir => pending.push(OsString::from("..")),
-                        _ => {}
-                    }
-                }
-            }
-            Ok(_) => {
-                fd = openat(&fd, part_str, DIR_FLAGS, Mode::empty()).map_err(|e| {
-                    format!(
-                        "{} is not a directory we can use: {e}",
-                        walked.join(&part).display()
-                    )
-                })?;
-                walked.push(&part);
-            }
-        }
-    }
-    Ok(fd)
-}
-
 /// Makes `path` a symlink to `target` owned per `ids` (no chown when `None`),
 /// leaving an identical existing link alone.
 pub fn link_at(path: &Path, target: &Path, ids: Option<Ids>, trusted_uid: u32) -> Result<(), String> {
@@ -193,7 +135,7 @@ pub fn link_at(path: &Path, target: &Path, ids: Option<Ids>, trusted_uid: u32) -
     let name = path
         .file_name()
         .ok_or_else(|| format!("{} has no file name", path.display()))?;
-    let dir = open_dir_safely(parent, trusted_uid)?;
+    let dir = open_dir_safely(parent, trusted_uid, Missing::Create(0o755))?;
     let name = Path::new(name);
     if let Ok(st) = fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         let is_link = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK;
@@ -212,7 +154,7 @@ pub fn link_at(path: &Path, target: &Path, ids: Option<Ids>, trusted_uid: u32) -
     }
     let tmp = temp_name(name.as_os_str());
     let tmp = Path::new(&tmp);
-    let _ = unlinkat(&dir, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    let _ = unlinkat(&dir, tmp, UnlinkatFlags::NoRemoveDir);
     symlinkat(target, dir.as_fd(), tmp)
         .map_err(|e| format!("cannot create a symlink next to {}: {e}", path.display()))?;
     let result = (|| {
@@ -230,7 +172,7 @@ pub fn link_at(path: &Path, target: &Path, ids: Option<Ids>, trusted_uid: u32) -
             .map_err(|e| format!("cannot move the symlink into place at {}: {e}", path.display()))
     })();
     if result.is_err() {
-        let _ = unlinkat(&dir, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        let _ = unlinkat(&dir, tmp, UnlinkatFlags::NoRemoveDir);
     }
     result
 }
@@ -244,11 +186,11 @@ pub fn remove_link_if(path: &Path, target: &Path, trusted_uid: u32) -> Result<bo
     if !parent.exists() {
         return Ok(false);
     }
-    let dir = open_dir_safely(parent, trusted_uid)?;
+    let dir = open_dir_safely(parent, trusted_uid, Missing::Fail)?;
     let name = Path::new(name);
     match readlinkat(&dir, name) {
         Ok(t) if t.as_bytes() == target.as_os_str().as_bytes() => {
-            unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+            unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir)
                 .map_err(|e| format!("cannot remove the stale link {}: {e}", path.display()))?;
             Ok(true)
         }

@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 use crate::keys::Keyring;
 use crate::keys::pgp::GnupgHome;
 use crate::manifest::{Manifest, Mode, Name, OnFailure, TemplateSource};
+use crate::safe_path::{Missing, Trust};
 use crate::sops::tree::parse_slash_path;
 use crate::sops::{EncryptedFile, Format};
 use crate::{templates, units};
@@ -182,6 +183,14 @@ fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems
     {
         problems.push(format!("ageKeyFile: {e}"));
     }
+    // A missing key is a warning (a host may lack one of the listed key
+    // types); a key reached through another user's link is an attack.
+    let unsafe_key = |e: &crate::keys::KeyError| {
+        matches!(
+            e,
+            crate::keys::KeyError::Ssh(crate::keys::ssh::SshKeyError::Unsafe { .. })
+        )
+    };
     for p in &manifest.age_ssh_key_paths {
         match keyring.add_ssh_key(p) {
             Ok(Some(recipient)) if manifest.logging.key_import => report.log.push(LogLine::info(
@@ -189,6 +198,7 @@ fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems
                 vec![("key_file", p.display().to_string()), ("recipient", recipient)],
             )),
             Ok(_) => {}
+            Err(e) if unsafe_key(&e) => problems.push(format!("ageSshKeyPaths: {e}")),
             // A host may lack one of the listed key types; sops-nix warns and goes on.
             Err(e) => report.log.push(LogLine::warning(format!("{e}"))),
         }
@@ -210,11 +220,15 @@ fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems
                 ],
             )),
             Ok(_) => {}
+            Err(e) if unsafe_key(&e) => problems.push(format!("sshKeyPaths: {e}")),
             Err(e) => report.log.push(LogLine::warning(format!("{e}"))),
         }
     }
     if let Some(home) = &manifest.gnupg_home {
-        keyring.set_gnupg_home(GnupgHome::new(home.clone(), opts.gpg_exec.clone()));
+        match GnupgHome::checked(home.clone(), opts.gpg_exec.clone()) {
+            Ok(home) => keyring.set_gnupg_home(home),
+            Err(e) => problems.push(format!("gnupgHome {}: {e}", home.display())),
+        }
     }
     keyring
 }
@@ -330,8 +344,8 @@ pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Resu
     }
     if mode == CheckMode::SopsFile {
         for (path, format, users) in &files {
-            let file = match std::fs::read(path)
-                .map_err(|e| e.to_string())
+            let file = match crate::safe_path::read(path, Trust::build_check())
+                .map_err(|e| format!("sopsFile: {e}"))
                 .and_then(|b| EncryptedFile::parse(&b, *format).map_err(|e| e.to_string()))
             {
                 Ok(f) => f,
@@ -691,11 +705,11 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
                 failed[i] = true;
             }
         };
-        let bytes = match std::fs::read(&path) {
+        let bytes = match crate::safe_path::read(&path, Trust::invoker()) {
             Ok(b) => b,
             Err(e) => {
                 let why = format!(
-                    "cannot read sops file {file} (used by {}): {e}",
+                    "cannot read sopsFile {file} (used by {}): {e}",
                     secret_names(manifest, &users)
                 );
                 fail_all(why, &mut item_problems, &mut secret_failed);
@@ -738,12 +752,12 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
     for (i, t) in manifest.templates.iter().enumerate() {
         match &t.source {
             TemplateSource::Content(c) => template_texts.push(Some(c.as_bytes().to_vec())),
-            TemplateSource::File(f) => match std::fs::read(f) {
+            TemplateSource::File(f) => match crate::safe_path::read(f, Trust::invoker()) {
                 Ok(b) => template_texts.push(Some(b)),
                 Err(e) => {
                     let file = f.display().to_string();
                     item_problems.push(Problem::about(
-                        format!("template {:?}: cannot read {file}: {e}", t.name.as_str()),
+                        format!("template {:?}: cannot read its file {file}: {e}", t.name.as_str()),
                         &[("template", t.name.as_str()), ("file", &file)],
                     ));
                     template_failed[i] = true;
@@ -943,10 +957,9 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
     let mount = &manifest.secrets_mount_point;
     let mut mounted_now = false;
     if manifest.user_mode {
-        std::fs::create_dir_all(mount)
-            .map_err(|e| Failed::one(format!("cannot create {}: {e}", mount.display())))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(mount, std::fs::Permissions::from_mode(0o751))
+        let dir = crate::safe_path::open_dir(mount, Trust::invoker(), Missing::Create(0o755))
+            .map_err(|e| Failed::one(format!("secretsMountPoint {}: {e}", mount.display())))?;
+        nix::sys::stat::fchmod(&dir.fd, nix::sys::stat::Mode::from_bits_truncate(0o751))
             .map_err(|e| Failed::one(format!("cannot chmod {}: {e}", mount.display())))?;
     } else {
         let mounted = mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(Failed::one)?;
@@ -1025,16 +1038,12 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
     // any service, DynamicUser= ones included, without widening the file's mode.
     if !manifest.user_mode {
         let wanted = secrets.iter().any(|f| f.credential);
-        if wanted && !manifest.credstore_dir.exists() {
-            // systemd's own credential directories are root-only.
-            use std::os::unix::fs::DirBuilderExt;
-            if let Err(e) = std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&manifest.credstore_dir)
-            {
-                late.push(format!("cannot create {}: {e}", manifest.credstore_dir.display()));
-            }
+        // systemd's own credential directories are root-only.
+        if wanted
+            && let Err(e) =
+                crate::safe_path::open_dir(&manifest.credstore_dir, Trust::root(), Missing::Create(0o700))
+        {
+            late.push(format!("credstoreDir {}: {e}", manifest.credstore_dir.display()));
         }
         for f in secrets.iter().filter(|f| f.credential) {
             let link = manifest.credstore_dir.join(f.name.as_str());

@@ -1,11 +1,15 @@
 //! The secrets filesystem: a ramfs (never swapped) or, on request, a tmpfs
 //! with `noswap`, mounted `nodev,nosuid,noexec` and owned `root:keys 0751`.
 
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
-use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
-use nix::unistd::{Gid, Uid, chown};
+use nix::sys::stat::{Mode, fchmod};
+use nix::sys::statfs::{FsType, TMPFS_MAGIC, fstatfs};
+use nix::unistd::{Gid, Uid, fchown};
+
+use crate::safe_path::{self, Missing, Trust};
 
 /// ramfs's magic number (linux/magic.h); `nix` names tmpfs's but not this one.
 const RAMFS_MAGIC: FsType = FsType(0x858458f6);
@@ -58,12 +62,22 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// Mounts the secrets filesystem at `dir` unless the right kind is mounted there.
+///
+/// `dir` must be a real directory: a symlink there, whoever owns it, is
+/// refused before anything is mounted, since the mount would cover wherever it
+/// points. Its parents are walked by [`safe_path`]'s rule (root's links only),
+/// the mount goes onto the directory so opened (through its `/proc/self/fd`
+/// entry, not the path), and owner and mode are set through a descriptor
+/// opened after the mount: they land on the new filesystem, never on a
+/// directory beneath it.
 pub fn ensure(dir: &Path, keys_gid: u32, use_tmpfs: bool) -> Result<Mounted, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let shown = dir.display();
+    let opened = safe_path::open_real_dir(dir, Trust::invoker(), Missing::Create(0o755))
+        .map_err(|e| format!("secretsMountPoint {shown}: {e}"))?;
     let want = if use_tmpfs { TMPFS_MAGIC } else { RAMFS_MAGIC };
-    let fs = statfs(dir).map_err(|e| format!("cannot statfs {}: {e}", dir.display()))?;
+    let fs = fstatfs(&opened.fd).map_err(|e| format!("cannot statfs {shown}: {e}"))?;
     let mut result = Mounted::AlreadyThere;
-    if fs.filesystem_type() != want || !is_mount_point(dir) {
+    if fs.filesystem_type() != want || !is_mount_point(&opened.path) {
         let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
         let fstype = if use_tmpfs { "tmpfs" } else { "ramfs" };
         let options = if use_tmpfs {
@@ -71,26 +85,28 @@ pub fn ensure(dir: &Path, keys_gid: u32, use_tmpfs: bool) -> Result<Mounted, Str
         } else {
             "mode=0751"
         };
-        match mount(Some("none"), dir, Some(fstype), flags, Some(options)) {
+        let target = PathBuf::from(format!("/proc/self/fd/{}", opened.fd.as_raw_fd()));
+        match mount(Some("none"), &target, Some(fstype), flags, Some(options)) {
             Ok(()) => result = Mounted::Fresh,
             // Kernels before 6.4 do not know `noswap`.
             Err(nix::errno::Errno::EINVAL) if use_tmpfs => {
-                mount(Some("none"), dir, Some(fstype), flags, Some("mode=0751"))
-                    .map_err(|e| format!("cannot mount tmpfs at {}: {e}", dir.display()))?;
+                mount(Some("none"), &target, Some(fstype), flags, Some("mode=0751"))
+                    .map_err(|e| format!("cannot mount tmpfs at {shown}: {e}"))?;
                 result = Mounted::TmpfsWithoutNoswap;
             }
-            Err(e) => return Err(format!("cannot mount {fstype} at {}: {e}", dir.display())),
+            Err(e) => return Err(format!("cannot mount {fstype} at {shown}: {e}")),
         }
     }
-    chown(dir, Some(Uid::from_raw(0)), Some(Gid::from_raw(keys_gid)))
-        .map_err(|e| format!("cannot chown {} to root:{keys_gid}: {e}", dir.display()))?;
-    nix::sys::stat::fchmodat(
-        nix::fcntl::AT_FDCWD,
-        dir,
-        nix::sys::stat::Mode::from_bits_truncate(0o751),
-        nix::sys::stat::FchmodatFlags::FollowSymlink,
-    )
-    .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
+    let mounted = opened.reopen().map_err(|e| e.to_string())?;
+    let fs = fstatfs(&mounted).map_err(|e| format!("cannot statfs {shown}: {e}"))?;
+    if fs.filesystem_type() != want {
+        return Err(format!(
+            "{shown} changed while it was being mounted; refusing to chown what is there now"
+        ));
+    }
+    fchown(&mounted, Some(Uid::from_raw(0)), Some(Gid::from_raw(keys_gid)))
+        .map_err(|e| format!("cannot chown {shown} to root:{keys_gid}: {e}"))?;
+    fchmod(&mounted, Mode::from_bits_truncate(0o751)).map_err(|e| format!("cannot chmod {shown}: {e}"))?;
     Ok(result)
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use zeroize::Zeroizing;
+use crate::safe_path::{self, OpenError, Trust};
 
 /// Why an age key file could not be used. Never quotes key material.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,14 @@ pub enum AgeFileError {
         path: String,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// The path leads through another user's symlink, or is not a regular file.
+    #[error("age key file {path}: {source}")]
+    Unsafe {
+        /// The file.
+        path: String,
+        /// Why it was not opened.
+        source: OpenError,
     },
     /// A line is not a valid identity.
     #[error("age key file {path}, line {line}: not a valid age identity ({reason})")]
@@ -37,15 +45,20 @@ pub struct AgeKeys {
     pub plugins: Vec<age::plugin::Identity>,
 }
 
-/// Reads an age key file.
+/// Reads an age key file, by [`safe_path`]'s rule: through no symlink of
+/// another user, and only if it is a regular file.
 pub fn load(path: &Path) -> Result<AgeKeys, AgeFileError> {
     let shown = path.display().to_string();
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|source| AgeFileError::Read {
+    let text = safe_path::read_secret_text(path, Trust::invoker()).map_err(|e| match e.into_io() {
+        Ok(source) => AgeFileError::Read {
             path: shown.clone(),
             source,
-        })?,
-    );
+        },
+        Err(source) => AgeFileError::Unsafe {
+            path: shown.clone(),
+            source,
+        },
+    })?;
     parse(&text, &shown)
 }
 

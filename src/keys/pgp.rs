@@ -29,6 +29,8 @@ use pgp::types::{
 };
 use zeroize::Zeroizing;
 
+use crate::safe_path::{self, Missing, OpenError, Trust};
+
 use super::ssh::{self, SshKeyError};
 use crate::process::{self, RunError};
 
@@ -244,6 +246,18 @@ impl GnupgHome {
         GnupgHome {
             home,
             exec: gpg_exec.filter(|e| !e.is_empty()).unwrap_or_else(|| "gpg".into()),
+        }
+    }
+
+    /// A home named by the manifest, found by [`crate::safe_path`]'s rule:
+    /// gpg is given the directory the path resolves to, never one reached
+    /// through another user's symlink. A missing home is left to gpg to
+    /// report, when a file needs it.
+    pub fn checked(home: PathBuf, gpg_exec: Option<OsString>) -> Result<GnupgHome, OpenError> {
+        match safe_path::open_dir(&home, Trust::invoker(), Missing::Fail) {
+            Ok(dir) => Ok(GnupgHome::new(dir.path, gpg_exec)),
+            Err(e) if e.is_not_found() => Ok(GnupgHome::new(home, gpg_exec)),
+            Err(e) => Err(e),
         }
     }
 

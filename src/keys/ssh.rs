@@ -17,6 +17,8 @@ use bech32::{Bech32, Hrp};
 use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
+use crate::safe_path::{self, OpenError, Trust};
+
 /// Why an SSH key could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SshKeyError {
@@ -27,6 +29,14 @@ pub enum SshKeyError {
         path: String,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// The path leads through another user's symlink, or is not a regular file.
+    #[error("SSH key {path}: {source}")]
+    Unsafe {
+        /// The key file.
+        path: String,
+        /// Why it was not opened.
+        source: OpenError,
     },
     /// The file is not an OpenSSH private key.
     #[error("{path} is not an OpenSSH private key ({reason})")]
@@ -152,23 +162,32 @@ pub fn parse_host_key(text: &str) -> Result<HostKey, String> {
     })
 }
 
+/// Reads a key file by [`safe_path`]'s rule: through no symlink of another
+/// user, and only if it is a regular file.
+fn read_key(path: &Path, shown: &str) -> Result<Zeroizing<String>, SshKeyError> {
+    safe_path::read_secret_text(path, Trust::invoker()).map_err(|e| match e.into_io() {
+        Ok(source) => SshKeyError::Read {
+            path: shown.to_owned(),
+            source,
+        },
+        Err(source) => SshKeyError::Unsafe {
+            path: shown.to_owned(),
+            source,
+        },
+    })
+}
+
 /// Reads an OpenSSH private key file and builds its age identities.
 pub fn load(path: &Path) -> Result<SshIdentities, SshKeyError> {
     let shown = path.display().to_string();
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| SshKeyError::Read {
-        path: shown.clone(),
-        source,
-    })?);
+    let text = read_key(path, &shown)?;
     from_openssh(&text, &shown)
 }
 
 /// Reads an unencrypted OpenSSH private key file.
 pub fn read_private_key(path: &Path) -> Result<ssh_key::PrivateKey, SshKeyError> {
     let shown = path.display().to_string();
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| SshKeyError::Read {
-        path: shown.clone(),
-        source,
-    })?);
+    let text = read_key(path, &shown)?;
     parse_private_key(&text, &shown)
 }
 

@@ -16,7 +16,6 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ pub const WAIT_VARIABLE: &str = "SOPS_INSTALL_SECRETS_LOCK_TIMEOUT";
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// The lock file could not be created or opened.
-    #[error("cannot open the lock file {path}: {source}")]
+    #[error("cannot open the lock file {path} of secretsMountPoint: {source}")]
     Open {
         /// The lock file.
         path: PathBuf,
@@ -96,25 +95,17 @@ pub fn wait_from_env() -> Duration {
 /// Takes the lock of `mount`, waiting up to `wait` for another run to finish.
 pub fn acquire(mount: &Path, wait: Duration) -> Result<MountLock, LockError> {
     let path = lock_path(mount);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| LockError::Open {
-            path: path.clone(),
-            source,
-        })?;
-    }
+    // The lock file's directory is reached by the rule every input path follows
+    // (no link planted by another user), and the file itself is never a link.
     let open = || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc_flags())
-            .open(&path)
-            .map_err(|source| LockError::Open {
+        crate::safe_path::open_or_create(&path, crate::safe_path::Trust::invoker(), 0o600).map_err(|e| {
+            LockError::Open {
                 path: path.clone(),
-                source,
-            })
+                source: e
+                    .into_io()
+                    .unwrap_or_else(|e| std::io::Error::other(e.to_string())),
+            }
+        })
     };
     let started = Instant::now();
     let mut file = open()?;
@@ -156,11 +147,6 @@ fn holder(mut file: &std::fs::File) -> String {
         Some(pid) => format!("pid {pid}"),
         None => "pid unknown".to_owned(),
     }
-}
-
-/// Never follow a link at the lock file's place, and do not leak the fd.
-fn libc_flags() -> i32 {
-    (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC).bits()
 }
 
 #[cfg(test)]

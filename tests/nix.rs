@@ -834,7 +834,7 @@ fn home_manager_module_on_darwin_installs_from_a_launchd_agent() {
     // age plugins come before the system's directories on the agent's PATH.
     let with_plugin = eval_module_fixture(
         "home-manager.nix",
-        r#"{ system = "x86_64-darwin"; extra = { sops.age.plugins = [ "/nix/store/00000000000000000000000000000000-age-plugin-yubikey" ]; }; }"#,
+        r#"{ system = "x86_64-darwin"; extra = { sops.age.plugins = [ { type = "derivation"; name = "age-plugin-yubikey"; outPath = "/nix/store/00000000000000000000000000000000-age-plugin-yubikey"; } ]; }; }"#,
     );
     assert_eq!(
         with_plugin["agents"]["sops-nix"]["config"]["EnvironmentVariables"]["PATH"],

@@ -65,11 +65,14 @@
 
       # Linux: the installer (with its unit and conformance tests) and the
       # NixOS VM tests of vm-tests/nixos, one check per behaviour. Everywhere:
-      # the helper packages, whose builds run their own tests.
+      # the helper packages, each run once in the sandbox.
       checks = eachSystem (
         pkgs:
         {
-          inherit (packagesOf pkgs) sops-init-gpg-key sops-pgp-hook-test;
+          inherit (packagesOf pkgs) sops-pgp-hook-test;
+          sops-init-gpg-key = pkgs.callPackage ./nixos-module/pkgs/init-gpg-key-test.nix {
+            inherit (packagesOf pkgs) sops-init-gpg-key;
+          };
         }
         // (
           if pkgs.stdenv.hostPlatform.isLinux then

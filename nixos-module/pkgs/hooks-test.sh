@@ -3,6 +3,10 @@
 # system's gpg). Usage: bash hooks-test.sh [GPG]; GPG defaults to `gpg` on PATH.
 # It makes two throwaway keys, points each hook at them the way a shell.nix
 # does, starts a shell with the hook and checks what the shell got.
+
+# The scripts given to in_shell run in the shell under test: their `$` are
+# meant for it, not for this one.
+# shellcheck disable=SC2016
 set -euo pipefail
 
 gpg=${1:-$(command -v gpg)}

@@ -11,7 +11,8 @@ sopsImportKeysHook() {
   local key dir
   if [ -n "${sopsCreateGPGHome-}" ]; then
     export GNUPGHOME=${sopsGPGHome:-$PWD/.git/gnupg}
-    mkdir -p -m 0700 "$GNUPGHOME"
+    mkdir -p "$GNUPGHOME"
+    chmod 0700 "$GNUPGHOME"
   fi
   for key in ${sopsPGPKeys-}; do
     if [ -f "$key" ]; then

@@ -770,6 +770,22 @@ fn darwin_module_refuses_what_sops_nix_refuses_and_more() {
         "{no_key:?}"
     );
 
+    // Templates owned by number, as sops-nix's own darwin check writes them.
+    let d = eval_module_fixture(
+        "darwin.nix",
+        r#"{ extra = { config, ... }: { sops.templates."with-uid.toml" = { content = "password = ${config.sops.placeholder.db_password}"; uid = 1000; }; sops.templates."with-gid.toml" = { content = "x"; gid = 1000; }; }; }"#,
+    );
+    assert_eq!(d["failedAssertions"], json!([]));
+    let templates = d["manifest"]["templates"].as_array().unwrap();
+    let template = |name: &str| templates.iter().find(|t| t["name"] == name).unwrap();
+    let uid = template("with-uid.toml");
+    assert_eq!(
+        (uid["uid"].clone(), uid["owner"].clone(), uid["group"].clone()),
+        (json!(1000), Value::Null, Value::Null)
+    );
+    assert_eq!(template("with-gid.toml")["gid"], 1000);
+    assert_checks_pass("darwin templates owned by number", &d["manifest"]);
+
     // With a GnuPG home the installer is told which gpg to run.
     let d = eval_module_fixture(
         "darwin.nix",

@@ -420,9 +420,6 @@ in
         before = [ "sysinit-reactivation.target" ] ++ lib.optional (!cfg.kms.enable) "sysinit.target";
       };
 
-      # Services that need their secrets can order after this target: it is
-      # reached only when the installation succeeded (a failed sops-nix.service
-      # fails it, and `systemctl --failed` shows both).
       # systemd.services.sops-nix would be a second unit file named
       # sops-nix.service, silently dropped for this one.
       assertions = [
@@ -432,6 +429,9 @@ in
         }
       ];
 
+      # Services that need their secrets can order after this target: it is
+      # reached only when the installation succeeded (a failed sops-nix.service
+      # fails it, and `systemctl --failed` shows both).
       systemd.targets.sops-secrets = {
         description = "sops secrets installed";
         requires = [ "sops-nix.service" ];

@@ -391,9 +391,13 @@ in
     })
 
     (lib.mkIf (installsAnything && cfg.useSystemdActivation) {
-      systemd.services.sops-nix = sopsLib.installerService pkgs cfg installCommand // {
+      # Declared under sops-nix's name for the unit, so that a configuration's
+      # systemd.services.sops-install-secrets.* settings (after, unitConfig,
+      # ...) land on it instead of making a second unit; the unit file keeps
+      # this module's name, sops-nix.service, with sops-nix's as an alias.
+      systemd.services.sops-install-secrets = sopsLib.installerService pkgs cfg installCommand // {
+        name = lib.mkForce "sops-nix.service";
         description = "Install sops secrets";
-        # sops-nix calls this unit sops-install-secrets.service.
         aliases = [ "sops-install-secrets.service" ];
         wantedBy = [ "sysinit.target" ];
         after = [
@@ -416,6 +420,15 @@ in
         # sysinit.target: then services order after sops-secrets.target.
         before = [ "sysinit-reactivation.target" ] ++ lib.optional (!cfg.kms.enable) "sysinit.target";
       };
+
+      # systemd.services.sops-nix would be a second unit file named
+      # sops-nix.service, silently dropped for this one.
+      assertions = [
+        {
+          assertion = !(config.systemd.services ? sops-nix);
+          message = "systemd.services.sops-nix is set, but the unit that installs secrets (sops-nix.service) is configured as systemd.services.sops-install-secrets, sops-nix's name for it: move those settings there.";
+        }
+      ];
 
       # Services that need their secrets can order after this target: it is
       # reached only when the installation succeeded (a failed sops-nix.service

@@ -3,9 +3,10 @@
 # Secrets are installed in user mode: generations under
 # $XDG_RUNTIME_DIR/secrets.d (`%r` in paths stands for $XDG_RUNTIME_DIR), a
 # symlink to the live one (by default ~/.config/sops-nix/secrets), no mount and
-# no chown. The systemd user unit sops-nix.service installs them at login, and
-# every home-manager activation restarts it so that changed secrets land at
-# once. Linux only.
+# no chown. On Linux the systemd user unit sops-nix.service installs them at
+# login, and every home-manager activation restarts it so that changed secrets
+# land at once. On macOS the launchd agent org.nix-community.home.sops-nix
+# does the same: it runs at login, and every activation kicks it again.
 {
   config,
   lib,
@@ -97,6 +98,8 @@ let
       lib.replaceStrings [ "\\" "\"" "%" ] [ "\\\\" "\\\"" "%%" ] (toString value)
     }\"";
 
+  inherit (pkgs.stdenv.hostPlatform) isLinux isDarwin;
+
   systemctl = config.systemd.user.systemctlPath;
 
   # Restart the unit so that the new manifest is installed now rather than at
@@ -111,6 +114,30 @@ let
     fi
     unset systemdStatus
   '';
+
+  # macOS: home-manager's launchd module names the agent
+  # org.nix-community.home.<name> and loads it in setupLaunchAgents, which
+  # runs it once (RunAtLoad) when its plist changed; kicking it installs the
+  # new manifest on every activation, changed plist or not.
+  agentLabel = "org.nix-community.home.sops-nix";
+  kickAgent = ''
+    if ! run /bin/launchctl kickstart -k "gui/$(id -u)/${agentLabel}"; then
+      echo "sops-nix: the launchd agent ${agentLabel} is not loaded; secrets are installed at the next login."
+    fi
+  '';
+
+  # launchd starts agents with a bare PATH; the system's directories come
+  # after any age plugins (which sops.environment.PATH holds).
+  agentEnvironment =
+    lib.mapAttrs (_: toString) cfg.environment
+    // {
+      PATH = lib.concatStringsSep ":" (
+        lib.optional (cfg.environment ? PATH) (toString cfg.environment.PATH)
+        ++ [ "/usr/bin:/bin:/usr/sbin:/sbin" ]
+      );
+    };
+
+  logDir = "${config.home.homeDirectory}/Library/Logs/SopsNix";
 in
 {
   imports = [
@@ -198,8 +225,8 @@ in
     (lib.mkIf (cfg.secrets != { } || cfg.templates != { }) {
       assertions = [
         {
-          assertion = pkgs.stdenv.hostPlatform.isLinux;
-          message = "This sops home-manager module runs on Linux only (it installs secrets from a systemd user unit).";
+          assertion = isLinux || isDarwin;
+          message = "This sops home-manager module runs on Linux (a systemd user unit) and macOS (a launchd agent) only.";
         }
         {
           assertion =
@@ -276,7 +303,7 @@ in
         PATH = lib.mkIf (cfg.age.plugins != [ ]) (lib.mkDefault (lib.makeBinPath cfg.age.plugins));
       };
 
-      systemd.user.services.sops-nix = lib.mkIf pkgs.stdenv.hostPlatform.isLinux {
+      systemd.user.services.sops-nix = lib.mkIf isLinux {
         Unit.Description = "Install sops secrets for ${config.home.username}";
         Service = {
           Type = "oneshot";
@@ -289,9 +316,29 @@ in
           if cfg.gnupg.home != null then [ "graphical-session-pre.target" ] else [ "default.target" ];
       };
 
+      # The same files the systemd unit would write, from a login agent; its
+      # output goes to ~/Library/Logs/SopsNix as in sops-nix.
+      launchd.agents.sops-nix = lib.mkIf isDarwin {
+        enable = true;
+        config = {
+          Label = agentLabel;
+          Program = "${install}";
+          EnvironmentVariables = agentEnvironment;
+          RunAtLoad = true;
+          KeepAlive = false;
+          StandardOutPath = "${logDir}/stdout";
+          StandardErrorPath = "${logDir}/stderr";
+        };
+      };
+
       home.activation.sops-nix =
-        # After reloadSystemd, so that the restart runs the new unit (and manifest).
-        if lib ? hm then lib.hm.dag.entryAfter [ "reloadSystemd" ] restartUnit else restartUnit;
+        let
+          # After reloadSystemd (Linux) or setupLaunchAgents (macOS), so that
+          # the new unit or agent, and its manifest, is what runs.
+          after = if isDarwin then "setupLaunchAgents" else "reloadSystemd";
+          script = if isDarwin then kickAgent else restartUnit;
+        in
+        if lib ? hm then lib.hm.dag.entryAfter [ after ] script else script;
     })
   ];
 }

@@ -56,6 +56,9 @@ rustPlatform.buildRustPackage {
   meta = {
     description = "Installs sops-encrypted secrets at NixOS activation; a drop-in for sops-nix's installer";
     mainProgram = "sops-install-secrets";
-    platforms = lib.platforms.linux;
+    # Darwin is listed so that the nix-darwin and home-manager modules and
+    # `nix flake check --all-systems` evaluate there; whether it builds on
+    # macOS depends on the installer's macOS support (README, "macOS").
+    platforms = lib.platforms.linux ++ lib.platforms.darwin;
   };
 }

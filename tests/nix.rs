@@ -675,3 +675,610 @@ fn module_assertions_name_the_option_and_the_value() {
         "{all}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The flake, the nix-darwin module, home-manager on macOS, the NixOS unit's
+// name, and the helper packages (issue 16). The modules are evaluated with
+// the stand-in `lib` and option declarations of tests/fixtures/nix/modules/
+// (builtins only), the flake with a stand-in nixpkgs.
+
+fn modules_dir() -> PathBuf {
+    examples().join("modules")
+}
+
+/// `import tests/fixtures/nix/modules/<file> <args>`, evaluated.
+fn eval_module_fixture(file: &str, args: &str) -> Value {
+    let path = modules_dir().join(file);
+    let expr = if args.is_empty() {
+        format!("import {}", path.display())
+    } else {
+        format!("import {} ({args})", path.display())
+    };
+    nix_eval(&["--expr", &expr]).unwrap_or_else(|e| panic!("{file} {args} does not evaluate:\n{e}"))
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {value}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_else(|| panic!("not a string: {v}")))
+        .collect()
+}
+
+fn string_set(value: &Value) -> BTreeSet<&str> {
+    strings(value).into_iter().collect()
+}
+
+/// tests/fixtures/nix/sops-nix-flake-outputs.txt: kind -> names, in order.
+fn sops_nix_flake_outputs() -> std::collections::BTreeMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(examples().join("sops-nix-flake-outputs.txt")).unwrap();
+    let mut kinds = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let kind = words.next().unwrap().to_owned();
+        let name = words.next().unwrap_or_else(|| panic!("no name: {line}"));
+        // `alias A = B` keeps both sides.
+        let name = if kind == "alias" {
+            let target = words
+                .nth(1)
+                .unwrap_or_else(|| panic!("alias without target: {line}"));
+            format!("{name}={target}")
+        } else {
+            name.to_owned()
+        };
+        kinds.entry(kind).or_default().push(name);
+    }
+    kinds
+}
+
+#[test]
+fn flake_outputs_have_sops_nix_names() {
+    if !have_nix() {
+        return;
+    }
+    let list = sops_nix_flake_outputs();
+    let of = |kind: &str| -> BTreeSet<&str> {
+        list.get(kind)
+            .unwrap_or_else(|| panic!("no `{kind}` lines in the list"))
+            .iter()
+            .map(String::as_str)
+            .collect()
+    };
+    let flake = eval_module_fixture("flake-outputs.nix", "");
+
+    // Top level: exactly sops-nix's public outputs; its CI-only ones are absent.
+    assert_eq!(string_set(&flake["outputs"]), of("output"), "top-level outputs");
+    for absent in of("not-provided") {
+        assert!(
+            !string_set(&flake["outputs"]).contains(absent),
+            "{absent} is listed as not provided"
+        );
+    }
+
+    // Every system, darwin included, has packages, checks and a shell.
+    let systems = of("system");
+    assert!(systems.contains("aarch64-darwin") && systems.contains("x86_64-linux"));
+    assert_eq!(keys(&flake["packages"]), systems, "packages systems");
+    assert_eq!(string_set(&flake["checks"]), systems, "checks systems");
+    assert_eq!(keys(&flake["devShells"]), systems, "devShells systems");
+    for system in &systems {
+        let mut expected = of("package");
+        if system.ends_with("-linux") {
+            expected.extend(of("package-linux"));
+        }
+        assert_eq!(
+            string_set(&flake["packages"][system]),
+            expected,
+            "packages.{system}"
+        );
+        assert_eq!(
+            string_set(&flake["devShells"][system]),
+            of("devshell"),
+            "devShells.{system}"
+        );
+        // The same meaning: `default` is sops-init-gpg-key, ssh-to-pgp is nixpkgs' own.
+        assert_eq!(
+            flake["defaults"][system], "sops-init-gpg-key.nix",
+            "packages.{system}.default"
+        );
+        assert_eq!(
+            flake["sshToPgp"][system], "ssh-to-pgp",
+            "packages.{system}.ssh-to-pgp"
+        );
+    }
+
+    for module in of("module") {
+        let (class, name) = module.split_once('.').unwrap();
+        assert!(
+            string_set(&flake["modules"][class]).contains(name),
+            "{module} missing"
+        );
+    }
+    for class in ["nixosModules", "homeManagerModules", "darwinModules"] {
+        let listed: BTreeSet<&str> = of("module")
+            .into_iter()
+            .filter_map(|m| m.strip_prefix(class)?.strip_prefix('.'))
+            .collect();
+        assert_eq!(string_set(&flake["modules"][class]), listed, "{class}");
+    }
+    let paths = &flake["modulePaths"];
+    assert_eq!(paths["nixosModules.sops"], "nixos-module");
+    assert_eq!(paths["homeManagerModules.sops"], "nixos-module/home-manager.nix");
+    assert_eq!(paths["darwinModules.sops"], "nixos-module/darwin.nix");
+    for (class, file) in [
+        ("nixosModules", "nixos-module"),
+        ("homeManagerModules", "nixos-module/home-manager.nix"),
+        ("darwinModules", "nixos-module/darwin.nix"),
+    ] {
+        assert_eq!(paths[format!("{class}.default")], file, "{class}.default");
+        assert!(repo().join(file).exists(), "{file}");
+    }
+    for alias in of("alias") {
+        match alias {
+            "homeManagerModule=homeManagerModules.sops" => {
+                assert_eq!(paths["homeManagerModule"], paths["homeManagerModules.sops"])
+            }
+            "homeModules=homeManagerModules" => assert_eq!(flake["homeModulesIsHomeManagerModules"], true),
+            other => panic!("the test does not know the alias {other}"),
+        }
+    }
+
+    assert_eq!(string_set(&flake["overlay"]), of("overlay"), "overlays.default");
+    assert_eq!(
+        flake["overlaySshToPgp"], "nixpkgs-ssh-to-pgp",
+        "the overlay keeps nixpkgs' ssh-to-pgp"
+    );
+}
+
+#[test]
+fn darwin_module_installs_from_activation_and_a_boot_daemon() {
+    if !have_nix() {
+        return;
+    }
+    let d = eval_module_fixture("darwin.nix", "{ }");
+    assert_eq!(d["failedAssertions"], json!([]));
+
+    // sops-nix's darwin paths and defaults.
+    let m = &d["manifest"];
+    assert_eq!(m["secretsMountPoint"], "/run/secrets.d");
+    assert_eq!(m["symlinkPath"], "/run/secrets");
+    assert_eq!(m["userMode"], false);
+    assert_eq!(m["useTmpfs"], false);
+    assert_eq!(m["ageKeyFile"], "/var/lib/sops-nix/key.txt");
+    assert_eq!(m["ageSshKeyPaths"], json!(["/etc/ssh/ssh_host_ed25519_key"]));
+    assert_eq!(m["sshKeyPaths"], json!(["/etc/ssh/ssh_host_rsa_key"]));
+    let secret = |name: &str| -> Value {
+        m["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no secret {name} in {m:#}"))
+            .clone()
+    };
+    let db = secret("db_password");
+    assert_eq!(
+        (db["owner"].clone(), db["group"].clone(), db["mode"].clone()),
+        (json!("root"), json!("staff"), json!("0400")),
+        "root:staff 0400 by default, as in sops-nix's darwin module"
+    );
+    assert_eq!(db["path"], "/run/secrets/db_password");
+    let owned = secret("owned");
+    assert_eq!(owned["key"], "test_key");
+    assert_eq!(
+        (owned["owner"].clone(), owned["group"].clone()),
+        (json!("_postgres"), json!("_postgres"))
+    );
+    assert_eq!(
+        m["secrets"].as_array().unwrap().len(),
+        2,
+        "neededForUsers stays out"
+    );
+    assert_eq!(m["templates"][0]["path"], "/run/secrets/rendered/app.conf");
+    assert!(
+        m["placeholderBySecretName"]["db_password"]
+            .as_str()
+            .unwrap()
+            .ends_with(":PLACEHOLDER>")
+    );
+    let users = &d["manifestForUsers"];
+    assert_eq!(users["secretsMountPoint"], "/run/secrets-for-users.d");
+    assert_eq!(users["symlinkPath"], "/run/secrets-for-users");
+    assert_eq!(
+        users["secrets"][0]["path"],
+        "/run/secrets-for-users/alice_password_hash"
+    );
+    assert_eq!(users["templates"], json!([]));
+    assert_checks_pass("darwin manifest", m);
+    assert_checks_pass("darwin manifest for users", users);
+    assert!(
+        d["manifestCheck"]
+            .as_str()
+            .unwrap()
+            .contains("-check-mode=sopsfile"),
+        "the build checks the manifest"
+    );
+
+    // Installed at activation and, since /run does not survive a reboot, by a
+    // launchd daemon at boot, under sops-nix's names.
+    let daemons = &d["daemons"];
+    assert_eq!(
+        keys(daemons),
+        BTreeSet::from(["sops-install-secrets", "sops-install-secrets-for-users"])
+    );
+    let daemon = &daemons["sops-install-secrets"];
+    assert_eq!(daemon["serviceConfig"]["RunAtLoad"], true);
+    assert_eq!(daemon["serviceConfig"]["KeepAlive"], false);
+    let script = daemon["script"].as_str().unwrap();
+    assert!(
+        script.contains("/bin/sops-install-secrets /nix/store/"),
+        "{script}"
+    );
+    assert!(script.contains("-manifest.json"), "{script}");
+    let users_script = daemons["sops-install-secrets-for-users"]["script"]
+        .as_str()
+        .unwrap();
+    assert!(
+        users_script.contains("sops-install-secrets -ignore-passwd /nix/store/"),
+        "{users_script}"
+    );
+    assert!(
+        users_script.contains("-manifest-for-users.json"),
+        "{users_script}"
+    );
+    let activation = d["activation"].as_str().unwrap();
+    let (for_users, regular) = (
+        activation
+            .find(users_script.trim())
+            .expect("for-users install in activation"),
+        activation.find(script.trim()).expect("install in activation"),
+    );
+    assert!(for_users < regular, "secrets for users first:\n{activation}");
+
+    assert_eq!(
+        d["paths"]["alice_password_hash"],
+        "/run/secrets-for-users/alice_password_hash"
+    );
+    assert_eq!(d["defaults"]["environment"], json!({}));
+}
+
+#[test]
+fn darwin_module_refuses_what_sops_nix_refuses_and_more() {
+    if !have_nix() {
+        return;
+    }
+    let failed = |extra: &str| -> Vec<String> {
+        let d = eval_module_fixture("darwin.nix", &format!("{{ extra = {extra}; }}"));
+        strings(&d["failedAssertions"])
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    };
+    let both_gpg = failed(r#"{ sops.gnupg.home = "/var/root/.gnupg"; }"#);
+    assert!(
+        both_gpg
+            .iter()
+            .any(|m| m.contains("sops.gnupg.home and sops.gnupg.sshKeyPaths cannot both be set")),
+        "{both_gpg:?}"
+    );
+    let bad_name = failed(r#"{ sops.secrets."../escape".key = "db_password"; }"#);
+    assert!(
+        bad_name.iter().any(|m| m.contains("contains a `..` component")),
+        "{bad_name:?}"
+    );
+    let owned_for_users = failed(r#"{ sops.secrets.alice_password_hash.owner = "alice"; }"#);
+    assert!(
+        owned_for_users
+            .iter()
+            .any(|m| m.contains("has neededForUsers set, so it is owned by root")),
+        "{owned_for_users:?}"
+    );
+    let no_key = failed(
+        r#"{ lib, ... }: { sops.age.keyFile = lib.mkForce null; sops.age.sshKeyPaths = [ ]; sops.gnupg.sshKeyPaths = [ ]; }"#,
+    );
+    assert!(
+        no_key
+            .iter()
+            .any(|m| m.contains("no key to decrypt it is configured")),
+        "{no_key:?}"
+    );
+
+    // Templates owned by number, as sops-nix's own darwin check writes them.
+    let d = eval_module_fixture(
+        "darwin.nix",
+        r#"{ extra = { config, ... }: { sops.templates."with-uid.toml" = { content = "password = ${config.sops.placeholder.db_password}"; uid = 1000; }; sops.templates."with-gid.toml" = { content = "x"; gid = 1000; }; }; }"#,
+    );
+    assert_eq!(d["failedAssertions"], json!([]));
+    let templates = d["manifest"]["templates"].as_array().unwrap();
+    let template = |name: &str| templates.iter().find(|t| t["name"] == name).unwrap();
+    let uid = template("with-uid.toml");
+    assert_eq!(
+        (uid["uid"].clone(), uid["owner"].clone(), uid["group"].clone()),
+        (json!(1000), Value::Null, Value::Null)
+    );
+    assert_eq!(template("with-gid.toml")["gid"], 1000);
+    assert_checks_pass("darwin templates owned by number", &d["manifest"]);
+
+    // With a GnuPG home the installer is told which gpg to run.
+    let d = eval_module_fixture(
+        "darwin.nix",
+        r#"{ extra = { sops.gnupg.home = "/var/root/.gnupg"; sops.gnupg.sshKeyPaths = [ ]; }; }"#,
+    );
+    assert_eq!(d["failedAssertions"], json!([]));
+    let gpg = d["defaults"]["environment"]["SOPS_GPG_EXEC"].as_str().unwrap();
+    assert!(gpg.ends_with("-gnupg/bin/gpg"), "{gpg}");
+    assert!(
+        d["daemons"]["sops-install-secrets"]["script"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("export SOPS_GPG_EXEC='{gpg}'"))
+    );
+}
+
+#[test]
+fn home_manager_module_on_darwin_installs_from_a_launchd_agent() {
+    if !have_nix() {
+        return;
+    }
+    let mac = eval_module_fixture("home-manager.nix", r#"{ system = "aarch64-darwin"; }"#);
+    assert_eq!(mac["failedAssertions"], json!([]), "macOS is supported");
+    assert_eq!(mac["userServices"], json!([]), "no systemd user unit on macOS");
+    let agent = &mac["agents"]["sops-nix"];
+    assert_eq!(agent["enable"], true);
+    let config = &agent["config"];
+    assert_eq!(config["Label"], "org.nix-community.home.sops-nix");
+    assert_eq!(config["RunAtLoad"], true);
+    assert_eq!(config["KeepAlive"], false);
+    assert_eq!(
+        config["StandardErrorPath"],
+        "/Users/alice/Library/Logs/SopsNix/stderr"
+    );
+    assert_eq!(
+        config["StandardOutPath"],
+        "/Users/alice/Library/Logs/SopsNix/stdout"
+    );
+    assert_eq!(config["EnvironmentVariables"]["SOPS_EXTRA"], "set by the test");
+    assert_eq!(
+        config["EnvironmentVariables"]["PATH"],
+        "/usr/bin:/bin:/usr/sbin:/sbin"
+    );
+    let program = mac["agentScript"].as_str().unwrap();
+    assert!(
+        program.contains("/bin/sops-install-secrets -ignore-passwd /nix/store/")
+            && program.contains("-manifest.json"),
+        "{program}"
+    );
+    let activation = mac["activation"].as_str().unwrap();
+    assert!(
+        activation.contains(r#"launchctl kickstart -k "gui/$(id -u)/org.nix-community.home.sops-nix""#),
+        "{activation}"
+    );
+    assert!(!activation.contains("systemctl"), "{activation}");
+    assert_eq!(mac["symlinkPath"], "/Users/alice/.config/sops-nix/secrets");
+    assert_eq!(
+        mac["secretPath"],
+        "/Users/alice/.config/sops-nix/secrets/home_manager_secret"
+    );
+
+    // age plugins come before the system's directories on the agent's PATH.
+    let with_plugin = eval_module_fixture(
+        "home-manager.nix",
+        r#"{ system = "x86_64-darwin"; extra = { sops.age.plugins = [ { type = "derivation"; name = "age-plugin-yubikey"; outPath = "/nix/store/00000000000000000000000000000000-age-plugin-yubikey"; } ]; }; }"#,
+    );
+    assert_eq!(
+        with_plugin["agents"]["sops-nix"]["config"]["EnvironmentVariables"]["PATH"],
+        "/nix/store/00000000000000000000000000000000-age-plugin-yubikey/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+    );
+
+    // Linux keeps the systemd user unit and makes no agent.
+    let linux = eval_module_fixture("home-manager.nix", r#"{ system = "x86_64-linux"; }"#);
+    assert_eq!(linux["failedAssertions"], json!([]));
+    assert_eq!(linux["userServices"], json!(["sops-nix"]));
+    assert_eq!(linux["agents"], json!({}));
+    assert_eq!(linux["unitScript"], mac["agentScript"]);
+    assert!(
+        linux["activation"]
+            .as_str()
+            .unwrap()
+            .contains("systemctl --user restart sops-nix.service")
+    );
+}
+
+#[test]
+fn nixos_unit_settings_under_sops_nix_unit_name_configure_our_unit() {
+    if !have_nix() {
+        return;
+    }
+    // sops-nix's unit is systemd.services.sops-install-secrets; settings a
+    // configuration made for it land on this module's unit.
+    let n = eval_module_fixture(
+        "nixos-unit.nix",
+        r#"{ extra = { systemd.services.sops-install-secrets = { after = [ "var-lib-keys.mount" ]; serviceConfig.TimeoutStartSec = "5min"; }; }; }"#,
+    );
+    assert_eq!(n["failedAssertions"], json!([]));
+    assert_eq!(
+        n["services"],
+        json!(["sops-install-secrets"]),
+        "one service, not two"
+    );
+    assert_eq!(n["units"], json!(["sops-nix.service"]), "one unit file");
+    let unit = &n["installer"];
+    assert_eq!(unit["name"], "sops-nix.service");
+    assert_eq!(unit["aliases"], json!(["sops-install-secrets.service"]));
+    let after = strings(&unit["after"]);
+    assert!(
+        after.contains(&"var-lib-keys.mount") && after.contains(&"local-fs.target"),
+        "{after:?}"
+    );
+    assert_eq!(unit["serviceConfig"]["TimeoutStartSec"], "5min");
+    assert_eq!(unit["serviceConfig"]["Type"], "oneshot");
+    assert!(
+        unit["serviceConfig"]["ExecStart"]
+            .as_str()
+            .unwrap()
+            .contains("/bin/sops-install-secrets /nix/store/")
+    );
+    assert_eq!(n["targetRequires"], json!(["sops-nix.service"]));
+
+    // Settings under this module's unit file name would make a second
+    // definition of sops-nix.service: refused, naming where they go.
+    let n = eval_module_fixture(
+        "nixos-unit.nix",
+        r#"{ extra = { systemd.services.sops-nix.after = [ "var-lib-keys.mount" ]; }; }"#,
+    );
+    let failed = strings(&n["failedAssertions"]);
+    assert!(
+        failed
+            .iter()
+            .any(|m| m.contains("systemd.services.sops-nix is set")
+                && m.contains("systemd.services.sops-install-secrets")),
+        "{failed:?}"
+    );
+}
+
+/// Whether gpg can run; panics in CI when it cannot.
+fn have_gpg() -> bool {
+    let found = Command::new("gpg")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("gpg is missing; CI must install it (apt-get install -y gnupg)");
+        }
+        eprintln!("skipping: gpg not found (apt-get install gnupg)");
+    }
+    found
+}
+
+fn run_pkgs_script(script: &str, args: &[&std::ffi::OsStr], cwd: &Path) -> Output {
+    Command::new("bash")
+        .arg(repo().join("nixos-module/pkgs").join(script))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sops_init_gpg_key_creates_a_home_with_one_key_for_the_host() {
+    if !have_gpg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("keys/gnupg");
+    let out = run_pkgs_script(
+        "sops-init-gpg-key.sh",
+        &[
+            "--hostname".as_ref(),
+            "server01".as_ref(),
+            "--gpghome".as_ref(),
+            home.as_os_str(),
+            "--keytype".as_ref(),
+            "Curve25519".as_ref(),
+        ],
+        dir.path(),
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(text(&out.stdout).starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    // Nothing is left beside the home.
+    let beside: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, vec![std::ffi::OsString::from("gnupg")]);
+
+    let listed = Command::new("gpg")
+        .arg("--homedir")
+        .arg(&home)
+        .args(["--batch", "--with-colons", "--list-secret-keys"])
+        .output()
+        .unwrap();
+    let listed = text(&listed.stdout);
+    let fingerprint = listed
+        .lines()
+        .find_map(|l| {
+            l.starts_with("fpr:")
+                .then(|| l.split(':').nth(9).unwrap().to_owned())
+        })
+        .expect("a key in the new home");
+    assert!(listed.contains("server01 <root@server01>"), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("ssb:") && l.contains(":cv25519:")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("sec:") && l.contains(":ed25519:")),
+        "{listed}"
+    );
+    assert!(
+        stderr.contains(&format!("fingerprint: {fingerprint}")),
+        "{stderr}"
+    );
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&home)
+        .args(["--kill", "gpg-agent"])
+        .output();
+
+    // An existing home is never touched.
+    let again = run_pkgs_script(
+        "sops-init-gpg-key.sh",
+        &["--gpghome".as_ref(), home.as_os_str()],
+        dir.path(),
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let bad = run_pkgs_script(
+        "sops-init-gpg-key.sh",
+        &[
+            "--keytype".as_ref(),
+            "DSA".as_ref(),
+            "--gpghome".as_ref(),
+            dir.path().join("other").as_os_str(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("unknown key type 'DSA'"));
+    assert!(!dir.path().join("other").exists());
+}
+
+#[test]
+fn setup_hooks_import_keys_and_export_their_fingerprints() {
+    if !have_gpg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_pkgs_script("hooks-test.sh", &[], dir.path());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for check in [
+        "ok: sops-pgp-hook imports both keys and sets SOPS_PGP_FP=",
+        "ok: sops-pgp-hook extends an existing SOPS_PGP_FP",
+        "ok: sops-import-keys-hook imports both keys into a private GNUPGHOME",
+        "ok: sops-import-keys-hook defaults the private home to .git/gnupg",
+    ] {
+        assert!(stdout.contains(check), "{check} missing from:\n{stdout}");
+    }
+}

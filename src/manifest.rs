@@ -506,7 +506,7 @@ impl Manifest {
         }
         // Straight into the typed form: no intermediate JSON tree for a manifest of many secrets.
         let raw: RawManifest = serde_json::from_slice(bytes)
-            .map_err(|e| ManifestErrors(vec![format!("it is not a valid manifest: {e}")]))?;
+            .map_err(|e| ManifestErrors(vec![format!("it is not JSON of the manifest's shape: {e}")]))?;
         let mut problems = Vec::new();
         let user_mode = raw.user_mode.unwrap_or(false);
         let expand = |p: String| -> String {

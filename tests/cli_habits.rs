@@ -149,3 +149,17 @@ fn the_demo_shows_that_values_were_decrypted_and_each_files_group() {
         let _ = std::fs::remove_dir_all(rest.split(';').next().unwrap());
     }
 }
+
+#[test]
+fn a_missing_manifest_cannot_be_read_rather_than_being_invalid() {
+    for args in [
+        &["/nonexistent/manifest.json"][..],
+        &["-check-mode=manifest", "/nonexistent/manifest.json"],
+    ] {
+        let out = run(args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot read the manifest"), "{args:?}: {err}");
+        assert!(!err.contains("not valid"), "{args:?}: {err}");
+    }
+}

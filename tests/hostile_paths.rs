@@ -573,3 +573,42 @@ fn a_directory_as_sops_file_is_refused_as_not_a_regular_file() {
         assert!(fs::symlink_metadata(&env.link).is_err());
     });
 }
+
+#[test]
+fn a_record_behind_a_users_link_at_symlink_path_is_not_believed() {
+    isolated(|env| {
+        // symlinkPath in a directory alice owns: she can replace the live link with her own.
+        let link = alice_dir(env).join("secrets");
+        let mut m = env.manifest(vec![env.secret("db_password", "app.yaml", "app/db_password")]);
+        m["symlinkPath"] = json!(s(&link));
+        m["secrets"][0]["path"] = json!(s(&link.join("db_password")));
+        env.install(&m);
+
+        // Her link points at a generation of her making, whose record says a secret with her
+        // units was installed and is now gone: believed, those units would be restarted.
+        let forged = alice_dir(env).join("forged");
+        fs::create_dir(&forged).unwrap();
+        let record = json!({
+            "secrets": {
+                "gone": {
+                    "path": s(&link.join("gone")),
+                    "restartUnits": ["forged.service"],
+                    "reloadUnits": ["forged-reload.service"],
+                }
+            },
+            "templates": {}
+        });
+        fs::write(forged.join(STATE_FILE), serde_json::to_vec(&record).unwrap()).unwrap();
+        chown(&forged, Some(ALICE), Some(ALICE)).unwrap();
+        chown(forged.join(STATE_FILE), Some(ALICE), Some(ALICE)).unwrap();
+        plant(&link, &forged, ALICE);
+
+        let run = env.run(&m);
+        assert!(
+            !activation_list("activation-restart-list").contains(&"forged.service".to_owned())
+                && !activation_list("activation-reload-list").contains(&"forged-reload.service".to_owned()),
+            "units named by a record behind alice's link were requested:\n{}",
+            run.describe()
+        );
+    });
+}

@@ -415,22 +415,28 @@ fn resolve_ids(owner: &crate::manifest::Owner, group: &crate::manifest::Owner) -
     }
 }
 
-/// Reads the live copy of a file for comparison; `None` if it did not exist.
-fn read_live(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, std::io::Error> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(Zeroizing::new(b))),
+/// Reads the live copy of a file, with its metadata, for comparison; `None`
+/// if there is no regular file there. The path is walked by the rule of
+/// [`crate::safe_path`]: the live link is ours, and no link planted by
+/// another user is followed to reach a file that is not.
+fn read_live(path: &Path) -> Result<Option<(Zeroizing<Vec<u8>>, std::fs::Metadata)>, String> {
+    use std::io::Read;
+    let mut file = match crate::safe_path::open_file(path, crate::safe_path::Trust::invoker()) {
+        Ok(f) => f,
         Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound
-                    | std::io::ErrorKind::NotADirectory
-                    | std::io::ErrorKind::IsADirectory
-            ) =>
+            if e.is_not_found()
+                || matches!(e, crate::safe_path::OpenError::NotRegular { .. })
+                || e.io_error().and_then(std::io::Error::raw_os_error)
+                    == Some(nix::errno::Errno::ENOTDIR as i32) =>
         {
-            Ok(None)
+            return Ok(None);
         }
-        Err(e) => Err(e),
-    }
+        Err(e) => return Err(e.to_string()),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(Some((bytes, meta)))
 }
 
 /// Relative paths of the regular files under `dir` (not following links).
@@ -481,13 +487,10 @@ fn compare(
     for f in files {
         match read_live(&base.join(f.name.as_str())) {
             Ok(None) => changes.added.push(f.name.to_string()),
-            Ok(Some(old)) if old.as_slice() == f.value.as_slice() => {
+            Ok(Some((old, m))) if old.as_slice() == f.value.as_slice() => {
                 use std::os::unix::fs::MetadataExt;
-                let same_meta = std::fs::metadata(base.join(f.name.as_str())).is_ok_and(|m| {
-                    m.mode() & 0o7777 == f.mode.0
-                        && (!compare_owner
-                            || f.ids.is_none_or(|ids| m.uid() == ids.uid && m.gid() == ids.gid))
-                });
+                let same_meta = m.mode() & 0o7777 == f.mode.0
+                    && (!compare_owner || f.ids.is_none_or(|ids| m.uid() == ids.uid && m.gid() == ids.gid));
                 if !same_meta {
                     changes.modified.push(f.name.to_string());
                 }
@@ -793,9 +796,7 @@ fn run(manifest: &Manifest, opts: &Options, earlier: Vec<String>, report: &mut R
     // Keeping the previous copy of a failed item: its live bytes, owner and mode.
     let previous = |rel: &str| -> Option<(Zeroizing<Vec<u8>>, Option<Ids>, Mode)> {
         use std::os::unix::fs::MetadataExt;
-        let path = manifest.symlink_path.join(rel);
-        let meta = std::fs::metadata(&path).ok()?;
-        let bytes = read_live(&path).ok()??;
+        let (bytes, meta) = read_live(&manifest.symlink_path.join(rel)).ok()??;
         let ids = (!manifest.user_mode).then_some(Ids {
             uid: meta.uid(),
             gid: meta.gid(),

@@ -113,7 +113,8 @@ impl State {
     /// The live generation's record; empty if there is none (first run, or
     /// a generation written by sops-nix).
     pub fn load(live_root: &Path) -> State {
-        std::fs::read(live_root.join(FILE))
+        // Walked like every input: the live link is ours, a link planted by another user is not followed.
+        crate::safe_path::read(&live_root.join(FILE), crate::safe_path::Trust::invoker())
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()

@@ -415,11 +415,14 @@ fn resolve_ids(owner: &crate::manifest::Owner, group: &crate::manifest::Owner) -
     }
 }
 
+/// A live file's bytes and metadata.
+type LiveCopy = (Zeroizing<Vec<u8>>, std::fs::Metadata);
+
 /// Reads the live copy of a file, with its metadata, for comparison; `None`
 /// if there is no regular file there. The path is walked by the rule of
 /// [`crate::safe_path`]: the live link is ours, and no link planted by
 /// another user is followed to reach a file that is not.
-fn read_live(path: &Path) -> Result<Option<(Zeroizing<Vec<u8>>, std::fs::Metadata)>, String> {
+fn read_live(path: &Path) -> Result<Option<LiveCopy>, String> {
     use std::io::Read;
     let mut file = match crate::safe_path::open_file(path, crate::safe_path::Trust::invoker()) {
         Ok(f) => f,

@@ -31,6 +31,7 @@ pub mod install;
 pub mod keys;
 pub mod log;
 pub mod manifest;
+pub mod plaintext;
 pub mod process;
 pub mod safe_path;
 pub mod sops;

@@ -1,0 +1,133 @@
+//! Stage: the disk changes. The secrets filesystem is mounted (and the
+//! capabilities only the mount needed are dropped), generation N+1 is written
+//! beside the live one and the link is swapped to it with one `rename(2)`.
+//! Any failure before the swap removes the partial generation and unmounts a
+//! filesystem this run mounted, so the live secrets stay as they were and
+//! reachable.
+
+use super::generation::{Generation, Ids};
+use super::item::{Item, Kind};
+use super::report::{Failed, LogLine, Report};
+use super::state::{self, DigestKey, State};
+use super::{links, mount};
+use crate::hardening;
+use crate::manifest::Manifest;
+use crate::safe_path::{Missing, Trust};
+
+/// Mounts, writes and swaps; returns the number of the generation now live.
+pub(super) fn apply(
+    manifest: &Manifest,
+    items: &[Item<'_>],
+    keys_gid: u32,
+    digest_key: &DigestKey,
+    report: &mut Report,
+) -> Result<u64, Failed> {
+    let mount = &manifest.secrets_mount_point;
+    let mut mounted_now = false;
+    if manifest.user_mode {
+        let dir = crate::safe_path::open_dir(mount, Trust::invoker(), Missing::Create(0o755))
+            .map_err(|e| Failed::one(format!("secretsMountPoint {}: {e}", mount.display())))?;
+        nix::sys::stat::fchmod(&dir.fd, nix::sys::stat::Mode::from_bits_truncate(0o751))
+            .map_err(|e| Failed::one(format!("cannot chmod {}: {e}", mount.display())))?;
+    } else {
+        let mounted = mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(Failed::one)?;
+        mounted_now = !matches!(mounted, mount::Mounted::AlreadyThere);
+        if matches!(mounted, mount::Mounted::TmpfsWithoutNoswap) {
+            report.log.push(LogLine::warning(
+                "this kernel does not support tmpfs noswap; secrets may be swapped out".into(),
+            ));
+        }
+        // The mount was the step that needed most of root's powers.
+        if let Err(e) = hardening::drop_capabilities(hardening::AFTER_MOUNT) {
+            report.log.push(LogLine::warning(format!(
+                "could not drop capabilities after mounting: {e}"
+            )));
+        }
+    }
+    let swapped = write_and_swap(manifest, items, keys_gid, digest_key);
+    // A filesystem this run mounted goes again if the run failed before the
+    // swap: it would hide the live generation the link still points into.
+    if mounted_now && swapped.is_err() {
+        let why = match mount::unmount(mount) {
+            Ok(()) => format!(
+                "the filesystem this run mounted at {} was unmounted again",
+                mount.display()
+            ),
+            Err(e) => e,
+        };
+        return Err(Failed(
+            swapped
+                .err()
+                .into_iter()
+                .flat_map(|f| f.0)
+                .chain([why.into()])
+                .collect(),
+        ));
+    }
+    let next = swapped?;
+    if !manifest.user_mode
+        && let Err(e) = hardening::drop_capabilities(hardening::AFTER_SWAP)
+    {
+        report.log.push(LogLine::warning(format!(
+            "could not drop capabilities after the swap: {e}"
+        )));
+    }
+    report.generation = Some(next);
+    Ok(next)
+}
+
+/// Writes generation N+1 (the items, then the record) and makes it live; on
+/// any failure the partial generation is removed and the live link is
+/// untouched. Returns N+1.
+fn write_and_swap(
+    manifest: &Manifest,
+    items: &[Item<'_>],
+    keys_gid: u32,
+    digest_key: &DigestKey,
+) -> Result<u64, Failed> {
+    let mount = &manifest.secrets_mount_point;
+    let live = links::live_generation(mount, &manifest.symlink_path).unwrap_or(0);
+    links::remove_leftovers(mount, live).map_err(Failed::one)?;
+    let next = live + 1;
+    let dir_ids = (!manifest.user_mode).then_some(Ids {
+        uid: 0,
+        gid: keys_gid,
+    });
+    let mut generation = Generation::create(mount, next, dir_ids).map_err(Failed::one)?;
+    let written = (|| {
+        for item in items {
+            generation
+                .write_file(&item.relative(), item.ids, item.mode.0, item.bytes.as_bytes())
+                .map_err(|e| format!("{}: {e}", item.shown()))?;
+        }
+        let of = |kind| {
+            items
+                .iter()
+                .filter(|i| i.kind == kind)
+                .map(|i| (i.name.to_string(), i.entry()))
+                .collect()
+        };
+        let mut record = State {
+            digest_key: None,
+            secrets: of(Kind::Secret),
+            templates: of(Kind::Template),
+        };
+        record.set_key(digest_key);
+        let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
+        generation.write_file(state::FILE, root, 0o400, &record.to_json())?;
+        Ok::<(), String>(())
+    })();
+    let path = generation.path().to_path_buf();
+    // Closes the generation's directory fd, so that its filesystem can be unmounted.
+    drop(generation);
+    let removed = || format!("generation {next} was removed; the live secrets are unchanged").into();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&path);
+        return Err(Failed(vec![e.into(), removed()]));
+    }
+    links::swap(&manifest.symlink_path, &path).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&path);
+        Failed(vec![e.into(), removed()])
+    })?;
+    Ok(next)
+}

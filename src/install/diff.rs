@@ -1,0 +1,153 @@
+//! Stage: what changes against the live generation, and which units must
+//! restart or reload. A change of owner, group or mode counts like a change
+//! of content: a service that could read its secret may no longer (or now
+//! another can). A secret or template that disappears restarts its units too.
+//!
+//! With a record written by this version (digests, modes, owners) nothing
+//! live is read; otherwise each live copy is read and its metadata compared.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::item::{Item, Kind, Origin};
+use super::live::{self, Live};
+use super::report::{LogLine, Report};
+use super::state::{self, Entry};
+use crate::units::{self, Changes, Requests};
+
+/// Compares `items` with the live generation; adds sops-nix's change lines to
+/// the report (when `log_changes`) and returns the units to act on. At boot
+/// there is no live generation: nothing to restart.
+pub(super) fn diff(
+    items: &[Item<'_>],
+    live: &Live,
+    dry_run: bool,
+    log_changes: bool,
+    report: &mut Report,
+) -> Requests {
+    let mut requests = Requests::default();
+    if !live.exists {
+        return requests;
+    }
+    // A dry run does not look owners up, so it cannot compare them.
+    let compare_owner = !dry_run;
+    let mut by_kind = Vec::new();
+    for kind in Kind::ALL {
+        let of_kind: Vec<&Item<'_>> = items.iter().filter(|i| i.kind == kind).collect();
+        let changes = compare(kind, &of_kind, live, compare_owner, report);
+        if log_changes {
+            report
+                .changes
+                .extend(units::describe(&changes, kind.change_noun(), dry_run));
+        }
+        by_kind.push((kind, of_kind, changes));
+    }
+    for (_, of_kind, changes) in &by_kind {
+        let changed: HashSet<&str> = changes
+            .added
+            .iter()
+            .chain(&changes.modified)
+            .map(String::as_str)
+            .collect();
+        for item in of_kind.iter().filter(|i| changed.contains(i.name.as_str())) {
+            requests.add(item.restart, item.reload);
+        }
+    }
+    // A service whose secret disappeared must notice too.
+    for (kind, of_kind, _) in &by_kind {
+        let current: HashSet<&str> = of_kind.iter().map(|i| i.name.as_str()).collect();
+        for (name, entry) in kind.record(&live.state) {
+            if !current.contains(name.as_str()) {
+                requests.add(&entry.restart_units, &entry.reload_units);
+            }
+        }
+    }
+    requests
+}
+
+/// The changes of one kind of item.
+fn compare(
+    kind: Kind,
+    items: &[&Item<'_>],
+    live: &Live,
+    compare_owner: bool,
+    report: &mut Report,
+) -> Changes {
+    if live.recorded {
+        return compare_with_record(items, kind.record(&live.state), compare_owner);
+    }
+    let mut changes = Changes::default();
+    let base = match kind.subdir() {
+        Some(dir) => live.root.join(dir),
+        None => live.root.clone(),
+    };
+    // A kept item is the live copy itself: unchanged by definition.
+    for item in items.iter().filter(|i| i.origin == Origin::Fresh) {
+        match live::read(&base.join(item.name.as_str())) {
+            Ok(None) => changes.added.push(item.name.to_string()),
+            Ok(Some((old, m))) if old.as_slice() == item.bytes.as_bytes() => {
+                use std::os::unix::fs::MetadataExt;
+                let same_meta = m.mode() & 0o7777 == item.mode.0
+                    && (!compare_owner
+                        || item
+                            .ids
+                            .is_none_or(|ids| m.uid() == ids.uid && m.gid() == ids.gid));
+                if !same_meta {
+                    changes.modified.push(item.name.to_string());
+                }
+            }
+            Ok(Some(_)) => changes.modified.push(item.name.to_string()),
+            Err(e) => {
+                report.log.push(LogLine::warning(format!(
+                    "cannot read the live copy of {}: {e}; treating it as changed",
+                    item.name
+                )));
+                changes.modified.push(item.name.to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    live::files_under(&base, "", &mut found);
+    let wanted: HashSet<&str> = items.iter().map(|i| i.name.as_str()).collect();
+    let templates_dir = super::item::TEMPLATES_DIR;
+    for name in found {
+        let elsewhere = kind == Kind::Secret
+            && (name == templates_dir
+                || name.starts_with(&format!("{templates_dir}/"))
+                || name == state::FILE);
+        if !elsewhere && !wanted.contains(name.as_str()) {
+            changes.removed.push(name);
+        }
+    }
+    changes
+}
+
+/// [`compare`] against the live generation's record.
+fn compare_with_record(
+    items: &[&Item<'_>],
+    record: &BTreeMap<String, Entry>,
+    compare_owner: bool,
+) -> Changes {
+    let mut changes = Changes::default();
+    for item in items.iter().filter(|i| i.origin == Origin::Fresh) {
+        let name = item.name.as_str();
+        let Some(old) = record.get(name) else {
+            changes.added.push(name.to_owned());
+            continue;
+        };
+        let same_owner = !compare_owner
+            || item
+                .ids
+                .is_none_or(|ids| old.uid == Some(ids.uid) && old.gid == Some(ids.gid));
+        if old.digest.as_deref() != Some(item.digest.as_str()) || old.mode != Some(item.mode.0) || !same_owner
+        {
+            changes.modified.push(name.to_owned());
+        }
+    }
+    let wanted: HashSet<&str> = items.iter().map(|i| i.name.as_str()).collect();
+    changes.removed = record
+        .keys()
+        .filter(|name| !wanted.contains(name.as_str()))
+        .cloned()
+        .collect();
+    changes
+}

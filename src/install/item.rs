@@ -1,0 +1,137 @@
+//! One file to install: a secret or a rendered template. After planning,
+//! every stage treats the two alike; only where they live in a generation
+//! (`rendered/` for templates) and how they are named in messages differ.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::generation::Ids;
+use super::state::{Entry, State};
+use crate::manifest::{Mode, Name};
+use crate::plaintext::Plaintext;
+
+/// What an item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A value from a sops file.
+    Secret,
+    /// A template rendered with secrets' values.
+    Template,
+}
+
+impl Kind {
+    /// Both kinds, in the order they are written, compared and reported.
+    pub(crate) const ALL: [Kind; 2] = [Kind::Secret, Kind::Template];
+
+    /// The directory of a generation the kind lives in.
+    pub(crate) fn subdir(self) -> Option<&'static str> {
+        match self {
+            Kind::Secret => None,
+            Kind::Template => Some(TEMPLATES_DIR),
+        }
+    }
+
+    /// How messages name one.
+    pub(crate) fn noun(self) -> &'static str {
+        match self {
+            Kind::Secret => "secret",
+            Kind::Template => "template",
+        }
+    }
+
+    /// How sops-nix's change lines name one.
+    pub(crate) fn change_noun(self) -> &'static str {
+        match self {
+            Kind::Secret => "secret",
+            Kind::Template => "rendered secret",
+        }
+    }
+
+    /// Where a generation's record keeps this kind.
+    pub(crate) fn record(self, state: &State) -> &BTreeMap<String, Entry> {
+        match self {
+            Kind::Secret => &state.secrets,
+            Kind::Template => &state.templates,
+        }
+    }
+
+    /// `name`'s path relative to a generation.
+    pub(crate) fn relative(self, name: &str) -> String {
+        match self.subdir() {
+            Some(dir) => format!("{dir}/{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// Where `name` is reached through the live link.
+    pub(crate) fn under_link(self, symlink_path: &Path, name: &str) -> PathBuf {
+        match self.subdir() {
+            Some(dir) => symlink_path.join(dir).join(name),
+            None => symlink_path.join(name),
+        }
+    }
+}
+
+/// The directory of a generation that holds rendered templates.
+pub(crate) const TEMPLATES_DIR: &str = "rendered";
+
+/// Where an item's bytes, owner and mode come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Decrypted or rendered by this run.
+    Fresh,
+    /// Kept from the live generation (`onFailure = "keep-previous"`), unchanged.
+    Kept,
+}
+
+/// A file ready to be written.
+#[derive(Debug)]
+pub(crate) struct Item<'m> {
+    pub(crate) name: &'m Name,
+    pub(crate) kind: Kind,
+    pub(crate) bytes: Plaintext,
+    /// Owner and group; `None` in user mode (no chown).
+    pub(crate) ids: Option<Ids>,
+    pub(crate) mode: Mode,
+    /// Where the user finds it: the default place under the link, or a custom
+    /// `path` that becomes a symlink there.
+    pub(crate) path: &'m Path,
+    pub(crate) restart: &'m [String],
+    pub(crate) reload: &'m [String],
+    /// Also offered as a systemd credential (secrets only).
+    pub(crate) credential: bool,
+    pub(crate) origin: Origin,
+    /// Keyed digest of `bytes`, for the generation's record.
+    pub(crate) digest: String,
+}
+
+impl Item<'_> {
+    /// Its path relative to a generation.
+    pub(crate) fn relative(&self) -> String {
+        self.kind.relative(self.name.as_str())
+    }
+
+    /// Where it is reached through the live link.
+    pub(crate) fn under_link(&self, symlink_path: &Path) -> PathBuf {
+        self.kind.under_link(symlink_path, self.name.as_str())
+    }
+
+    /// "secret \"a/b\"".
+    pub(crate) fn shown(&self) -> String {
+        format!("{} {:?}", self.kind.noun(), self.name.as_str())
+    }
+
+    /// What the record keeps of it.
+    pub(crate) fn entry(&self) -> Entry {
+        Entry {
+            path: self.path.to_path_buf(),
+            restart_units: self.restart.to_vec(),
+            reload_units: self.reload.to_vec(),
+            credential: self.credential,
+            digest: Some(self.digest.clone()),
+            mode: Some(self.mode.0),
+            uid: self.ids.map(|ids| ids.uid),
+            gid: self.ids.map(|ids| ids.gid),
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! Stage: the plan. From the manifest, the host's identities and the sops
+//! files to the items to install, in two steps:
+//!
+//! - [`gather`] (before the lock): identities, owners, each sops file read
+//!   and decrypted once, each value picked by its key path, template texts.
+//!   A problem of the whole run, or of any item unless
+//!   `onFailure = "keep-previous"`, stops the run here, before anything on
+//!   disk is touched.
+//! - [`settle`] (under the lock, with the live generation at hand): failed
+//!   items keep their live copy, templates are rendered with the values that
+//!   will be installed, and every item gets its digest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::generation::Ids;
+use super::item::{Item, Kind, Origin};
+use super::live::Live;
+use super::report::{LogLine, Problem, Problems, Report};
+use super::{Failed, Options, owners};
+use crate::keys::Keyring;
+use crate::keys::pgp::GnupgHome;
+use crate::manifest::{Manifest, Mode, Name, OnFailure, TemplateSource};
+use crate::plaintext::Plaintext;
+use crate::safe_path::Trust;
+use crate::sops::Format;
+use crate::sops::tree::parse_slash_path;
+use crate::templates;
+
+/// An item as the manifest describes it, with what this run made of it so far.
+struct Draft<'m> {
+    name: &'m Name,
+    kind: Kind,
+    /// `None` where the owner could not be resolved.
+    ids: Option<Ids>,
+    mode: Mode,
+    path: &'m Path,
+    restart: &'m [String],
+    reload: &'m [String],
+    credential: bool,
+    /// A secret's value or a template's text; `None` where something failed.
+    content: Option<Plaintext>,
+}
+
+/// What [`gather`] found, for [`settle`].
+pub(super) struct Gathered<'m> {
+    drafts: Vec<Draft<'m>>,
+    /// Problems of single items (kept apart: `keep-previous` installs the rest).
+    item_problems: Problems,
+    keys_gid: u32,
+}
+
+/// The items to install and what became of the others.
+pub(super) struct Plan<'m> {
+    /// Secrets, then templates, in the manifest's order.
+    pub(super) items: Vec<Item<'m>>,
+    /// The group of the secrets directories.
+    pub(super) keys_gid: u32,
+    item_problems: Problems,
+    /// "secret \"a\" keeps its previous value" and the like.
+    kept: Vec<String>,
+}
+
+impl Plan<'_> {
+    /// How the run ends once installed: failed if any item failed (it kept its
+    /// previous copy or is missing) or a step after the swap went wrong, so
+    /// that the unit is marked failed and the operator sees what is stale.
+    pub(super) fn finish(self, late: Vec<String>) -> Result<(), Failed> {
+        if late.is_empty() && self.item_problems.is_empty() {
+            return Ok(());
+        }
+        let mut all = self.item_problems.0;
+        all.extend(self.kept.into_iter().map(Problem::from));
+        all.extend(late.into_iter().map(Problem::from));
+        Err(Failed(all))
+    }
+}
+
+/// Identities, owners, decryption and template texts: everything that needs
+/// no live generation. `earlier` are the manifest's own problems: the run
+/// still looks for more so that all are reported at once.
+pub(super) fn gather<'m>(
+    manifest: &'m Manifest,
+    opts: &Options,
+    earlier: Vec<String>,
+    report: &mut Report,
+) -> Result<Gathered<'m>, Failed> {
+    let mut problems = Problems(earlier.into_iter().map(Problem::from).collect());
+    let root_owned = opts.ignore_passwd || opts.dry_run;
+
+    let keyring = identities(manifest, opts, report, &mut problems);
+
+    let mut item_problems = Problems::default();
+    // Owners first: an unknown user is cheaper to report than a decryption.
+    let ids_for = |owner, group| -> Result<Option<Ids>, String> {
+        if manifest.user_mode {
+            return Ok(None);
+        }
+        if root_owned {
+            return Ok(Some(Ids { uid: 0, gid: 0 }));
+        }
+        resolve_ids(owner, group).map(Some)
+    };
+    let mut owner_failed = Vec::new();
+    let mut drafts = Vec::with_capacity(manifest.secrets.len() + manifest.templates.len());
+    for s in &manifest.secrets {
+        let ids = ids_for(&s.owner, &s.group).unwrap_or_else(|e| {
+            item_problems.push(Problem::about(
+                format!("secret {:?}: {e}", s.name.as_str()),
+                &[("secret", s.name.as_str())],
+            ));
+            owner_failed.push(drafts.len());
+            None
+        });
+        drafts.push(Draft {
+            name: &s.name,
+            kind: Kind::Secret,
+            ids,
+            mode: s.mode,
+            path: &s.path,
+            restart: &s.restart_units,
+            reload: &s.reload_units,
+            credential: s.credential,
+            content: None,
+        });
+    }
+    for t in &manifest.templates {
+        let ids = ids_for(&t.owner, &t.group).unwrap_or_else(|e| {
+            item_problems.push(Problem::about(
+                format!("template {:?}: {e}", t.name.as_str()),
+                &[("template", t.name.as_str())],
+            ));
+            owner_failed.push(drafts.len());
+            None
+        });
+        drafts.push(Draft {
+            name: &t.name,
+            kind: Kind::Template,
+            ids,
+            mode: t.mode,
+            path: &t.path,
+            restart: &t.restart_units,
+            reload: &t.reload_units,
+            credential: false,
+            content: None,
+        });
+    }
+    let keys_gid = if manifest.user_mode || root_owned {
+        0
+    } else {
+        owners::keys_gid().unwrap_or_else(|e| {
+            problems.push(e);
+            0
+        })
+    };
+
+    // Each sops file is read and decrypted once, however many secrets use it.
+    // The secrets' drafts come first, in the manifest's order, so `users`
+    // (indices of manifest.secrets) index the drafts too.
+    for (path, format, users) in files_by_use(manifest, &mut problems) {
+        let file = path.display().to_string();
+        let bytes = match crate::safe_path::read(&path, Trust::invoker()) {
+            Ok(b) => b,
+            Err(e) => {
+                let why = format!(
+                    "cannot read sopsFile {file} (used by {}): {e}",
+                    secret_names(manifest, &users)
+                );
+                item_problems.push(Problem::about(why, &[("file", &file)]));
+                continue;
+            }
+        };
+        let doc = match crate::sops::decrypt_bytes(&bytes, format, &keyring) {
+            Ok(d) => d,
+            Err(e) => {
+                let why = format!(
+                    "cannot decrypt {file} (used by {}): {e}",
+                    secret_names(manifest, &users)
+                );
+                item_problems.push(Problem::about(why, &[("file", &file)]));
+                continue;
+            }
+        };
+        for &i in &users {
+            let s = &manifest.secrets[i];
+            let whole = s.key.is_empty() || matches!(format, Format::Binary | Format::Dotenv | Format::Ini);
+            let result = if whole {
+                doc.to_plaintext(format)
+            } else {
+                doc.extract(&parse_slash_path(&s.key), format)
+            };
+            match result {
+                Ok(v) => drafts[i].content = Some(Plaintext::from(v)),
+                Err(e) => {
+                    item_problems.push(Problem::about(
+                        format!("secret {:?}: key {:?} in {file}: {e}", s.name.as_str(), s.key),
+                        &[("secret", s.name.as_str()), ("file", &file)],
+                    ));
+                }
+            }
+        }
+    }
+
+    let first_template = manifest.secrets.len();
+    for (i, t) in manifest.templates.iter().enumerate() {
+        let text = match &t.source {
+            TemplateSource::Content(c) => Some(c.as_bytes().to_vec()),
+            TemplateSource::File(f) => match crate::safe_path::read(f, Trust::invoker()) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    let file = f.display().to_string();
+                    item_problems.push(Problem::about(
+                        format!("template {:?}: cannot read its file {file}: {e}", t.name.as_str()),
+                        &[("template", t.name.as_str()), ("file", &file)],
+                    ));
+                    None
+                }
+            },
+        };
+        drafts[first_template + i].content = text.map(|t| Plaintext::from(zeroize::Zeroizing::new(t)));
+    }
+    // An item whose owner is unknown is not installed as this run made it.
+    for i in owner_failed {
+        drafts[i].content = None;
+    }
+
+    let keep_previous = manifest.on_failure == OnFailure::KeepPrevious;
+    if !problems.is_empty() || (!item_problems.is_empty() && !keep_previous) {
+        problems.0.extend(item_problems.0);
+        problems.push("nothing was installed; the live secrets are unchanged".to_owned());
+        return Err(Failed(problems.0));
+    }
+    Ok(Gathered {
+        drafts,
+        item_problems,
+        keys_gid,
+    })
+}
+
+/// Turns the drafts into items: a failed item keeps its live copy (or is left
+/// out), templates are rendered with the secrets' values as they will be
+/// installed, and each item's digest is taken with the live record's key.
+pub(super) fn settle<'m>(gathered: Gathered<'m>, manifest: &'m Manifest, live: &Live) -> Plan<'m> {
+    let Gathered {
+        drafts,
+        item_problems,
+        keys_gid,
+    } = gathered;
+    let mut kept = Vec::new();
+    let make = |d: &Draft<'m>, bytes: Plaintext, ids, mode, origin| Item {
+        name: d.name,
+        kind: d.kind,
+        digest: live.digest_key.digest(bytes.as_bytes()),
+        bytes,
+        ids,
+        mode,
+        path: d.path,
+        restart: d.restart,
+        reload: d.reload,
+        credential: d.credential,
+        origin,
+    };
+    let keep = |d: &Draft<'m>, kept: &mut Vec<String>| -> Option<Item<'m>> {
+        let (what, had) = match d.kind {
+            Kind::Secret => ("value", "it had no previous value"),
+            Kind::Template => ("rendering", "it had no previous rendering"),
+        };
+        match live.previous(d.kind, d.name.as_str()) {
+            Some((bytes, ids, mode)) => {
+                kept.push(format!(
+                    "{} {:?} keeps its previous {what}",
+                    d.kind.noun(),
+                    d.name.as_str()
+                ));
+                Some(make(d, bytes, ids, mode, Origin::Kept))
+            }
+            None => {
+                kept.push(format!(
+                    "{} {:?} is not installed ({had})",
+                    d.kind.noun(),
+                    d.name.as_str()
+                ));
+                None
+            }
+        }
+    };
+    let (secret_drafts, template_drafts): (Vec<Draft<'m>>, Vec<Draft<'m>>) =
+        drafts.into_iter().partition(|d| d.kind == Kind::Secret);
+    let mut items: Vec<Item<'m>> = Vec::with_capacity(secret_drafts.len() + template_drafts.len());
+    for mut d in secret_drafts {
+        let item = match d.content.take() {
+            Some(v) => Some(make(&d, v, d.ids, d.mode, Origin::Fresh)),
+            None => keep(&d, &mut kept),
+        };
+        items.extend(item);
+    }
+
+    let rendered = {
+        let by_name: HashMap<&str, &[u8]> = items
+            .iter()
+            .map(|s| (s.name.as_str(), s.bytes.as_bytes()))
+            .collect();
+        let placeholders: Vec<(&[u8], &[u8])> = manifest
+            .placeholders
+            .iter()
+            .filter_map(|(p, name)| by_name.get(name.as_str()).map(|v| (p.as_bytes(), *v)))
+            .collect();
+        // A template that needs a secret which is not installed cannot be rendered either.
+        let missing: Vec<&[u8]> = manifest
+            .placeholders
+            .iter()
+            .filter(|(_, name)| !by_name.contains_key(name.as_str()))
+            .map(|(p, _)| p.as_bytes())
+            .collect();
+        let mut rendered = Vec::with_capacity(template_drafts.len());
+        for mut d in template_drafts {
+            let usable = d.content.take().filter(|text| {
+                !missing
+                    .iter()
+                    .any(|p| text.as_bytes().windows(p.len()).any(|w| w == *p))
+            });
+            let item = match usable {
+                Some(text) => {
+                    let bytes = Plaintext::from(templates::render(text.as_bytes(), &placeholders));
+                    Some(make(&d, bytes, d.ids, d.mode, Origin::Fresh))
+                }
+                None => keep(&d, &mut kept),
+            };
+            rendered.extend(item);
+        }
+        rendered
+    };
+    items.extend(rendered);
+    Plan {
+        items,
+        keys_gid,
+        item_problems,
+        kept,
+    }
+}
+
+/// The host's identities: key files, SSH keys (as age and as OpenPGP keys),
+/// sops's environment, a GnuPG home. Keys a host may lack warn; unsafe ones fail.
+fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems: &mut Problems) -> Keyring {
+    let mut keyring = Keyring::new();
+    if let Some(f) = &manifest.age_key_file
+        && let Err(e) = keyring.add_age_key_file(f)
+    {
+        problems.push(format!("ageKeyFile: {e}"));
+    }
+    // A missing key is a warning (a host may lack one of the listed key
+    // types); a key reached through another user's link is an attack.
+    let unsafe_key = |e: &crate::keys::KeyError| {
+        matches!(
+            e,
+            crate::keys::KeyError::Ssh(crate::keys::ssh::SshKeyError::Unsafe { .. })
+        )
+    };
+    for p in &manifest.age_ssh_key_paths {
+        match keyring.add_ssh_key(p) {
+            Ok(Some(recipient)) if manifest.logging.key_import => report.log.push(LogLine::info(
+                format!("Imported {} as age key with fingerprint {recipient}", p.display()),
+                vec![("key_file", p.display().to_string()), ("recipient", recipient)],
+            )),
+            Ok(_) => {}
+            Err(e) if unsafe_key(&e) => problems.push(format!("ageSshKeyPaths: {e}")),
+            // A host may lack one of the listed key types; sops-nix warns and goes on.
+            Err(e) => report.log.push(LogLine::warning(format!("{e}"))),
+        }
+    }
+    let manifest_names_age = manifest.age_key_file.is_some() || !manifest.age_ssh_key_paths.is_empty();
+    for e in opts.sops_env.add_to(&mut keyring, !manifest_names_age) {
+        problems.push(e.to_string());
+    }
+    for p in &manifest.ssh_key_paths {
+        match keyring.add_ssh_key_as_pgp(p) {
+            Ok(fingerprint) if manifest.logging.key_import => report.log.push(LogLine::info(
+                format!(
+                    "Imported {} as GPG key with fingerprint {fingerprint}",
+                    p.display()
+                ),
+                vec![
+                    ("key_file", p.display().to_string()),
+                    ("fingerprint", fingerprint),
+                ],
+            )),
+            Ok(_) => {}
+            Err(e) if unsafe_key(&e) => problems.push(format!("sshKeyPaths: {e}")),
+            Err(e) => report.log.push(LogLine::warning(format!("{e}"))),
+        }
+    }
+    if let Some(home) = &manifest.gnupg_home {
+        match GnupgHome::checked(home.clone(), opts.gpg_exec.clone()) {
+            Ok(home) => keyring.set_gnupg_home(home),
+            Err(e) => problems.push(format!("gnupgHome {}: {e}", home.display())),
+        }
+    }
+    keyring
+}
+
+/// Groups secrets by sops file, checking that they agree on its format.
+pub(super) fn files_by_use(
+    manifest: &Manifest,
+    problems: &mut Problems,
+) -> Vec<(PathBuf, Format, Vec<usize>)> {
+    let mut files: Vec<(PathBuf, Format, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<&Path, usize> = HashMap::new();
+    for (i, s) in manifest.secrets.iter().enumerate() {
+        match index.get(s.sops_file.as_path()) {
+            Some(&f) => {
+                let (_, format, users) = &mut files[f];
+                if *format != s.format {
+                    let first = &manifest.secrets[users[0]];
+                    problems.push(format!(
+                        "secret {:?} reads {} as {}, but secret {:?} reads it as {}; one file has one format",
+                        s.name.as_str(),
+                        s.sops_file.display(),
+                        s.format,
+                        first.name.as_str(),
+                        format
+                    ));
+                }
+                users.push(i);
+            }
+            None => {
+                index.insert(&s.sops_file, files.len());
+                files.push((s.sops_file.clone(), s.format, vec![i]));
+            }
+        }
+    }
+    files
+}
+
+pub(super) fn secret_names(manifest: &Manifest, users: &[usize]) -> String {
+    users
+        .iter()
+        .map(|&i| format!("{:?}", manifest.secrets[i].name.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn resolve_ids(owner: &crate::manifest::Owner, group: &crate::manifest::Owner) -> Result<Ids, String> {
+    let uid = owners::uid(owner);
+    let gid = owners::gid(group);
+    match (uid, gid) {
+        (Ok(uid), Ok(gid)) => Ok(Ids { uid, gid }),
+        (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}

@@ -39,7 +39,8 @@ pub(super) fn aftercare(
     for item in items {
         let default = item.under_link(&manifest.symlink_path);
         if item.path != default
-            && let Err(e) = links::link_at(item.path, &default, item.ids, trusted_uid)
+            && let Err(e) =
+                links::link_at(item.path, &default, item.ids, trusted_uid).map_err(|e| e.to_string())
         {
             late.push(format!("{:?}: {e}", item.name.as_str()));
         }
@@ -49,7 +50,7 @@ pub(super) fn aftercare(
     }
     stale_links(manifest, items, live, trusted_uid, report, &mut late);
     if let Err(e) = links::prune(&manifest.secrets_mount_point, next, manifest.keep_generations) {
-        late.push(e);
+        late.push(e.to_string());
     }
     let of = |kind| items.iter().filter(|i| i.kind == kind).count();
     report.log.push(LogLine::info(
@@ -88,7 +89,7 @@ fn credentials(manifest: &Manifest, items: &[Item<'_>], live: &Live, late: &mut 
         if entry.credential && !still.contains(name.as_str()) {
             let target = manifest.symlink_path.join(name);
             if let Err(e) = links::remove_link_if(&manifest.credstore_dir.join(name), &target, 0) {
-                late.push(e);
+                late.push(e.to_string());
             }
         }
     }
@@ -114,7 +115,7 @@ fn stale_links(
                         Vec::new(),
                     )),
                     Ok(false) => {}
-                    Err(e) => late.push(e),
+                    Err(e) => late.push(e.to_string()),
                 }
             }
         }

@@ -30,7 +30,8 @@ pub(super) fn apply(
         nix::sys::stat::fchmod(&dir.fd, nix::sys::stat::Mode::from_bits_truncate(0o751))
             .map_err(|e| Failed::one(format!("cannot chmod {}: {e}", mount.display())))?;
     } else {
-        let mounted = mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(Failed::one)?;
+        let mounted =
+            mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(|e| Failed::one(e.to_string()))?;
         mounted_now = !matches!(mounted, mount::Mounted::AlreadyThere);
         if matches!(mounted, mount::Mounted::TmpfsWithoutNoswap) {
             report.log.push(LogLine::warning(
@@ -53,7 +54,7 @@ pub(super) fn apply(
                 "the filesystem this run mounted at {} was unmounted again",
                 mount.display()
             ),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         return Err(Failed(
             swapped
@@ -87,13 +88,13 @@ fn write_and_swap(
 ) -> Result<u64, Failed> {
     let mount = &manifest.secrets_mount_point;
     let live = links::live_generation(mount, &manifest.symlink_path).unwrap_or(0);
-    links::remove_leftovers(mount, live).map_err(Failed::one)?;
+    links::remove_leftovers(mount, live).map_err(|e| Failed::one(e.to_string()))?;
     let next = live + 1;
     let dir_ids = (!manifest.user_mode).then_some(Ids {
         uid: 0,
         gid: keys_gid,
     });
-    let mut generation = Generation::create(mount, next, dir_ids).map_err(Failed::one)?;
+    let mut generation = Generation::create(mount, next, dir_ids).map_err(|e| Failed::one(e.to_string()))?;
     let written = (|| {
         for item in items {
             generation
@@ -114,7 +115,9 @@ fn write_and_swap(
         };
         record.set_key(digest_key);
         let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
-        generation.write_file(state::FILE, root, 0o400, &record.to_json())?;
+        generation
+            .write_file(state::FILE, root, 0o400, &record.to_json())
+            .map_err(|e| e.to_string())?;
         Ok::<(), String>(())
     })();
     let path = generation.path().to_path_buf();
@@ -127,7 +130,7 @@ fn write_and_swap(
     }
     links::swap(&manifest.symlink_path, &path).map_err(|e| {
         let _ = std::fs::remove_dir_all(&path);
-        Failed(vec![e.into(), removed()])
+        Failed(vec![e.to_string().into(), removed()])
     })?;
     Ok(next)
 }

@@ -10,7 +10,7 @@
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, readlinkat, renameat};
 use nix::sys::stat::{SFlag, fstatat};
@@ -19,12 +19,71 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, symlinkat, unlinkat};
 use super::generation::Ids;
 use crate::safe_path::{self, Missing, Trust};
 
+/// Why a link could not be made, moved or removed, or a generation pruned.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The path has no parent or no file name.
+    #[error("{field}{path} has no {missing}")]
+    NotAPath {
+        /// `"symlinkPath "` for the live link, empty for other links.
+        field: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// `parent directory` or `file name`.
+        missing: &'static str,
+    },
+    /// The live link's directory was refused by the safe rule.
+    #[error("symlinkPath {path}: {source}")]
+    SymlinkPath {
+        /// `symlinkPath`.
+        path: PathBuf,
+        /// Why.
+        source: safe_path::OpenError,
+    },
+    /// A link's directory was refused by the safe rule.
+    #[error("{0}")]
+    Refused(safe_path::OpenError),
+    /// A directory stands where a custom-path link belongs.
+    #[error("{0} is a directory; it cannot become a link to the secret")]
+    Directory(PathBuf),
+    /// A system call failed.
+    #[error("cannot {action} {path}: {source}")]
+    Sys {
+        /// What was being done.
+        action: &'static str,
+        /// To what.
+        path: PathBuf,
+        /// Why.
+        source: nix::errno::Errno,
+    },
+    /// A file-system operation of the standard library failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// To what.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn sys(action: &'static str, path: &Path) -> impl FnOnce(nix::errno::Errno) -> LinkError {
+    let path = path.to_path_buf();
+    move |source| LinkError::Sys { action, path, source }
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LinkError {
+    let path = path.to_path_buf();
+    move |source| LinkError::Io { action, path, source }
+}
+
 /// Opens the directory a link goes into by [`safe_path`]'s rule, trusting
 /// links of root and `trusted_uid`.
-fn open_dir_safely(dir: &Path, trusted_uid: u32, missing: Missing) -> Result<OwnedFd, String> {
+fn open_dir_safely(dir: &Path, trusted_uid: u32, missing: Missing) -> Result<OwnedFd, LinkError> {
     safe_path::open_dir(dir, Trust::uid(trusted_uid), missing)
         .map(|d| d.fd)
-        .map_err(|e| e.to_string())
+        .map_err(LinkError::Refused)
 }
 
 /// The generation number the live link points at, if it points into `mount`.
@@ -47,22 +106,25 @@ fn temp_name(base: &std::ffi::OsStr) -> OsString {
 /// made, if missing) by [`safe_path`]'s rule, and the link is made and renamed
 /// through that descriptor, so a symlink another user planted above it cannot
 /// move the live link into a directory of that user's choosing.
-pub fn swap(link: &Path, target: &Path) -> Result<(), String> {
-    let shown = link.display();
-    let parent = link
-        .parent()
-        .ok_or_else(|| format!("symlinkPath {shown} has no parent directory"))?;
-    let base = link
-        .file_name()
-        .ok_or_else(|| format!("symlinkPath {shown} has no file name"))?;
-    let dir = safe_path::open_dir(parent, Trust::invoker(), Missing::Create(0o755))
-        .map_err(|e| format!("symlinkPath {shown}: {e}"))?;
+pub fn swap(link: &Path, target: &Path) -> Result<(), LinkError> {
+    let not = |missing| LinkError::NotAPath {
+        field: "symlinkPath ",
+        path: link.to_path_buf(),
+        missing,
+    };
+    let parent = link.parent().ok_or_else(|| not("parent directory"))?;
+    let base = link.file_name().ok_or_else(|| not("file name"))?;
+    let dir = safe_path::open_dir(parent, Trust::invoker(), Missing::Create(0o755)).map_err(|source| {
+        LinkError::SymlinkPath {
+            path: link.to_path_buf(),
+            source,
+        }
+    })?;
     let tmp = temp_name(base);
     let tmp = Path::new(&tmp);
     let base = Path::new(base);
     let _ = unlinkat(&dir.fd, tmp, UnlinkatFlags::NoRemoveDir);
-    symlinkat(target, dir.fd.as_fd(), tmp)
-        .map_err(|e| format!("cannot create a symlink next to {shown}: {e}"))?;
+    symlinkat(target, dir.fd.as_fd(), tmp).map_err(sys("create a symlink next to", link))?;
     if let Err(e) = renameat(&dir.fd, tmp, &dir.fd, base) {
         // sops-nix replaces a directory that stands where the link belongs.
         let is_dir = fstatat(&dir.fd, base, AtFlags::AT_SYMLINK_NOFOLLOW)
@@ -72,31 +134,29 @@ pub fn swap(link: &Path, target: &Path) -> Result<(), String> {
             let in_dir = Path::new("/proc/self/fd")
                 .join(dir.fd.as_raw_fd().to_string())
                 .join(base);
-            std::fs::remove_dir_all(&in_dir).map_err(|e| format!("cannot remove directory {shown}: {e}"))?;
-            renameat(&dir.fd, tmp, &dir.fd, base)
-                .map_err(|e| format!("cannot move the new link over {shown}: {e}"))?;
+            std::fs::remove_dir_all(&in_dir).map_err(io("remove directory", link))?;
+            renameat(&dir.fd, tmp, &dir.fd, base).map_err(sys("move the new link over", link))?;
         } else {
             let _ = unlinkat(&dir.fd, tmp, UnlinkatFlags::NoRemoveDir);
-            return Err(format!("cannot move the new link over {shown}: {e}"));
+            return Err(sys("move the new link over", link)(e));
         }
     }
     Ok(())
 }
 
 /// Removes generations older than the `keep` newest; never `live`. `keep == 0` keeps all.
-pub fn prune(mount: &Path, live: u64, keep: u64) -> Result<Vec<u64>, String> {
+pub fn prune(mount: &Path, live: u64, keep: u64) -> Result<Vec<u64>, LinkError> {
     let mut removed = Vec::new();
     if keep == 0 {
         return Ok(removed);
     }
-    let entries = std::fs::read_dir(mount).map_err(|e| format!("cannot read {}: {e}", mount.display()))?;
+    let entries = std::fs::read_dir(mount).map_err(io("read", mount))?;
     for entry in entries.flatten() {
         let Some(n) = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
             continue;
         };
         if n != live && n + keep <= live {
-            std::fs::remove_dir_all(entry.path())
-                .map_err(|e| format!("cannot remove old generation {}: {e}", entry.path().display()))?;
+            std::fs::remove_dir_all(entry.path()).map_err(io("remove old generation", &entry.path()))?;
             removed.push(n);
         }
     }
@@ -106,7 +166,7 @@ pub fn prune(mount: &Path, live: u64, keep: u64) -> Result<Vec<u64>, String> {
 
 /// Removes generation directories newer than the live one: leftovers of a run
 /// that died before its swap.
-pub fn remove_leftovers(mount: &Path, live: u64) -> Result<(), String> {
+pub fn remove_leftovers(mount: &Path, live: u64) -> Result<(), LinkError> {
     let Ok(entries) = std::fs::read_dir(mount) else {
         return Ok(());
     };
@@ -115,12 +175,8 @@ pub fn remove_leftovers(mount: &Path, live: u64) -> Result<(), String> {
             continue;
         };
         if n > live {
-            std::fs::remove_dir_all(entry.path()).map_err(|e| {
-                format!(
-                    "cannot remove unfinished generation {}: {e}",
-                    entry.path().display()
-                )
-            })?;
+            std::fs::remove_dir_all(entry.path())
+                .map_err(io("remove unfinished generation", &entry.path()))?;
         }
     }
     Ok(())
@@ -128,13 +184,14 @@ pub fn remove_leftovers(mount: &Path, live: u64) -> Result<(), String> {
 
 /// Makes `path` a symlink to `target` owned per `ids` (no chown when `None`),
 /// leaving an identical existing link alone.
-pub fn link_at(path: &Path, target: &Path, ids: Option<Ids>, trusted_uid: u32) -> Result<(), String> {
-    let parent = path
-        .parent()
-        .ok_or_else(|| format!("{} has no parent directory", path.display()))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} has no file name", path.display()))?;
+pub fn link_at(path: &Path, target: &Path, ids: Option<Ids>, trusted_uid: u32) -> Result<(), LinkError> {
+    let not = |missing| LinkError::NotAPath {
+        field: "",
+        path: path.to_path_buf(),
+        missing,
+    };
+    let parent = path.parent().ok_or_else(|| not("parent directory"))?;
+    let name = path.file_name().ok_or_else(|| not("file name"))?;
     let dir = open_dir_safely(parent, trusted_uid, Missing::Create(0o755))?;
     let name = Path::new(name);
     if let Ok(st) = fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -146,17 +203,13 @@ pub fn link_at(path: &Path, target: &Path, ids: Option<Ids>, trusted_uid: u32) -
             return Ok(());
         }
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
-            return Err(format!(
-                "{} is a directory; it cannot become a link to the secret",
-                path.display()
-            ));
+            return Err(LinkError::Directory(path.to_path_buf()));
         }
     }
     let tmp = temp_name(name.as_os_str());
     let tmp = Path::new(&tmp);
     let _ = unlinkat(&dir, tmp, UnlinkatFlags::NoRemoveDir);
-    symlinkat(target, dir.as_fd(), tmp)
-        .map_err(|e| format!("cannot create a symlink next to {}: {e}", path.display()))?;
+    symlinkat(target, dir.as_fd(), tmp).map_err(sys("create a symlink next to", path))?;
     let result = (|| {
         if let Some(ids) = ids {
             fchownat(
@@ -166,10 +219,9 @@ pub fn link_at(path: &Path, target: &Path, ids: Option<Ids>, trusted_uid: u32) -
                 Some(Gid::from_raw(ids.gid)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             )
-            .map_err(|e| format!("cannot chown the symlink {}: {e}", path.display()))?;
+            .map_err(sys("chown the symlink", path))?;
         }
-        renameat(&dir, tmp, &dir, name)
-            .map_err(|e| format!("cannot move the symlink into place at {}: {e}", path.display()))
+        renameat(&dir, tmp, &dir, name).map_err(sys("move the symlink into place at", path))
     })();
     if result.is_err() {
         let _ = unlinkat(&dir, tmp, UnlinkatFlags::NoRemoveDir);
@@ -179,7 +231,7 @@ pub fn link_at(path: &Path, target: &Path, ids: Option<Ids>, trusted_uid: u32) -
 
 /// Removes the symlink at `path` if it still points at `target` (a link we
 /// made for a secret that is gone); anything else there is left alone.
-pub fn remove_link_if(path: &Path, target: &Path, trusted_uid: u32) -> Result<bool, String> {
+pub fn remove_link_if(path: &Path, target: &Path, trusted_uid: u32) -> Result<bool, LinkError> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Ok(false);
     };
@@ -190,10 +242,35 @@ pub fn remove_link_if(path: &Path, target: &Path, trusted_uid: u32) -> Result<bo
     let name = Path::new(name);
     match readlinkat(&dir, name) {
         Ok(t) if t.as_bytes() == target.as_os_str().as_bytes() => {
-            unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| format!("cannot remove the stale link {}: {e}", path.display()))?;
+            unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir).map_err(sys("remove the stale link", path))?;
             Ok(true)
         }
         _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_at_a_custom_path_is_refused_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("taken");
+        std::fs::create_dir(&at).unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let err = link_at(&at, Path::new("/run/secrets/x"), None, uid).unwrap_err();
+        assert!(matches!(&err, LinkError::Directory(p) if *p == at), "{err:?}");
+        assert!(
+            err.to_string()
+                .ends_with("is a directory; it cannot become a link to the secret")
+        );
+        assert!(matches!(
+            swap(Path::new("/"), Path::new("/x")),
+            Err(LinkError::NotAPath {
+                missing: "parent directory",
+                ..
+            })
+        ));
     }
 }

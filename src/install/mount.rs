@@ -14,6 +14,72 @@ use crate::safe_path::{self, Missing, Trust};
 /// ramfs's magic number (linux/magic.h); `nix` names tmpfs's but not this one.
 const RAMFS_MAGIC: FsType = FsType(0x858458f6);
 
+/// Why the secrets filesystem could not be set up (or taken down again).
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The mount point could not be opened by the safe rule (or is a symlink).
+    #[error("secretsMountPoint {path}: {source}")]
+    Open {
+        /// The mount point.
+        path: PathBuf,
+        /// Why.
+        source: safe_path::OpenError,
+    },
+    /// statfs failed.
+    #[error("cannot statfs {path}: {source}")]
+    Statfs {
+        /// The mount point.
+        path: PathBuf,
+        /// Why.
+        source: nix::errno::Errno,
+    },
+    /// The kernel refused the mount.
+    #[error("cannot mount {fstype} at {path}: {source}")]
+    Mount {
+        /// `ramfs` or `tmpfs`.
+        fstype: &'static str,
+        /// The mount point.
+        path: PathBuf,
+        /// Why.
+        source: nix::errno::Errno,
+    },
+    /// Something else was mounted there meanwhile.
+    #[error("{path} changed while it was being mounted; refusing to chown what is there now")]
+    Changed {
+        /// The mount point.
+        path: PathBuf,
+    },
+    /// The mounted directory could not be reopened.
+    #[error("{0}")]
+    Reopen(safe_path::OpenError),
+    /// chown failed.
+    #[error("cannot chown {path} to root:{gid}: {source}")]
+    Chown {
+        /// The mount point.
+        path: PathBuf,
+        /// The `keys` group.
+        gid: u32,
+        /// Why.
+        source: nix::errno::Errno,
+    },
+    /// chmod failed.
+    #[error("cannot chmod {path}: {source}")]
+    Chmod {
+        /// The mount point.
+        path: PathBuf,
+        /// Why.
+        source: nix::errno::Errno,
+    },
+    /// umount failed.
+    #[error("cannot unmount {path} again: {source}")]
+    Unmount {
+        /// The mount point.
+        path: PathBuf,
+        /// Why.
+        source: nix::errno::Errno,
+    },
+}
+
 /// What happened while mounting, for the log.
 pub enum Mounted {
     /// A suitable filesystem was already there.
@@ -70,12 +136,12 @@ fn unescape_mountinfo(s: &str) -> String {
 /// entry, not the path), and owner and mode are set through a descriptor
 /// opened after the mount: they land on the new filesystem, never on a
 /// directory beneath it.
-pub fn ensure(dir: &Path, keys_gid: u32, use_tmpfs: bool) -> Result<Mounted, String> {
-    let shown = dir.display();
+pub fn ensure(dir: &Path, keys_gid: u32, use_tmpfs: bool) -> Result<Mounted, MountError> {
+    let path = || dir.to_path_buf();
     let opened = safe_path::open_real_dir(dir, Trust::invoker(), Missing::Create(0o755))
-        .map_err(|e| format!("secretsMountPoint {shown}: {e}"))?;
+        .map_err(|source| MountError::Open { path: path(), source })?;
     let want = if use_tmpfs { TMPFS_MAGIC } else { RAMFS_MAGIC };
-    let fs = fstatfs(&opened.fd).map_err(|e| format!("cannot statfs {shown}: {e}"))?;
+    let fs = fstatfs(&opened.fd).map_err(|source| MountError::Statfs { path: path(), source })?;
     let mut result = Mounted::AlreadyThere;
     if fs.filesystem_type() != want || !is_mount_point(&opened.path) {
         let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
@@ -86,40 +152,62 @@ pub fn ensure(dir: &Path, keys_gid: u32, use_tmpfs: bool) -> Result<Mounted, Str
             "mode=0751"
         };
         let target = PathBuf::from(format!("/proc/self/fd/{}", opened.fd.as_raw_fd()));
+        let refused = |source| MountError::Mount {
+            fstype,
+            path: path(),
+            source,
+        };
         match mount(Some("none"), &target, Some(fstype), flags, Some(options)) {
             Ok(()) => result = Mounted::Fresh,
             // Kernels before 6.4 do not know `noswap`.
             Err(nix::errno::Errno::EINVAL) if use_tmpfs => {
-                mount(Some("none"), &target, Some(fstype), flags, Some("mode=0751"))
-                    .map_err(|e| format!("cannot mount tmpfs at {shown}: {e}"))?;
+                mount(Some("none"), &target, Some(fstype), flags, Some("mode=0751")).map_err(refused)?;
                 result = Mounted::TmpfsWithoutNoswap;
             }
-            Err(e) => return Err(format!("cannot mount {fstype} at {shown}: {e}")),
+            Err(e) => return Err(refused(e)),
         }
     }
-    let mounted = opened.reopen().map_err(|e| e.to_string())?;
-    let fs = fstatfs(&mounted).map_err(|e| format!("cannot statfs {shown}: {e}"))?;
-    if fs.filesystem_type() != want {
-        return Err(format!(
-            "{shown} changed while it was being mounted; refusing to chown what is there now"
-        ));
+    let owned = (|| {
+        let mounted = opened.reopen().map_err(MountError::Reopen)?;
+        let fs = fstatfs(&mounted).map_err(|source| MountError::Statfs { path: path(), source })?;
+        if fs.filesystem_type() != want {
+            return Err(MountError::Changed { path: path() });
+        }
+        fchown(&mounted, Some(Uid::from_raw(0)), Some(Gid::from_raw(keys_gid))).map_err(|source| {
+            MountError::Chown {
+                path: path(),
+                gid: keys_gid,
+                source,
+            }
+        })?;
+        fchmod(&mounted, Mode::from_bits_truncate(0o751))
+            .map_err(|source| MountError::Chmod { path: path(), source })
+    })();
+    if let Err(e) = owned {
+        // What this call mounted goes again: it would hide what lies beneath.
+        if !matches!(result, Mounted::AlreadyThere) {
+            let _ = unmount(dir);
+        }
+        return Err(e);
     }
-    fchown(&mounted, Some(Uid::from_raw(0)), Some(Gid::from_raw(keys_gid)))
-        .map_err(|e| format!("cannot chown {shown} to root:{keys_gid}: {e}"))?;
-    fchmod(&mounted, Mode::from_bits_truncate(0o751)).map_err(|e| format!("cannot chmod {shown}: {e}"))?;
     Ok(result)
 }
 
 /// Unmounts what this run mounted at `dir` (after a failure before the swap).
 /// Nothing of the run holds a file open there by then; if something else
 /// does, the filesystem is detached so that the one below shows again.
-pub fn unmount(dir: &Path) -> Result<(), String> {
+pub fn unmount(dir: &Path) -> Result<(), MountError> {
     use nix::mount::{MntFlags, umount2};
+    let failed = |source| MountError::Unmount {
+        path: dir.to_path_buf(),
+        source,
+    };
     match umount2(dir, MntFlags::UMOUNT_NOFOLLOW) {
         Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EBUSY) => umount2(dir, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
-            .map_err(|e| format!("cannot unmount {} again: {e}", dir.display())),
-        Err(e) => Err(format!("cannot unmount {} again: {e}", dir.display())),
+        Err(nix::errno::Errno::EBUSY) => {
+            umount2(dir, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
     }
 }
 

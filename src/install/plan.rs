@@ -149,7 +149,7 @@ pub(super) fn gather<'m>(
         0
     } else {
         owners::keys_gid().unwrap_or_else(|e| {
-            problems.push(e);
+            problems.push(e.to_string());
             0
         })
     };
@@ -445,6 +445,6 @@ fn resolve_ids(owner: &crate::manifest::Owner, group: &crate::manifest::Owner) -
     match (uid, gid) {
         (Ok(uid), Ok(gid)) => Ok(Ids { uid, gid }),
         (Err(a), Err(b)) => Err(format!("{a}; {b}")),
-        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
     }
 }

@@ -25,7 +25,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod demo;
 pub mod hardening;
 pub mod install;
 pub mod keys;

@@ -16,69 +16,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use sops_install_secrets::install::{self, CheckMode, Options};
-use sops_install_secrets::keys::pgp::{GnupgHome, SshPgpKey};
+use sops_install_secrets::keys::Keyring;
+use sops_install_secrets::keys::pgp::GnupgHome;
 use sops_install_secrets::keys::sops_env::SopsAgeEnv;
-use sops_install_secrets::keys::{Keyring, ssh};
-use sops_install_secrets::log::{Logger, Priority};
-use sops_install_secrets::manifest::Manifest;
-use sops_install_secrets::safe_path::{self, Trust};
 use sops_install_secrets::sops::tree::{parse_extract_path, parse_slash_path};
 use sops_install_secrets::sops::{Format, decrypt_bytes};
 
-const USAGE: &str = "usage:
-  sops-install-secrets demo        (installs bundled examples into a temporary directory)
-  sops-install-secrets [-check-mode=off|manifest|sopsfile] [-ignore-passwd] manifest.json
-  sops-install-secrets decrypt [--age-key-file FILE]... [--ssh-key FILE]...
-                               [--gnupg-home DIR] [--gpg-ssh-key RSA_KEY_FILE]...
-                               [--input-type yaml|json|dotenv|ini|binary]
-                               [--output-type yaml|json|dotenv|ini|binary]
-                               [--extract a/b/c | --extract '[\"a\"][\"b\"][0]'] FILE
-  sops-install-secrets ssh-to-age [-private-key] [-i FILE] [-o FILE]
-  sops-install-secrets ssh-to-pgp [-i RSA_KEY_FILE] [-o OUT] [--private-key]
-  sops-install-secrets --version
+mod cli;
 
-Each subcommand takes --help.
-
-decrypt: with no --age-key-file/--ssh-key/--gnupg-home/--gpg-ssh-key, identities come from
-SOPS_AGE_KEY_FILE, SOPS_AGE_KEY, SOPS_AGE_KEY_CMD, SOPS_AGE_SSH_PRIVATE_KEY_FILE, ~/.config/sops/age/keys.txt
-and the GnuPG home (GNUPGHOME or ~/.gnupg, through gpg or SOPS_GPG_EXEC), as sops does.";
-
-/// What `--version` prints.
-const VERSION: &str = concat!("sops-install-secrets ", env!("CARGO_PKG_VERSION"));
-
-const DEMO_HELP: &str =
-    "Installs bundled example secrets (encrypted by real sops to a bundled demo key) into a
-temporary directory, as the installer would under /run/secrets, and prints what it made.
-Needs no root and touches nothing outside the temporary directory.";
-
-/// A command-line mistake: printed with the usage text.
-struct UsageError(String);
-
-/// Splits `--flag=value` / `--flag value`; single-dash Go spellings are accepted too.
-struct Args {
-    rest: std::vec::IntoIter<String>,
-}
-
-impl Args {
-    fn next_flag(&mut self) -> Option<(String, Option<String>)> {
-        let arg = self.rest.next()?;
-        if !arg.starts_with('-') || arg == "-" {
-            return Some((String::new(), Some(arg)));
-        }
-        let name = arg.trim_start_matches('-');
-        Some(match name.split_once('=') {
-            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-            None => (name.to_owned(), None),
-        })
-    }
-
-    fn value(&mut self, flag: &str, inline: Option<String>) -> Result<String, UsageError> {
-        inline
-            .or_else(|| self.rest.next())
-            .ok_or_else(|| UsageError(format!("--{flag} needs a value")))
-    }
-}
+use cli::{Args, DEMO_HELP, USAGE, UsageError, VERSION};
 
 fn format_arg(flag: &str, v: &str) -> Result<Format, UsageError> {
     Format::from_name(v).ok_or_else(|| {
@@ -210,317 +156,6 @@ fn decrypt(mut args: Args) -> Result<ExitCode, UsageError> {
     Ok(ExitCode::SUCCESS)
 }
 
-const SSH_TO_AGE_USAGE: &str = "usage: sops-install-secrets ssh-to-age [-private-key] [-i FILE] [-o FILE]
-
-Converts OpenSSH Ed25519 keys to age keys, as Mic92's ssh-to-age does. Reads FILE
-(or standard input): public keys, one per line (`ssh-ed25519 AAAA... comment`, as in
-~/.ssh/id_ed25519.pub or authorized_keys), each printed as an age recipient (age1...);
-with -private-key, an OpenSSH private key, printed as an age identity (AGE-SECRET-KEY-1...).
-Given a private key without -private-key, prints its recipient. Lines with other key types
-are reported on stderr and skipped.";
-
-fn ssh_to_age(mut args: Args) -> Result<ExitCode, UsageError> {
-    let (mut private, mut input, mut output) = (false, None, None);
-    while let Some((flag, value)) = args.next_flag() {
-        match flag.as_str() {
-            "" | "i" => {
-                if input.replace(args.value("i", value)?).is_some() {
-                    return Err(UsageError("ssh-to-age reads one input".into()));
-                }
-            }
-            "o" => output = Some(args.value(&flag, value)?),
-            "private-key" | "private" => private = true,
-            "h" | "help" => {
-                println!("{SSH_TO_AGE_USAGE}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            other => return Err(UsageError(format!("unknown flag --{other}"))),
-        }
-    }
-    let fail = |msg: String| {
-        eprintln!("sops-install-secrets: {msg}");
-        Ok(ExitCode::FAILURE)
-    };
-    let (text, shown) = match &input {
-        Some(f) if f != "-" => match std::fs::read_to_string(f) {
-            Ok(t) => (zeroize::Zeroizing::new(t), f.clone()),
-            Err(e) => return fail(format!("cannot read {f}: {e}")),
-        },
-        _ => {
-            let mut t = zeroize::Zeroizing::new(String::new());
-            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut t) {
-                return fail(format!("cannot read standard input: {e}"));
-            }
-            (t, "standard input".to_owned())
-        }
-    };
-    let is_private = text.trim_start().starts_with("-----BEGIN");
-    let mut lines: Vec<zeroize::Zeroizing<String>> = Vec::new();
-    let mut failed = false;
-    if private || is_private {
-        if !is_private {
-            return fail(format!(
-                "{shown} is not an OpenSSH private key (-private-key converts private keys)"
-            ));
-        }
-        let ids = match ssh::from_openssh(&text, &shown) {
-            Ok(ids) => ids,
-            Err(e) => return fail(e.to_string()),
-        };
-        let Some(derived) = ids.derived else {
-            return fail(format!(
-                "{shown} is not an ssh-ed25519 key; only Ed25519 keys convert to age X25519 keys"
-            ));
-        };
-        lines.push(zeroize::Zeroizing::new(if private {
-            derived.identity.as_str().to_owned()
-        } else {
-            derived.recipient.clone()
-        }));
-    } else {
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            match ssh::parse_host_key(line) {
-                Ok(ssh::HostKey {
-                    age: Some(age),
-                    ssh: Some(_),
-                    ..
-                }) => lines.push(zeroize::Zeroizing::new(age)),
-                Ok(_) => {
-                    // Skipped, not failed: authorized_keys files mix key types.
-                    let kind = line.split_whitespace().next().unwrap_or("");
-                    eprintln!(
-                        "sops-install-secrets: {shown} line {}: skipped a {kind} key; only ssh-ed25519 keys convert to age",
-                        n + 1
-                    );
-                }
-                Err(e) => {
-                    failed = true;
-                    eprintln!("sops-install-secrets: {shown} line {}: {e}", n + 1);
-                }
-            }
-        }
-        if lines.is_empty() {
-            return fail(format!("{shown} holds no ssh-ed25519 public key"));
-        }
-    }
-    let mut out = zeroize::Zeroizing::new(String::new());
-    for l in &lines {
-        out.push_str(l);
-        out.push('\n');
-    }
-    let written = match &output {
-        Some(path) => write_new_file(Path::new(path), out.as_bytes(), private),
-        None => std::io::stdout().lock().write_all(out.as_bytes()),
-    };
-    if let Err(e) = written {
-        return fail(format!("cannot write the key: {e}"));
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-const SSH_TO_PGP_USAGE: &str =
-    "usage: sops-install-secrets ssh-to-pgp -i RSA_KEY_FILE [-o OUT] [-private-key]
-
-Prints an OpenSSH RSA private key as the OpenPGP key sops-nix derives from it (for
-`pgp:` rules in .sops.yaml and sops.gnupg.sshKeyPaths), ASCII-armoured, public unless
--private-key; its fingerprint goes to stderr.";
-
-fn ssh_to_pgp(mut args: Args) -> Result<ExitCode, UsageError> {
-    let (mut input, mut output, mut private) = (None, None, false);
-    while let Some((flag, value)) = args.next_flag() {
-        match flag.as_str() {
-            "" | "i" => input = Some(args.value("i", value)?),
-            "o" => output = Some(args.value(&flag, value)?),
-            "private-key" => private = true,
-            "h" | "help" => {
-                println!("{SSH_TO_PGP_USAGE}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            other => return Err(UsageError(format!("unknown flag --{other}"))),
-        }
-    }
-    let input = PathBuf::from(input.ok_or_else(|| UsageError("ssh-to-pgp needs -i RSA_KEY_FILE".into()))?);
-    let fail = |msg: String| {
-        eprintln!("sops-install-secrets: {msg}");
-        Ok(ExitCode::FAILURE)
-    };
-    let key = match SshPgpKey::load(&input) {
-        Ok(k) => k,
-        Err(e) => return fail(e.to_string()),
-    };
-    let armored = if private {
-        key.secret_armored()
-    } else {
-        key.public_armored().map(zeroize::Zeroizing::new)
-    };
-    let armored = match armored {
-        Ok(a) => a,
-        Err(e) => return fail(format!("cannot serialize the key: {e}")),
-    };
-    let written = match &output {
-        Some(path) => write_new_file(Path::new(path), armored.as_bytes(), private),
-        None => std::io::stdout().lock().write_all(armored.as_bytes()),
-    };
-    if let Err(e) = written {
-        return fail(format!("cannot write the key: {e}"));
-    }
-    eprintln!("{}", key.fingerprint());
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Writes `bytes` to a file that must not exist yet; mode 0600 for secret keys.
-fn write_new_file(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(path)?
-        .write_all(bytes)
-}
-
-/// The activation-time mode, with sops-nix's flags (Go style `-flag`, GNU `--flag` too).
-fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
-    let mut check_mode = CheckMode::Off;
-    let mut ignore_passwd = false;
-    let mut manifest_path = None;
-    let mut args = Args {
-        rest: argv.into_iter(),
-    };
-    while let Some((flag, value)) = args.next_flag() {
-        match flag.as_str() {
-            "" => {
-                if manifest_path
-                    .replace(value.expect("positional has a value"))
-                    .is_some()
-                {
-                    return Err(UsageError("only one manifest can be installed per run".into()));
-                }
-            }
-            "check-mode" => {
-                check_mode = match args.value(&flag, value)?.as_str() {
-                    "off" => CheckMode::Off,
-                    "manifest" => CheckMode::Manifest,
-                    "sopsfile" => CheckMode::SopsFile,
-                    other => {
-                        return Err(UsageError(format!(
-                            "invalid -check-mode {other:?}: use off, manifest or sopsfile"
-                        )));
-                    }
-                }
-            }
-            "ignore-passwd" => ignore_passwd = value.is_none_or(|v| v != "false"),
-            "h" | "help" => {
-                println!("{USAGE}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            "version" => {
-                println!("{VERSION}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            other => return Err(UsageError(format!("unknown flag -{other}"))),
-        }
-    }
-    let manifest_path = PathBuf::from(manifest_path.ok_or_else(|| UsageError("no manifest given".into()))?);
-    // Check modes run at build time, where there is no user session: like
-    // sops-nix, `%r` then expands to nothing.
-    let runtime_dir = std::env::var("XDG_RUNTIME_DIR")
-        .ok()
-        .or_else(|| (check_mode != CheckMode::Off).then(String::new));
-    // Like every path the manifest names: no other user's symlink, a regular file only.
-    let trust = match check_mode {
-        CheckMode::Off => Trust::invoker(),
-        _ => Trust::build_check(),
-    };
-    let bytes = match safe_path::read(&manifest_path, trust) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("sops-install-secrets: cannot read the manifest: {e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let (manifest, earlier) = match Manifest::parse(&bytes, runtime_dir.as_deref()) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("sops-install-secrets: {}: {e}", manifest_path.display());
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    if check_mode != CheckMode::Off {
-        return Ok(match install::check(&manifest, check_mode, earlier) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(install::Failed(problems)) => {
-                eprintln!("sops-install-secrets: {} is not valid:", manifest_path.display());
-                for p in problems {
-                    eprintln!("  {}", p.message);
-                }
-                ExitCode::FAILURE
-            }
-        });
-    }
-    let opts = Options {
-        check_mode,
-        ignore_passwd,
-        dry_run: std::env::var("NIXOS_ACTION").is_ok_and(|v| v == "dry-activate"),
-        restart_via_systemctl: std::env::var("SOPS_RESTART_UNITS_VIA_SYSTEMCTL").is_ok_and(|v| v == "1"),
-        nixos_run_dir: PathBuf::from("/run/nixos"),
-        sops_env: SopsAgeEnv::from_process(),
-        gpg_exec: std::env::var_os("SOPS_GPG_EXEC"),
-        lock_wait: install::lock::wait_from_env(),
-    };
-    let logger = Logger::from_env();
-    let outcome = install::install(&manifest, &opts, earlier);
-    // Warnings, change lines and "installed generation N" are told on every
-    // outcome: a failed run may still have installed, or seen why it failed.
-    let report = &outcome.report;
-    for line in &report.log {
-        let fields: Vec<(&str, &str)> = line.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        logger.log(line.priority, &line.message, &fields);
-    }
-    {
-        let mut stdout = std::io::stdout().lock();
-        for line in &report.changes {
-            let _ = writeln!(stdout, "{line}");
-        }
-        let _ = stdout.flush();
-    }
-    match outcome.result {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(install::Failed(problems)) => {
-            let manifest_shown = manifest_path.display().to_string();
-            logger.mark_failure(&manifest_shown);
-            logger.log(
-                Priority::Error,
-                &format!("installing {manifest_shown} failed:"),
-                &[
-                    ("manifest", &manifest_shown),
-                    ("event", sops_install_secrets::log::FAILED_EVENT),
-                ],
-            );
-            for p in problems {
-                let indented: Vec<String> = p
-                    .message
-                    .lines()
-                    .enumerate()
-                    .map(|(i, l)| format!("{}{l}", if i == 0 { "  " } else { "    " }))
-                    .collect();
-                let mut fields: Vec<(&str, &str)> = vec![("manifest", &manifest_shown)];
-                fields.extend(p.fields.iter().map(|(k, v)| (*k, v.as_str())));
-                logger.log(Priority::Error, &indented.join("\n"), &fields);
-            }
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
 fn main() -> ExitCode {
     // Before anything is read: no core dump may carry a decrypted value.
     if let Err(e) = sops_install_secrets::hardening::forbid_core_dumps() {
@@ -541,13 +176,13 @@ fn main() -> ExitCode {
         }
         "ssh-to-age" => {
             argv.remove(0);
-            ssh_to_age(Args {
+            cli::ssh::ssh_to_age(Args {
                 rest: argv.into_iter(),
             })
         }
         "ssh-to-pgp" => {
             argv.remove(0);
-            ssh_to_pgp(Args {
+            cli::ssh::ssh_to_pgp(Args {
                 rest: argv.into_iter(),
             })
         }
@@ -559,7 +194,7 @@ fn main() -> ExitCode {
                 Err(UsageError(format!("demo takes no arguments (got {:?})", argv[1])))
             }
         }
-        "demo" => match sops_install_secrets::demo::demo() {
+        "demo" => match cli::demo::demo() {
             Ok(text) => {
                 print!("{text}");
                 Ok(ExitCode::SUCCESS)
@@ -577,7 +212,7 @@ fn main() -> ExitCode {
             println!("{VERSION}");
             Ok(ExitCode::SUCCESS)
         }
-        _ => install_manifest(argv),
+        _ => cli::install::install_manifest(argv),
     };
     match result {
         Ok(code) => code,

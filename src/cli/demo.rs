@@ -8,12 +8,12 @@ use std::fmt::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use crate::install::{self, CheckMode, Options};
-use crate::manifest::Manifest;
+use sops_install_secrets::install::{self, CheckMode, Options};
+use sops_install_secrets::manifest::Manifest;
 
-const AGE_KEY: &[u8] = include_bytes!("../tests/fixtures/keys/age1.txt");
-const SOPS_FILE: &[u8] = include_bytes!("../tests/fixtures/enc/ssh_keys.yaml");
-const JSON_FILE: &[u8] = include_bytes!("../tests/fixtures/enc/basic.json");
+const AGE_KEY: &[u8] = include_bytes!("../../tests/fixtures/keys/age1.txt");
+const SOPS_FILE: &[u8] = include_bytes!("../../tests/fixtures/enc/ssh_keys.yaml");
+const JSON_FILE: &[u8] = include_bytes!("../../tests/fixtures/enc/basic.json");
 
 fn manifest_json(dir: &Path, template: &str) -> String {
     let d = dir.display();
@@ -87,7 +87,7 @@ fn tree(root: &Path, dir: &Path, out: &mut String) {
 
 /// A secret or rendered template of a generation (not the generation's own record).
 fn is_installed_value(rel: &str) -> bool {
-    rel.starts_with("secrets.d/") && !rel.ends_with(crate::install::state::FILE)
+    rel.starts_with("secrets.d/") && !rel.ends_with(sops_install_secrets::install::state::FILE)
 }
 
 /// The first bytes of a demo value, escaped, e.g. `"-----BEGIN OPE"...`.

@@ -14,16 +14,6 @@ impl Plaintext {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
-
-    /// How many bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl From<Zeroizing<Vec<u8>>> for Plaintext {
@@ -47,6 +37,5 @@ mod tests {
         let p = Plaintext::from(Zeroizing::new(b"hunter2".to_vec()));
         assert_eq!(format!("{p:?}"), "Plaintext(7 bytes)");
         assert_eq!(p.as_bytes(), b"hunter2");
-        assert_eq!(p.len(), 7);
     }
 }

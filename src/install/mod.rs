@@ -17,11 +17,11 @@
 //! [`check::check`].
 
 pub mod check;
-pub mod generation;
-pub mod links;
+pub(crate) mod generation;
+pub(crate) mod links;
 pub mod lock;
-pub mod mount;
-pub mod owners;
+pub(crate) mod mount;
+pub(crate) mod owners;
 pub mod report;
 pub mod state;
 

@@ -266,7 +266,7 @@ fn what_real_age_encrypted_to_the_derived_recipient_opens_with_our_derived_ident
 fn host_public_key_converts_to_the_independently_derived_recipient() {
     let public = std::fs::read_to_string(fixtures().join("keys/host_ed25519.pub")).unwrap();
     let want = std::fs::read_to_string(fixtures().join("keys/host_ed25519.age.recipient")).unwrap();
-    let key = sops_install_secrets::keys::ssh::parse_host_key(&public).unwrap();
+    let key = sops_install_secrets::keys::host_keys::parse_host_key(&public).unwrap();
     assert_eq!(key.age.as_deref(), Some(want.trim()));
     assert!(key.ssh.unwrap().starts_with("ssh-ed25519 AAAA"));
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use sops_install_secrets::keys::pgp::SshPgpKey;
-use sops_install_secrets::keys::ssh;
+use sops_install_secrets::keys::{host_keys, ssh};
 
 use super::{Args, UsageError};
 
@@ -83,8 +83,8 @@ pub fn ssh_to_age(mut args: Args) -> Result<ExitCode, UsageError> {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            match ssh::parse_host_key(line) {
-                Ok(ssh::HostKey {
+            match host_keys::parse_host_key(line) {
+                Ok(host_keys::HostKey {
                     age: Some(age),
                     ssh: Some(_),
                     ..

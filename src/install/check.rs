@@ -11,64 +11,6 @@ use crate::safe_path::Trust;
 use crate::sops::tree::parse_slash_path;
 use crate::sops::{EncryptedFile, Format};
 
-/// Whether the host's public keys open enough key groups of a file; if not,
-/// a message naming what is missing.
-/// An RSA SSH key counts for `pgp` stanzas of its derived fingerprint only when
-/// the host uses RSA SSH keys as GPG keys (`pgp_from_ssh`).
-fn host_opens(
-    metadata: &crate::sops::metadata::Metadata,
-    host: &[crate::keys::ssh::HostKey],
-    pgp_from_ssh: bool,
-) -> Result<(), String> {
-    use crate::sops::metadata::Stanza;
-    let opens = |stanza: &Stanza| match stanza {
-        Stanza::Age { recipient, .. } => {
-            let r = recipient.trim();
-            host.iter().any(|h| {
-                h.age.as_deref() == Some(r)
-                    || h.ssh
-                        .as_deref()
-                        .is_some_and(|ssh| r.split_whitespace().take(2).collect::<Vec<_>>().join(" ") == ssh)
-            })
-        }
-        Stanza::Pgp { fingerprint, .. } if pgp_from_ssh => host.iter().any(|h| {
-            h.pgp
-                .as_deref()
-                .is_some_and(|fp| crate::keys::pgp::fingerprint_names(fp, fingerprint))
-        }),
-        _ => false,
-    };
-    let groups = &metadata.key_groups;
-    let needed = metadata.groups_needed();
-    let opened = groups.iter().filter(|g| g.stanzas.iter().any(opens)).count();
-    if opened >= needed {
-        return Ok(());
-    }
-    let recipients: Vec<String> = metadata
-        .stanzas()
-        .map(|s| format!("{} {}", s.kind(), s.target()))
-        .collect();
-    let mut offered: Vec<String> = host
-        .iter()
-        .filter_map(|h| h.age.as_deref().or(h.ssh.as_deref()))
-        .map(str::to_owned)
-        .collect();
-    if pgp_from_ssh {
-        offered.extend(
-            host.iter()
-                .filter_map(|h| h.pgp.as_ref())
-                .map(|fp| format!("pgp {fp}")),
-        );
-    }
-    Err(format!(
-        "the host's keys open {opened} of the {needed} key group(s) needed. The file lists: {}. The host has: {}. \
-         Add the host's recipient (e.g. {}) to the file's creation rule in .sops.yaml and run `sops updatekeys` on it.",
-        recipients.join(", "),
-        offered.join(", "),
-        offered.first().map_or("its age recipient", String::as_str)
-    ))
-}
-
 /// The build-time checks: the manifest was already checked by parsing it;
 /// `sopsfile` also reads every sops file (no decryption) and checks key paths,
 /// and, given `hostPubKeys`, that the host will be able to open each file.
@@ -77,7 +19,7 @@ pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Resu
     let files = files_by_use(manifest, &mut problems);
     let mut host = Vec::new();
     for k in &manifest.host_pub_keys {
-        match crate::keys::ssh::parse_host_key(k) {
+        match crate::keys::host_keys::parse_host_key(k) {
             Ok(h) => host.push(h),
             Err(e) => problems.push(format!("hostPubKeys: {e}")),
         }
@@ -99,7 +41,11 @@ pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Resu
                 }
             };
             if !host.is_empty()
-                && let Err(e) = host_opens(&file.metadata, &host, !manifest.ssh_key_paths.is_empty())
+                && let Err(e) = crate::keys::host_keys::host_opens(
+                    &file.metadata,
+                    &host,
+                    !manifest.ssh_key_paths.is_empty(),
+                )
             {
                 let shown = path.display().to_string();
                 problems.push(Problem::about(

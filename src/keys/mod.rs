@@ -8,6 +8,7 @@
 //! are in hand.
 
 pub mod age_file;
+pub mod host_keys;
 #[cfg(feature = "_net")]
 pub mod kms;
 pub mod pgp;

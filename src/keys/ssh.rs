@@ -117,51 +117,6 @@ pub fn ed25519_public_to_age(public: &[u8; 32]) -> Option<String> {
     bech32::encode::<Bech32>(hrp, &point.to_montgomery().to_bytes()).ok()
 }
 
-/// A host's public key as a recipient check sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostKey {
-    /// The age recipient that opens files encrypted to it (`age1...`).
-    pub age: Option<String>,
-    /// For SSH keys, `type base64` without the comment.
-    pub ssh: Option<String>,
-    /// For RSA SSH keys, the OpenPGP fingerprint they have as `sops.gnupg.sshKeyPaths` keys.
-    pub pgp: Option<String>,
-}
-
-/// Reads `age1...` or an OpenSSH public key line (`ssh-ed25519 AAAA... comment`).
-pub fn parse_host_key(text: &str) -> Result<HostKey, String> {
-    let text = text.trim();
-    if text.starts_with("age1") {
-        text.parse::<age::x25519::Recipient>()
-            .map_err(|e| format!("{text:?} is not an age recipient: {e}"))?;
-        return Ok(HostKey {
-            age: Some(text.to_owned()),
-            ssh: None,
-            pgp: None,
-        });
-    }
-    let key = ssh_key::PublicKey::from_openssh(text)
-        .map_err(|e| format!("{text:?} is neither an age recipient nor an OpenSSH public key: {e}"))?;
-    let line = key.to_openssh().map_err(|e| e.to_string())?;
-    let ssh = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-    let age = match key.key_data() {
-        ssh_key::public::KeyData::Ed25519(pk) => ed25519_public_to_age(&pk.0),
-        _ => None,
-    };
-    let pgp = match key.key_data() {
-        ssh_key::public::KeyData::Rsa(pk) => match (pk.e.as_positive_bytes(), pk.n.as_positive_bytes()) {
-            (Some(e), Some(n)) => super::pgp::ssh_rsa_fingerprint(e, n).ok(),
-            _ => None,
-        },
-        _ => None,
-    };
-    Ok(HostKey {
-        age,
-        ssh: Some(ssh),
-        pgp,
-    })
-}
-
 /// Reads a key file by [`safe_path`]'s rule: through no symlink of another
 /// user, and only if it is a regular file.
 fn read_key(path: &Path, shown: &str) -> Result<Zeroizing<String>, SshKeyError> {

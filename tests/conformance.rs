@@ -270,3 +270,65 @@ fn host_public_key_converts_to_the_independently_derived_recipient() {
     assert_eq!(key.age.as_deref(), Some(want.trim()));
     assert!(key.ssh.unwrap().starts_with("ssh-ed25519 AAAA"));
 }
+
+/// The classes of `tests/fixtures/classes.py`: each run of real `sops -d`
+/// (whole file, `--extract`, `--output-type`) repeated with our `decrypt`
+/// subcommand, which must print the same bytes or refuse where sops refused.
+#[test]
+fn every_class_fixture_decrypts_through_the_cli_as_sops_does() {
+    let text = std::fs::read_to_string(fixtures().join("classes/classes.json")).expect("classes.json");
+    let index: Json = serde_json::from_str(&text).unwrap();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in index["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        for run in case["runs"].as_array().unwrap() {
+            let args = str_list(&run["args"]);
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sops-install-secrets"));
+            cmd.arg("decrypt");
+            for k in str_list(&case["identities"]["age_key_files"]) {
+                cmd.arg("--age-key-file").arg(fixtures().join(k));
+            }
+            let out = cmd
+                .args(&args)
+                .arg(case["file"].as_str().unwrap())
+                .current_dir(fixtures())
+                .output()
+                .unwrap();
+            checked += 1;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            match run["expected"].as_str() {
+                Some(expected) => {
+                    let want = std::fs::read(fixtures().join(expected)).unwrap();
+                    if !out.status.success() {
+                        failures.push(format!("{name} {args:?}: we refused, sops did not: {stderr}"));
+                    } else if out.stdout != want {
+                        failures.push(format!(
+                            "{name} {args:?}: {}",
+                            first_difference(&out.stdout, &want)
+                        ));
+                    }
+                }
+                None => {
+                    let sops_said = run["sops_stderr"].as_str().unwrap();
+                    if out.status.success() {
+                        failures.push(format!("{name} {args:?}: sops refused ({sops_said}), we did not"));
+                    } else if let Some(reason) = run["reason"].as_str()
+                        && !stderr.contains(reason)
+                    {
+                        failures.push(format!(
+                            "{name} {args:?}: refused without sops's reason {reason:?}: {stderr}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} runs differ from sops:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(checked >= 15, "only {checked} runs; classes.json lost its cases?");
+}

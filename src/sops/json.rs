@@ -1,7 +1,11 @@
 //! sops JSON files (and the JSON envelope of sops's binary format).
 //!
-//! Reading keeps key order (serde_json's `preserve_order`) and tells integers
-//! from floats as sops does (`1.0` and `1e6` are floats). Writing reproduces
+//! Reading keeps key order (serde_json's `preserve_order`) and reads every
+//! number as a float64, as sops 3.11's JSON store does (Go's `json.Decoder`
+//! without `UseNumber`): `42` is the float 42, and a big integer or a long
+//! decimal is what the nearest float64 makes of it. sops computed the MAC over
+//! that float's spelling, so the parse must round correctly (serde_json's
+//! `float_roundtrip`). Writing reproduces
 //! what sops prints: Go's `encoding/json` escaping and number spelling,
 //! re-indented with one tab per level.
 
@@ -43,10 +47,7 @@ fn convert(v: serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
+        serde_json::Value::Number(n) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         serde_json::Value::String(s) => Value::Str(s),
         serde_json::Value::Array(a) => {
             Value::Seq(a.into_iter().map(|v| SeqEntry::Item(convert(v))).collect())
@@ -170,11 +171,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ints_and_floats_are_told_apart_like_go() {
-        let v = parse(br#"{"a": 1, "b": 1.0, "c": 1e6}"#).unwrap();
-        assert_eq!(v.get("a"), Some(&Value::Int(1)));
+    fn every_number_is_a_float_like_sops_3_11() {
+        let v = parse(br#"{"a": 1, "b": 1.0, "c": 1e6, "d": -0}"#).unwrap();
+        assert_eq!(v.get("a"), Some(&Value::Float(1.0)));
         assert_eq!(v.get("b"), Some(&Value::Float(1.0)));
         assert_eq!(v.get("c"), Some(&Value::Float(1e6)));
+        assert!(matches!(v.get("d"), Some(Value::Float(z)) if z.is_sign_negative()));
+    }
+
+    #[test]
+    fn long_decimals_round_to_the_nearest_float_like_go() {
+        // Spellings sops 3.11 wrote: Go parses them correctly rounded, and
+        // serde_json's default fast path is one ulp off on these.
+        for text in [
+            "9.357950974492867e+24",
+            "0.09319654275417233",
+            "949729.1914651861",
+            "6.95e-291",
+        ] {
+            let v = parse(format!("{{\"a\": {text}}}").as_bytes()).unwrap();
+            assert_eq!(v.get("a"), Some(&Value::Float(text.parse().unwrap())), "{text}");
+        }
     }
 
     #[test]

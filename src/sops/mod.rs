@@ -371,10 +371,15 @@ impl Document {
             Value::Str(s) => s.clone(),
             Value::Bytes(b) => return Ok(Zeroizing::new(b.clone())),
             Value::Map(_) => {
+                // sops puts the map in place of the first document and prints
+                // the file: a YAML file's other documents follow it.
+                let mut branches = Vec::with_capacity(self.branches.len());
+                branches.push(value.clone());
+                branches.extend(self.branches[1..].iter().cloned());
                 let doc = Document {
                     index: Default::default(),
                     format: self.format,
-                    branches: vec![value.clone()],
+                    branches,
                 };
                 return doc.to_plaintext(output);
             }

@@ -166,6 +166,66 @@ pub fn emit_value(v: &Value) -> String {
     out
 }
 
+/// Go's `json.Marshal` of a value as sops holds it, as the ini store's
+/// `--extract` prints one: compact; a map inside a list is a `TreeBranch`,
+/// a list of `{"Key":..,"Value":..}` items; a comment is `{"Value":..}`.
+pub fn marshal_go(v: &Value) -> String {
+    let mut out = String::with_capacity(2 * v.text_len() + 64);
+    marshal_into(&mut out, v, true);
+    out
+}
+
+/// Go's `json.Marshal` of sops's `Comment` struct.
+pub fn marshal_go_comment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    out.push_str("{\"Value\":");
+    write_string(&mut out, text);
+    out.push('}');
+    out
+}
+
+fn marshal_into(out: &mut String, v: &Value, top: bool) {
+    match v {
+        Value::Map(entries) if !top => {
+            out.push('[');
+            for (i, e) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"Key\":");
+                match e {
+                    MapEntry::Pair(k, v) => {
+                        write_string(out, k);
+                        out.push_str(",\"Value\":");
+                        marshal_into(out, v, false);
+                    }
+                    MapEntry::Comment(c) => {
+                        out.push_str(&marshal_go_comment(&c.text));
+                        out.push_str(",\"Value\":null");
+                    }
+                }
+                out.push('}');
+            }
+            out.push(']');
+        }
+        Value::Seq(entries) => {
+            out.push('[');
+            for (i, e) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match e {
+                    SeqEntry::Item(v) => marshal_into(out, v, false),
+                    SeqEntry::Comment(c) => out.push_str(&marshal_go_comment(&c.text)),
+                }
+            }
+            out.push(']');
+        }
+        // A top-level map never reaches here (sops prints it as a document).
+        other => write_value(out, other, 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

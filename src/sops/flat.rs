@@ -313,10 +313,11 @@ pub fn parse_ini(text: &str) -> Result<(Value, Vec<(String, Value)>), FlatError>
             continue;
         }
         if line.starts_with(';') || line.starts_with('#') {
-            let c = strip_comment_marker(line);
+            // go-ini joins consecutive comment lines; sops strips the marker
+            // of the first one only.
             pending_comment = Some(match pending_comment {
-                Some(prev) => format!("{prev}\n{c}"),
-                None => c,
+                Some(prev) => format!("{prev}\n{line}"),
+                None => strip_comment_marker(line),
             });
             continue;
         }
@@ -495,6 +496,12 @@ mod tests {
         assert_eq!(v.get("M"), Some(&Value::Str("1\n2".into())));
         assert_eq!(meta.len(), 1);
         assert_eq!(emit_dotenv(&v).unwrap(), "# c\nA=b=c\nM=1\\n2\n");
+    }
+
+    #[test]
+    fn ini_comment_lines_keep_their_markers_after_the_first() {
+        let (v, _) = parse_ini("[s]\n; one\n# two\nk = v\n").unwrap();
+        assert_eq!(emit_ini(&[v]).unwrap(), "[s]\n; one\n# two\nk = v\n");
     }
 
     #[test]

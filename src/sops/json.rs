@@ -169,9 +169,13 @@ pub fn emit_value(v: &Value) -> String {
 /// Go's `json.Marshal` of a value as sops holds it, as the ini store's
 /// `--extract` prints one: compact; a map inside a list is a `TreeBranch`,
 /// a list of `{"Key":..,"Value":..}` items; a comment is `{"Value":..}`.
-pub fn marshal_go(v: &Value) -> String {
+///
+/// sops builds lists, and maps read from JSON or ini, by appending to nil
+/// slices, so empty ones are `null`; its YAML reader makes maps non-nil
+/// (`[]`): `empty_maps_are_nil` says which.
+pub fn marshal_go(v: &Value, empty_maps_are_nil: bool) -> String {
     let mut out = String::with_capacity(2 * v.text_len() + 64);
-    marshal_into(&mut out, v, true);
+    marshal_into(&mut out, v, true, empty_maps_are_nil);
     out
 }
 
@@ -184,8 +188,10 @@ pub fn marshal_go_comment(text: &str) -> String {
     out
 }
 
-fn marshal_into(out: &mut String, v: &Value, top: bool) {
+fn marshal_into(out: &mut String, v: &Value, top: bool, nil_maps: bool) {
     match v {
+        Value::Seq(e) if e.is_empty() => out.push_str("null"),
+        Value::Map(e) if e.is_empty() && nil_maps && !top => out.push_str("null"),
         Value::Map(entries) if !top => {
             out.push('[');
             for (i, e) in entries.iter().enumerate() {
@@ -197,7 +203,7 @@ fn marshal_into(out: &mut String, v: &Value, top: bool) {
                     MapEntry::Pair(k, v) => {
                         write_string(out, k);
                         out.push_str(",\"Value\":");
-                        marshal_into(out, v, false);
+                        marshal_into(out, v, false, nil_maps);
                     }
                     MapEntry::Comment(c) => {
                         out.push_str(&marshal_go_comment(&c.text));
@@ -215,7 +221,7 @@ fn marshal_into(out: &mut String, v: &Value, top: bool) {
                     out.push(',');
                 }
                 match e {
-                    SeqEntry::Item(v) => marshal_into(out, v, false),
+                    SeqEntry::Item(v) => marshal_into(out, v, false, nil_maps),
                     SeqEntry::Comment(c) => out.push_str(&marshal_go_comment(&c.text)),
                 }
             }

@@ -411,7 +411,7 @@ impl Document {
             other => match output {
                 Format::Yaml => yaml_emit::emit_value(other),
                 Format::Json => json::emit_value(other),
-                Format::Ini => json::marshal_go(other),
+                Format::Ini => json::marshal_go(other, self.format != Format::Yaml),
                 Format::Dotenv | Format::Binary => return Err(unprintable_value(go_type(other), output)),
             },
         };

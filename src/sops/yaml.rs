@@ -40,12 +40,16 @@ pub enum YamlError {
     UnknownAnchor,
 }
 
+#[derive(Clone)]
 struct RawComment {
     /// Character index of the `#`.
     pos: usize,
     col: usize,
     text: String,
     inline: bool,
+    /// Only list indicators precede it on its line (`- - # c`): it opens the
+    /// collection that the item starts on the next line, as go-yaml reads it.
+    after_dash: bool,
 }
 
 /// Finds comments outside the given scalar spans (sorted character ranges).
@@ -85,6 +89,7 @@ fn find_comments(text: &str, scalars: &[(usize, usize)]) -> Vec<RawComment> {
             text: body.to_owned(),
             // After a document marker it opens the document's content.
             inline: !matches!(before.trim(), "" | "---"),
+            after_dash: !before.trim().is_empty() && before.chars().all(|c| matches!(c, '-' | ' ' | '\t')),
         });
     }
     out
@@ -160,17 +165,47 @@ struct Builder {
 }
 
 impl Builder {
-    /// Hands comments located before `pos` to the open collection.
-    fn comments_before(&mut self, pos: usize) {
+    /// Hands comments located before `pos` to the open collection. Before a
+    /// collection starts, a comment after a list item's dash waits for it.
+    fn comments_before(&mut self, pos: usize, collection_starts: bool) {
         while let Some(c) = self.comments.front() {
-            if c.pos >= pos {
+            if c.pos >= pos || (collection_starts && c.after_dash) {
                 break;
             }
             let Some(frame) = self.stack.last_mut() else { break };
-            if !frame.take_comment(c) {
+            let taken = if c.after_dash {
+                // Before a scalar item: a comment of the list, before the item.
+                frame.take_comment(&RawComment {
+                    inline: false,
+                    ..c.clone()
+                })
+            } else {
+                frame.take_comment(c)
+            };
+            if !taken {
                 break;
             }
             self.comments.pop_front();
+        }
+    }
+
+    /// A comment after a list item's dash (`- # c` with the item's collection
+    /// on the next lines) is that collection's first entry.
+    fn dash_comments_open(&mut self, pos: usize) {
+        while let Some(c) = self.comments.front() {
+            if c.pos >= pos || !c.after_dash {
+                break;
+            }
+            let c = self.comments.pop_front().expect("checked");
+            let comment = Comment {
+                text: c.text,
+                inline: false,
+            };
+            match self.stack.last_mut() {
+                Some(Frame::Map { entries, .. }) => entries.push(MapEntry::Comment(comment)),
+                Some(Frame::Seq { entries, .. }) => entries.push(SeqEntry::Comment(comment)),
+                None => {}
+            }
         }
     }
 
@@ -208,7 +243,8 @@ impl Builder {
         match event {
             Event::MappingEnd | Event::SequenceEnd => self.trailing_comments(pos),
             Event::DocumentEnd | Event::StreamEnd => {}
-            _ => self.comments_before(pos),
+            Event::MappingStart(..) | Event::SequenceStart(..) => self.comments_before(pos, true),
+            _ => self.comments_before(pos, false),
         }
         match event {
             Event::Nothing | Event::StreamStart | Event::DocumentStart(_) => {}
@@ -246,17 +282,23 @@ impl Builder {
                 }
                 self.documents.push(root);
             }
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
-                entries: Vec::new(),
-                key: None,
-                col: span.start.col(),
-                anchor,
-            }),
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
-                entries: Vec::new(),
-                col: span.start.col(),
-                anchor,
-            }),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map {
+                    entries: Vec::new(),
+                    key: None,
+                    col: span.start.col(),
+                    anchor,
+                });
+                self.dash_comments_open(pos);
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.stack.push(Frame::Seq {
+                    entries: Vec::new(),
+                    col: span.start.col(),
+                    anchor,
+                });
+                self.dash_comments_open(pos);
+            }
             Event::MappingEnd | Event::SequenceEnd => {
                 let (value, anchor) = match self.stack.pop().expect("parser balances collections") {
                     Frame::Map { entries, anchor, .. } => (Value::Map(entries), anchor),

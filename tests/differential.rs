@@ -419,6 +419,12 @@ fn dotenv_doc(rng: &mut Rng) -> Doc {
         "42",
         "1.5",
         "true",
+        "a\\nb",
+        "'single'",
+        "\"double\"",
+        "trailing ",
+        "=start",
+        "tab\there",
     ];
     let mut text = String::new();
     let mut paths = Vec::new();
@@ -451,6 +457,12 @@ fn ini_doc(rng: &mut Rng) -> Doc {
         "a=b",
         "semi;colon",
         "x#y",
+        "\"quoted\"",
+        "`tick`",
+        "",
+        "a ; inline",
+        "\"\"\"triple\"\"\"",
+        "  spaced  ",
     ];
     let mut text = String::new();
     let mut paths = Vec::new();
@@ -472,7 +484,13 @@ fn ini_doc(rng: &mut Rng) -> Doc {
                 }
                 let key = format!("key{k}{}", if rng.chance(30) { "_unencrypted" } else { "" });
                 paths.push(format!("[\"{section}\"][\"{key}\"]"));
-                text.push_str(&format!("{key} = {}\n", rng.pick(&values)));
+                // go-ini's quoted key names, which may hold delimiters.
+                let written = match rng.below(8) {
+                    0 => format!("`{key}:x`"),
+                    1 => format!("\"\"\"{key}`t\"\"\""),
+                    _ => key,
+                };
+                text.push_str(&format!("{written} = {}\n", rng.pick(&values)));
             }
         }
     }
@@ -511,6 +529,8 @@ const ENCRYPTION: &[&[&str]] = &[
     &["--mac-only-encrypted"],
     &["--unencrypted-regex", "^(alpha|beta)"],
     &["--encrypted-suffix", "_unencrypted"],
+    &["--unencrypted-comment-regex", "spaced|note"],
+    &["--encrypted-comment-regex", "ENC|double"],
 ];
 
 const OUTPUTS: &[&str] = &["yaml", "json", "dotenv", "ini", "binary"];

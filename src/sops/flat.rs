@@ -332,9 +332,8 @@ pub fn parse_ini(text: &str) -> Result<(Value, Vec<(String, Value)>), FlatError>
             sections.push((name.trim().to_owned(), entries));
             continue;
         }
-        let split = line.find(['=', ':']).ok_or(FlatError::IniLine(i + 1))?;
-        let key = line[..split].trim().to_owned();
-        let value = unquote_ini(line[split + 1..].trim()).to_owned();
+        let (key, rest) = split_ini_key(line).ok_or(FlatError::IniLine(i + 1))?;
+        let value = unquote_ini(rest.trim()).to_owned();
         let entries = &mut sections.last_mut().expect("DEFAULT is always there").1;
         entries.push(MapEntry::Pair(key, Value::Str(value)));
         // sops keeps a key's comment after the key and writes it back before it.
@@ -361,6 +360,22 @@ pub fn parse_ini(text: &str) -> Result<(Value, Vec<(String, Value)>), FlatError>
         }
     }
     Ok((Value::Map(out), metadata))
+}
+
+/// Splits `key = value` (or `key: value`) as go-ini does: a key in
+/// backticks, triple quotes or quotes may hold `=` and `:`. Returns the key
+/// and the text after the delimiter.
+fn split_ini_key(line: &str) -> Option<(String, &str)> {
+    for q in ["`", "\"\"\"", "\""] {
+        if let Some(inner) = line.strip_prefix(q) {
+            let end = inner.find(q)?;
+            let after = inner[end + q.len()..].trim_start();
+            let rest = after.strip_prefix(['=', ':'])?;
+            return Some((inner[..end].to_owned(), rest));
+        }
+    }
+    let split = line.find(['=', ':'])?;
+    Some((line[..split].trim().to_owned(), &line[split + 1..]))
 }
 
 /// Quotes an ini value the way sops's ini library writes it.
@@ -436,19 +451,33 @@ fn ini_section(name: &str, entries: &[MapEntry]) -> String {
     if name != DEFAULT_SECTION {
         block.push_str(&format!("[{name}]\n"));
     }
-    let width = keys.iter().map(|(k, ..)| k.chars().count()).max().unwrap_or(0);
-    for (k, v, comment) in keys {
+    let names: Vec<String> = keys.iter().map(|(k, ..)| quote_ini_key(k)).collect();
+    // go-ini aligns by byte length, not characters.
+    let width = names.iter().map(String::len).max().unwrap_or(0);
+    for ((_, v, comment), name) in keys.into_iter().zip(&names) {
         if let Some(c) = comment {
             push_comment(&mut block, c, true);
         }
-        let pad = width - k.chars().count();
+        let pad = width - name.len();
         block.push_str(&format!(
-            "{k}{} = {}\n",
+            "{name}{} = {}\n",
             " ".repeat(pad),
             quote_ini(&scalar_text(v))
         ));
     }
     block
+}
+
+/// Quotes a key name as go-ini writes it: in backticks if it holds a quote or
+/// a key-value delimiter, in triple quotes if it holds a backtick.
+fn quote_ini_key(k: &str) -> String {
+    if k.contains(['"', '=', ':']) {
+        format!("`{k}`")
+    } else if k.contains('`') {
+        format!("\"\"\"{k}\"\"\"")
+    } else {
+        k.to_owned()
+    }
 }
 
 /// go-ini's comment lines: `; ` before text without a marker; a key's comment
@@ -496,6 +525,32 @@ mod tests {
         assert_eq!(v.get("M"), Some(&Value::Str("1\n2".into())));
         assert_eq!(meta.len(), 1);
         assert_eq!(emit_dotenv(&v).unwrap(), "# c\nA=b=c\nM=1\\n2\n");
+    }
+
+    #[test]
+    fn ini_keys_are_quoted_and_aligned_by_bytes_as_go_ini_does() {
+        let (v, _) = parse_ini("[s]\nab = 2\n").unwrap();
+        let Value::Map(mut sections) = v else { panic!() };
+        let MapEntry::Pair(_, Value::Map(keys)) = &mut sections[1] else {
+            panic!()
+        };
+        for k in ["ключ", "x=y", "t`k"] {
+            keys.push(MapEntry::Pair(k.into(), Value::Int(1)));
+        }
+        // What sops 3.11 printed for these keys.
+        assert_eq!(
+            emit_ini(&[Value::Map(sections)]).unwrap(),
+            "[s]\nab        = 2\nключ  = 1\n`x=y`     = 1\n\"\"\"t`k\"\"\" = 1\n"
+        );
+    }
+
+    #[test]
+    fn quoted_ini_keys_are_read_as_go_ini_reads_them() {
+        let (v, _) = parse_ini("[s]\n`a:b` = 1\n\"\"\"t`k\"\"\" = 2\n`q\"q`: 3\nplain = 4\n").unwrap();
+        let s = v.get("s").unwrap();
+        for (k, want) in [("a:b", "1"), ("t`k", "2"), ("q\"q", "3"), ("plain", "4")] {
+            assert_eq!(s.get(k), Some(&Value::Str(want.into())), "{k}");
+        }
     }
 
     #[test]

@@ -383,7 +383,10 @@ impl Document {
             // sops marshals its `Comment` struct: `value: ...` in YAML.
             Target::Comment(c) => {
                 let key = if output == Format::Yaml { "value" } else { "Value" };
-                let as_struct = Value::Map(vec![MapEntry::Pair(key.to_owned(), Value::Str(c.text.clone()))]);
+                let as_struct = Zeroizing::new(Value::Map(vec![MapEntry::Pair(
+                    key.to_owned(),
+                    Value::Str(c.text.clone()),
+                )]));
                 return match output {
                     Format::Yaml => Ok(Zeroizing::new(yaml_emit::emit_value(&as_struct).into_bytes())),
                     Format::Json => Ok(Zeroizing::new(json::emit_value(&as_struct).into_bytes())),

@@ -234,6 +234,10 @@ impl YamlGen<'_> {
             seen.push(key.clone());
             let child = format!("{path}[\"{key}\"]");
             self.paths.push(child.clone());
+            if self.rng.chance(5) {
+                // sops indexes a map's entries (comments included) too.
+                self.paths.push(format!("{path}[{}]", seen.len() - 1));
+            }
             self.out.push_str(&format!("{pad}{}:", yaml_quote(&key)));
             self.value(indent, depth, &child);
         }

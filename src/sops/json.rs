@@ -179,6 +179,74 @@ pub fn marshal_go(v: &Value, empty_maps_are_nil: bool) -> String {
     out
 }
 
+/// Go's `json.Marshal` of one of sops's `TreeItem`s (a map entry reached
+/// by index): `{"Key":..,"Value":..}`.
+pub fn marshal_go_entry(entry: &MapEntry, empty_maps_are_nil: bool) -> String {
+    let mut out = String::from("{\"Key\":");
+    match entry {
+        MapEntry::Pair(k, v) => {
+            write_string(&mut out, k);
+            out.push_str(",\"Value\":");
+            marshal_into(&mut out, v, false, empty_maps_are_nil);
+        }
+        MapEntry::Comment(c) => {
+            out.push_str(&marshal_go_comment(&c.text));
+            out.push_str(",\"Value\":null");
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// Go's `json.Indent(.., "", "\t")` of compact JSON, as sops reindents what
+/// it marshals: a line per element, `": "` after keys, empty `{}`/`[]` kept.
+pub fn reindent(compact: &str) -> String {
+    let mut out = String::with_capacity(compact.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = compact.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                if matches!(chars.peek(), Some('}' | ']')) {
+                    out.push(chars.next().expect("peeked"));
+                } else {
+                    depth += 1;
+                    indent(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                indent(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                indent(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Go's `json.Marshal` of sops's `Comment` struct.
 pub fn marshal_go_comment(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 16);
@@ -271,6 +339,14 @@ mod tests {
     fn key_order_is_kept() {
         let v = parse(br#"{"z": 1, "a": 2}"#).unwrap();
         assert_eq!(emit_document(&v), "{\n\t\"z\": 1,\n\t\"a\": 2\n}\n");
+    }
+
+    #[test]
+    fn reindent_is_go_json_indent_with_tabs() {
+        assert_eq!(
+            reindent(r#"{"Key":"a:b","Value":[1,{},[],"x,\"y"]}"#),
+            "{\n\t\"Key\": \"a:b\",\n\t\"Value\": [\n\t\t1,\n\t\t{},\n\t\t[],\n\t\t\"x,\\\"y\"\n\t]\n}"
+        );
     }
 
     #[test]

@@ -394,6 +394,7 @@ impl Document {
                     Format::Dotenv | Format::Binary => Err(unprintable_value("sops.Comment", output)),
                 };
             }
+            Target::Entry(entry) => return self.extract_entry(entry, output),
         };
         let text = match value {
             Value::Str(s) => s.clone(),
@@ -419,6 +420,61 @@ impl Document {
             },
         };
         Ok(Zeroizing::new(text.into_bytes()))
+    }
+}
+
+impl Document {
+    /// A map entry reached by index, printed as sops marshals its `TreeItem`
+    /// struct: `key:`/`value:` in YAML (maps inside as lists of such items),
+    /// `{"Key":..,"Value":..}` in JSON.
+    fn extract_entry(&self, entry: &MapEntry, output: Format) -> Result<Zeroizing<Vec<u8>>, ExtractError> {
+        let nil_maps = self.format != Format::Yaml;
+        let text = match output {
+            Format::Yaml => yaml_emit::emit_value(&Zeroizing::new(go_struct_entry(entry))),
+            Format::Json => json::reindent(&Zeroizing::new(json::marshal_go_entry(entry, nil_maps))),
+            Format::Ini => json::marshal_go_entry(entry, nil_maps),
+            Format::Dotenv | Format::Binary => return Err(unprintable_value("sops.TreeItem", output)),
+        };
+        Ok(Zeroizing::new(text.into_bytes()))
+    }
+}
+
+/// A map entry as go-yaml marshals sops's `TreeItem{Key, Value}`.
+fn go_struct_entry(entry: &MapEntry) -> Value {
+    let comment = |text: &str| Value::Map(vec![MapEntry::Pair("value".into(), Value::Str(text.to_owned()))]);
+    let (key, value) = match entry {
+        MapEntry::Pair(k, v) => (Value::Str(k.clone()), go_struct_value(v)),
+        MapEntry::Comment(c) => (comment(&c.text), Value::Null),
+    };
+    Value::Map(vec![
+        MapEntry::Pair("key".into(), key),
+        MapEntry::Pair("value".into(), value),
+    ])
+}
+
+/// A value inside a `TreeItem`: its maps are lists of items, its comments structs.
+fn go_struct_value(v: &Value) -> Value {
+    match v {
+        Value::Map(entries) => Value::Seq(
+            entries
+                .iter()
+                .map(|e| tree::SeqEntry::Item(go_struct_entry(e)))
+                .collect(),
+        ),
+        Value::Seq(entries) => Value::Seq(
+            entries
+                .iter()
+                .map(|e| {
+                    tree::SeqEntry::Item(match e {
+                        tree::SeqEntry::Item(v) => go_struct_value(v),
+                        tree::SeqEntry::Comment(c) => {
+                            Value::Map(vec![MapEntry::Pair("value".into(), Value::Str(c.text.clone()))])
+                        }
+                    })
+                })
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 

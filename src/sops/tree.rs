@@ -302,6 +302,9 @@ pub enum Target<'a> {
     Value(&'a Value),
     /// A comment of a list, which sops counts as an item.
     Comment(&'a Comment),
+    /// An entry of a map reached by an index (`["map"][0]`): sops's maps are
+    /// lists of key/value items, and its `--extract` indexes them too.
+    Entry(&'a MapEntry),
 }
 
 impl fmt::Debug for Target<'_> {
@@ -309,6 +312,7 @@ impl fmt::Debug for Target<'_> {
         match self {
             Target::Value(v) => write!(f, "Value({v:?})"),
             Target::Comment(_) => f.write_str("Comment(..)"),
+            Target::Entry(e) => write!(f, "Entry({e:?})"),
         }
     }
 }
@@ -318,10 +322,10 @@ impl Value {
     pub fn lookup(&self, path: &[PathStep]) -> Result<&Value, PathNotFound> {
         match self.locate(path)? {
             Target::Value(v) => Ok(v),
-            Target::Comment(_) => Err(PathNotFound {
+            Target::Comment(_) | Target::Entry(_) => Err(PathNotFound {
                 found: path[..path.len() - 1].to_vec(),
                 missing: path[path.len() - 1].clone(),
-                parent_kind: "list (the item there is a comment)",
+                parent_kind: "list whose item there is a comment",
             }),
         }
     }
@@ -335,8 +339,10 @@ impl Value {
                 missing: step.clone(),
                 parent_kind: kind,
             };
-            let Target::Value(value) = current else {
-                return Err(not_found("comment"));
+            let value = match current {
+                Target::Value(v) => v,
+                Target::Comment(_) => return Err(not_found("comment")),
+                Target::Entry(_) => return Err(not_found("map entry")),
             };
             current = match (value, step, step.index()) {
                 (Value::Seq(entries), _, Some(i)) => match entries.get(i) {
@@ -344,6 +350,9 @@ impl Value {
                     Some(SeqEntry::Comment(c)) => Target::Comment(c),
                     None => return Err(not_found(value.kind())),
                 },
+                (Value::Map(entries), PathStep::Index(i), _) => {
+                    Target::Entry(entries.get(*i).ok_or_else(|| not_found(value.kind()))?)
+                }
                 (_, PathStep::Key(k) | PathStep::KeyOrIndex(k), _) => {
                     Target::Value(value.get(k).ok_or_else(|| not_found(value.kind()))?)
                 }

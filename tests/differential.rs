@@ -119,6 +119,8 @@ const KEYS_SPECIAL: &[&str] = &[
     "a#b",
     "x: y",
     "[br]",
+    // Longer than 128 bytes: go-yaml writes it as an explicit `? key`.
+    "a key long enough that go-yaml can no longer write it as a simple key, because it runs past one hundred and twenty-eight bytes",
 ];
 
 /// A generated plaintext and what to ask of it.
@@ -296,8 +298,20 @@ impl YamlGen<'_> {
                     }
                     let child = format!("{path}[{index}]");
                     self.paths.push(child.clone());
-                    self.out.push_str(&format!("{pad}-"));
-                    self.value(indent + 2, depth + 1, &child);
+                    if depth < 2 && self.rng.chance(25) {
+                        // A map starting on the dash's line: `- k: v` / `  j: w`.
+                        let key = self.key();
+                        let grandchild = format!("{child}[\"{key}\"]");
+                        self.paths.push(grandchild.clone());
+                        self.out.push_str(&format!("{pad}- {}:", yaml_quote(&key)));
+                        self.value(indent + 4, depth + 2, &grandchild);
+                        if self.rng.chance(50) {
+                            self.map(indent + 4, depth + 2, &child);
+                        }
+                    } else {
+                        self.out.push_str(&format!("{pad}-"));
+                        self.value(indent + 2, depth + 1, &child);
+                    }
                     index += 1;
                 }
             }

@@ -411,10 +411,13 @@ fn general(text: &str) -> Result<Vec<Value>, YamlError> {
 
 fn build<'a>(text: &str, mut events: Vec<(Event<'a>, Span)>) -> Result<Vec<Value>, YamlError> {
     go_line_breaks(text, &mut events);
+    let mut offsets = CharOffsets::default();
     let scalars: Vec<(usize, usize)> = events
         .iter()
-        .filter(|(e, _)| matches!(e, Event::Scalar(..)))
-        .map(|(_, s)| (s.start.index(), s.end.index()))
+        .filter_map(|(e, s)| match e {
+            Event::Scalar(_, style, ..) => Some(scalar_extent(text, &mut offsets, *style, s)),
+            _ => None,
+        })
         .collect();
     let mut builder = Builder {
         stack: Vec::new(),
@@ -509,6 +512,39 @@ fn literal_indent(source: &str, value: &str) -> usize {
     let src = source.split('\n').skip(1).find(has_text).map_or(0, lead);
     let val = value.split('\n').find(has_text).map_or(0, lead);
     src.saturating_sub(val)
+}
+
+/// The characters a scalar occupies. saphyr's span of a quoted scalar runs
+/// to the end of its line, over any comment after it: that span ends at the
+/// closing quote instead.
+fn scalar_extent(text: &str, offsets: &mut CharOffsets, style: ScalarStyle, span: &Span) -> (usize, usize) {
+    let (start, end) = (span.start.index(), span.end.index());
+    let quote = match style {
+        ScalarStyle::SingleQuoted => '\'',
+        ScalarStyle::DoubleQuoted => '"',
+        _ => return (start, end),
+    };
+    let from = offsets.byte(text, start);
+    let mut chars = text[from..].chars();
+    if chars.next() != Some(quote) {
+        return (start, end);
+    }
+    let mut n = 1;
+    let mut escaped = false;
+    while let Some(c) = chars.next() {
+        n += 1;
+        match c {
+            '\\' if quote == '"' && !escaped => escaped = true,
+            // `''` inside single quotes is an escaped quote.
+            '\'' if quote == '\'' && chars.clone().next() == Some('\'') => {
+                chars.next();
+                n += 1;
+            }
+            c if c == quote && !escaped => return (start, (start + n).min(end)),
+            _ => escaped = false,
+        }
+    }
+    (start, end)
 }
 
 /// Converts saphyr's character positions to byte offsets, walking forward.
@@ -828,6 +864,18 @@ mod tests {
                 r#"{#" c3", "c": 3, #" tail"}"#
             ]
         );
+    }
+
+    #[test]
+    fn a_comment_after_a_quoted_scalar_is_kept() {
+        for text in ["l:\n  - \"a \\\" b\" # c\n", "l:\n  - 'a '' b' # c\n"] {
+            let fast = crate::sops::yaml_subset::events(text).map(|e| build(text, e).unwrap()[0].dump());
+            let general = parse_general(text).unwrap()[0].dump();
+            assert!(general.contains(r#"#" c"i"#), "{text:?}: {general}");
+            if let Some(fast) = fast {
+                assert_eq!(fast, general);
+            }
+        }
     }
 
     #[test]

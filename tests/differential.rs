@@ -105,6 +105,11 @@ const SPECIAL: &[&str] = &[
     "[brackets]",
     "p@ss=word;#x",
     "m\nn\u{2028}o",
+    "tab\t\u{2028}\tafter",
+    "end\u{2029}",
+    "\u{2028}start",
+    "nel\u{85}here",
+    "two\u{2028}\u{2029}breaks and 'quote'",
 ];
 
 const KEYS_SPECIAL: &[&str] = &[

@@ -97,11 +97,15 @@ fn decrypt(mut args: Args) -> Result<ExitCode, UsageError> {
     }
     let file = PathBuf::from(file.ok_or_else(|| UsageError("decrypt needs a FILE".into()))?);
     let input = input.unwrap_or_else(|| Format::from_path(&file));
-    let output = output.unwrap_or(input);
+    // As sops: without --output-type, the file name decides, not --input-type.
+    let output = output.unwrap_or_else(|| Format::from_path(&file));
     let path = match extract.as_deref() {
         None => Vec::new(),
-        Some(spec) if spec.starts_with('[') => parse_extract_path(spec)
-            .ok_or_else(|| UsageError(format!("--extract {spec:?} is not of the form [\"a\"][\"b\"][0]")))?,
+        Some(spec) if spec.starts_with('[') => parse_extract_path(spec).map_err(|why| {
+            UsageError(format!(
+                "--extract {spec:?}: {why}; the form is [\"a\"][\"b\"][0]"
+            ))
+        })?,
         Some(spec) => parse_slash_path(spec),
     };
 

@@ -270,3 +270,80 @@ fn host_public_key_converts_to_the_independently_derived_recipient() {
     assert_eq!(key.age.as_deref(), Some(want.trim()));
     assert!(key.ssh.unwrap().starts_with("ssh-ed25519 AAAA"));
 }
+
+/// Runs our `decrypt` subcommand as a class run of `classes.json` says and
+/// tells how its result differs from what sops did.
+fn class_run_differs(case: &Json, run: &Json, args: &[String]) -> Option<String> {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sops-install-secrets"));
+    cmd.arg("decrypt");
+    for k in str_list(&case["identities"]["age_key_files"]) {
+        cmd.arg("--age-key-file").arg(fixtures().join(k));
+    }
+    let out = cmd
+        .args(args)
+        .arg(case["file"].as_str().unwrap())
+        .current_dir(fixtures())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match run["expected"].as_str() {
+        Some(expected) => {
+            let want = std::fs::read(fixtures().join(expected)).unwrap();
+            if !out.status.success() {
+                Some(format!("we refused, sops did not: {stderr}"))
+            } else if out.stdout != want {
+                Some(first_difference(&out.stdout, &want))
+            } else {
+                None
+            }
+        }
+        None => {
+            let sops_said = run["sops_stderr"].as_str().unwrap();
+            // Where sops's output store refused, ours gives the same reason.
+            let reason = ["Error dumping file: ", "Error dumping tree: "]
+                .iter()
+                .find_map(|p| sops_said.strip_prefix(p))
+                .map(|r| r.trim_start_matches("Error marshaling to ini: "));
+            if out.status.success() {
+                Some(format!("sops refused ({sops_said}), we did not"))
+            } else if let Some(reason) = reason
+                && !stderr.contains(reason)
+            {
+                Some(format!("refused without sops's reason {reason:?}: {stderr}"))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The classes of `tests/fixtures/classes.py`: each run of real `sops -d`
+/// (whole file, `--extract`, `--output-type`) repeated with our `decrypt`
+/// subcommand, which must print the same bytes or refuse where sops refused.
+#[test]
+fn every_class_fixture_decrypts_through_the_cli_as_sops_does() {
+    let text = std::fs::read_to_string(fixtures().join("classes/classes.json")).expect("classes.json");
+    let index: Json = serde_json::from_str(&text).unwrap();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in index["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        for run in case["runs"].as_array().unwrap() {
+            // The run as sops was given it, and our slash spelling of the same path.
+            let also_as = run.get("also_as").map(str_list);
+            for args in std::iter::once(str_list(&run["args"])).chain(also_as) {
+                checked += 1;
+                if let Some(failure) = class_run_differs(case, run, &args) {
+                    failures.push(format!("{name} {args:?}: {failure}"));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} runs differ from sops:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(checked >= 60, "only {checked} runs; classes.json lost its cases?");
+}

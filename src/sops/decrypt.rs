@@ -206,9 +206,13 @@ impl Walk<'_> {
                         Value::Seq(s) => self.seq(s).map(|()| None),
                         leaf => self.leaf(leaf),
                     }?;
-                    match comment {
-                        Some(text) => *entry = SeqEntry::Comment(Comment { text, inline: false }),
-                        None => self.comments.last_mut().expect("pushed above").clear(),
+                    // An encrypted comment in a list is a string item to
+                    // sops while it walks, so it ends the run of comments the
+                    // comment-regex rules read, like any item (a file where
+                    // that changes what is encrypted fails its MAC in sops).
+                    self.comments.last_mut().expect("pushed above").clear();
+                    if let Some(text) = comment {
+                        *entry = SeqEntry::Comment(Comment { text, inline: false });
                     }
                 }
             }

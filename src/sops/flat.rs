@@ -139,11 +139,13 @@ pub fn unflatten(pairs: Vec<(String, Value)>) -> Result<Value, FlatError> {
     root.into_value("sops")
 }
 
-/// How the dotenv and ini stores write a non-string value (Go's `ValToString`).
+/// How the dotenv and ini stores write a value (Go's `ValToString`): floats
+/// always with a decimal point or exponent, timestamps as RFC 3339 without
+/// fractional seconds, anything else as Go's `%v` prints it.
 fn scalar_text(v: &Value) -> String {
     match v {
-        Value::Str(s) | Value::Time(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
+        Value::Str(s) => s.clone(),
+        Value::Time(t) => rfc3339_seconds(t),
         Value::Float(f) => {
             let g = gofmt::format_upper_g(*f);
             if g.contains('.') || g.contains('E') || !f.is_finite() {
@@ -152,10 +154,72 @@ fn scalar_text(v: &Value) -> String {
                 format!("{g}.0")
             }
         }
-        Value::Bool(b) => b.to_string(),
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        other => go_v(other),
+    }
+}
+
+/// Go's `time.RFC3339` layout of a timestamp held in `RFC3339Nano` form.
+fn rfc3339_seconds(t: &str) -> String {
+    match t.find('.') {
+        Some(dot) => {
+            let zone = t[dot..].find(['Z', '+', '-']).map_or(t.len(), |z| dot + z);
+            format!("{}{}", &t[..dot], &t[zone..])
+        }
+        None => t.to_owned(),
+    }
+}
+
+/// Go's `time.Time.String()` of a timestamp held in `RFC3339Nano` form:
+/// `2024-01-02 03:04:05.5 +0000 UTC`.
+fn go_time_string(t: &str) -> String {
+    let (date, rest) = t.split_once('T').unwrap_or((t, ""));
+    let zone_at = rest.find(['Z', '+', '-']).unwrap_or(rest.len());
+    let (clock, zone) = rest.split_at(zone_at);
+    let zone = match zone {
+        "Z" | "" => "+0000 UTC".to_owned(),
+        z => {
+            let numeric = z.replace(':', "");
+            format!("{numeric} {numeric}")
+        }
+    };
+    format!("{date} {clock} {zone}")
+}
+
+/// Go's `%v` of a value as sops holds it: lists and maps (`[]interface{}`,
+/// `TreeBranch`) in brackets, map entries and comments as the structs they
+/// are (`{key value}`, `{text}`).
+fn go_v(v: &Value) -> String {
+    match v {
         Value::Null => "<nil>".to_owned(),
-        Value::Map(_) | Value::Seq(_) => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => gofmt::format_g(*f),
+        Value::Str(s) => s.clone(),
+        Value::Time(t) => go_time_string(t),
+        Value::Bytes(b) => {
+            let items: Vec<String> = b.iter().map(u8::to_string).collect();
+            format!("[{}]", items.join(" "))
+        }
+        Value::Seq(entries) => {
+            let items: Vec<String> = entries
+                .iter()
+                .map(|e| match e {
+                    SeqEntry::Item(v) => go_v(v),
+                    SeqEntry::Comment(c) => format!("{{{}}}", c.text),
+                })
+                .collect();
+            format!("[{}]", items.join(" "))
+        }
+        Value::Map(entries) => {
+            let items: Vec<String> = entries
+                .iter()
+                .map(|e| match e {
+                    MapEntry::Pair(k, v) => format!("{{{k} {}}}", go_v(v)),
+                    MapEntry::Comment(c) => format!("{{{{{}}} <nil>}}", c.text),
+                })
+                .collect();
+            format!("[{}]", items.join(" "))
+        }
     }
 }
 
@@ -184,9 +248,10 @@ pub fn parse_dotenv(text: &str) -> Result<(Value, Vec<(String, Value)>), FlatErr
     Ok((Value::Map(entries), metadata))
 }
 
-/// What `sops -d` prints for a dotenv file.
-pub fn emit_dotenv(root: &Value) -> String {
-    let mut out = String::new();
+/// What `sops -d` prints for a dotenv file, or, for a map or list value,
+/// sops's reason to refuse.
+pub fn emit_dotenv(root: &Value) -> Result<String, String> {
+    let mut out = String::with_capacity(2 * root.text_len());
     if let Value::Map(entries) = root {
         for e in entries {
             match e {
@@ -194,16 +259,26 @@ pub fn emit_dotenv(root: &Value) -> String {
                     out.push('#');
                     out.push_str(&c.text);
                 }
+                MapEntry::Pair(k, Value::Map(_) | Value::Seq(_)) => {
+                    return Err(format!(
+                        "cannot use complex value in dotenv file; offending key {k}"
+                    ));
+                }
+                MapEntry::Pair(k, Value::Str(s)) => {
+                    out.push_str(k);
+                    out.push('=');
+                    out.push_str(&s.replace('\n', "\\n"));
+                }
                 MapEntry::Pair(k, v) => {
                     out.push_str(k);
                     out.push('=');
-                    out.push_str(&scalar_text(v).replace('\n', "\\n"));
+                    out.push_str(&scalar_text(v));
                 }
             }
             out.push('\n');
         }
     }
-    out
+    Ok(out)
 }
 
 /// Strips an ini comment's marker as sops does (all leading `;`/`#` and spaces).
@@ -238,10 +313,11 @@ pub fn parse_ini(text: &str) -> Result<(Value, Vec<(String, Value)>), FlatError>
             continue;
         }
         if line.starts_with(';') || line.starts_with('#') {
-            let c = strip_comment_marker(line);
+            // go-ini joins consecutive comment lines; sops strips the marker
+            // of the first one only.
             pending_comment = Some(match pending_comment {
-                Some(prev) => format!("{prev}\n{c}"),
-                None => c,
+                Some(prev) => format!("{prev}\n{line}"),
+                None => strip_comment_marker(line),
             });
             continue;
         }
@@ -256,9 +332,8 @@ pub fn parse_ini(text: &str) -> Result<(Value, Vec<(String, Value)>), FlatError>
             sections.push((name.trim().to_owned(), entries));
             continue;
         }
-        let split = line.find(['=', ':']).ok_or(FlatError::IniLine(i + 1))?;
-        let key = line[..split].trim().to_owned();
-        let value = unquote_ini(line[split + 1..].trim()).to_owned();
+        let (key, rest) = split_ini_key(line).ok_or(FlatError::IniLine(i + 1))?;
+        let value = unquote_ini(rest.trim()).to_owned();
         let entries = &mut sections.last_mut().expect("DEFAULT is always there").1;
         entries.push(MapEntry::Pair(key, Value::Str(value)));
         // sops keeps a key's comment after the key and writes it back before it.
@@ -278,11 +353,29 @@ pub fn parse_ini(text: &str) -> Result<(Value, Vec<(String, Value)>), FlatError>
                     metadata.push((k, Value::Str(v.replace("\\n", "\n"))));
                 }
             }
-        } else if !(name == "DEFAULT" && entries.is_empty()) {
+        } else {
+            // The section before any header, `DEFAULT`, is always there (go-ini
+            // lists it), so other stores print it, empty or not.
             out.push(MapEntry::Pair(name, Value::Map(entries)));
         }
     }
     Ok((Value::Map(out), metadata))
+}
+
+/// Splits `key = value` (or `key: value`) as go-ini does: a key in
+/// backticks, triple quotes or quotes may hold `=` and `:`. Returns the key
+/// and the text after the delimiter.
+fn split_ini_key(line: &str) -> Option<(String, &str)> {
+    for q in ["`", "\"\"\"", "\""] {
+        if let Some(inner) = line.strip_prefix(q) {
+            let end = inner.find(q)?;
+            let after = inner[end + q.len()..].trim_start();
+            let rest = after.strip_prefix(['=', ':'])?;
+            return Some((inner[..end].to_owned(), rest));
+        }
+    }
+    let split = line.find(['=', ':'])?;
+    Some((line[..split].trim().to_owned(), &line[split + 1..]))
 }
 
 /// Quotes an ini value the way sops's ini library writes it.
@@ -298,60 +391,109 @@ fn quote_ini(v: &str) -> String {
     }
 }
 
-/// What `sops -d` prints for an ini file: sections separated by blank lines,
-/// `=` aligned within a section, comments as `; text` before what they describe.
-pub fn emit_ini(root: &Value) -> String {
+/// The section go-ini writes without a header: keys before any `[section]`.
+const DEFAULT_SECTION: &str = "DEFAULT";
+
+/// What `sops -d` prints for an ini file (every document of a YAML file is
+/// written into it): sections separated by blank lines, `DEFAULT`'s keys
+/// first and without a header, `=` aligned within a section, comments as
+/// `; text` before the key they follow. A top-level value that is not a
+/// section (a map) is refused with sops's reason.
+pub fn emit_ini(branches: &[Value]) -> Result<String, String> {
     let mut blocks = Vec::new();
-    let Value::Map(sections) = root else {
-        return String::new();
-    };
-    for section in sections {
-        let MapEntry::Pair(name, Value::Map(entries)) = section else {
-            continue;
-        };
-        let mut block = String::new();
-        let mut rest: &[MapEntry] = entries;
-        if let Some(MapEntry::Comment(c)) = rest.first() {
-            push_comment(&mut block, &c.text);
-            rest = &rest[1..];
-        }
-        block.push_str(&format!("[{name}]\n"));
-        let width = rest
-            .iter()
-            .filter_map(|e| match e {
-                MapEntry::Pair(k, _) => Some(k.chars().count()),
-                MapEntry::Comment(_) => None,
-            })
-            .max()
-            .unwrap_or(0);
-        // A comment entry describes the key before it; print it first.
-        let mut i = 0;
-        while i < rest.len() {
-            if let MapEntry::Pair(k, v) = &rest[i] {
-                if let Some(MapEntry::Comment(c)) = rest.get(i + 1) {
-                    push_comment(&mut block, &c.text);
+    for branch in branches {
+        let Value::Map(sections) = branch else { continue };
+        for section in sections {
+            let (name, entries) = match section {
+                MapEntry::Comment(_) => continue,
+                MapEntry::Pair(name, Value::Map(entries)) => (name, entries),
+                MapEntry::Pair(..) => {
+                    return Err(
+                        "Error encoding section: Section values should always be TreeBranches".to_owned(),
+                    );
                 }
-                let pad = width - k.chars().count();
-                block.push_str(&format!(
-                    "{k}{} = {}\n",
-                    " ".repeat(pad),
-                    quote_ini(&scalar_text(v))
-                ));
-            }
-            i += 1;
+            };
+            blocks.push(ini_section(name, entries));
         }
-        blocks.push(block);
     }
-    blocks.join("\n")
+    // go-ini writes nothing for an empty DEFAULT section, not even the blank line.
+    blocks.retain(|b| !b.is_empty());
+    Ok(blocks.join("\n"))
 }
 
-fn push_comment(out: &mut String, text: &str) {
+fn ini_section(name: &str, entries: &[MapEntry]) -> String {
+    let mut block = String::new();
+    let mut rest: &[MapEntry] = entries;
+    let mut section_comment = None;
+    if let Some(MapEntry::Comment(c)) = rest.first() {
+        section_comment = Some(&c.text);
+        rest = &rest[1..];
+    }
+    // sops hands a comment to the key before it (the last such comment
+    // wins); comments before the first key are lost.
+    let mut keys: Vec<(&str, &Value, Option<&str>)> = Vec::new();
+    for e in rest {
+        match e {
+            MapEntry::Pair(k, v) => keys.push((k, v, None)),
+            MapEntry::Comment(c) => {
+                if let Some(last) = keys.last_mut() {
+                    last.2 = Some(&c.text);
+                }
+            }
+        }
+    }
+    if name == DEFAULT_SECTION && keys.is_empty() {
+        return block;
+    }
+    if let Some(c) = section_comment {
+        push_comment(&mut block, c, false);
+    }
+    if name != DEFAULT_SECTION {
+        block.push_str(&format!("[{name}]\n"));
+    }
+    let names: Vec<String> = keys.iter().map(|(k, ..)| quote_ini_key(k)).collect();
+    // go-ini aligns by byte length, not characters.
+    let width = names.iter().map(String::len).max().unwrap_or(0);
+    for ((_, v, comment), name) in keys.into_iter().zip(&names) {
+        if let Some(c) = comment {
+            push_comment(&mut block, c, true);
+        }
+        let pad = width - name.len();
+        block.push_str(&format!(
+            "{name}{} = {}\n",
+            " ".repeat(pad),
+            quote_ini(&scalar_text(v))
+        ));
+    }
+    block
+}
+
+/// Quotes a key name as go-ini writes it: in backticks if it holds a quote or
+/// a key-value delimiter, in triple quotes if it holds a backtick.
+fn quote_ini_key(k: &str) -> String {
+    if k.contains(['"', '=', ':']) {
+        format!("`{k}`")
+    } else if k.contains('`') {
+        format!("\"\"\"{k}\"\"\"")
+    } else {
+        k.to_owned()
+    }
+}
+
+/// go-ini's comment lines: `; ` before text without a marker; a key's comment
+/// lines are trimmed, a section's are not.
+fn push_comment(out: &mut String, text: &str, trim: bool) {
     for line in text.split('\n') {
-        if line.starts_with(';') || line.starts_with('#') {
-            out.push_str(line);
-        } else {
-            out.push_str("; ");
-            out.push_str(line);
+        match line.chars().next() {
+            Some(m @ (';' | '#')) => {
+                out.push(m);
+                out.push(' ');
+                out.push_str(line[1..].trim());
+            }
+            _ => {
+                out.push_str("; ");
+                out.push_str(if trim { line.trim() } else { line });
+            }
         }
         out.push('\n');
     }
@@ -382,14 +524,46 @@ mod tests {
         assert_eq!(v.get("A"), Some(&Value::Str("b=c".into())));
         assert_eq!(v.get("M"), Some(&Value::Str("1\n2".into())));
         assert_eq!(meta.len(), 1);
-        assert_eq!(emit_dotenv(&v), "# c\nA=b=c\nM=1\\n2\n");
+        assert_eq!(emit_dotenv(&v).unwrap(), "# c\nA=b=c\nM=1\\n2\n");
+    }
+
+    #[test]
+    fn ini_keys_are_quoted_and_aligned_by_bytes_as_go_ini_does() {
+        let (v, _) = parse_ini("[s]\nab = 2\n").unwrap();
+        let Value::Map(mut sections) = v else { panic!() };
+        let MapEntry::Pair(_, Value::Map(keys)) = &mut sections[1] else {
+            panic!()
+        };
+        for k in ["ключ", "x=y", "t`k"] {
+            keys.push(MapEntry::Pair(k.into(), Value::Int(1)));
+        }
+        // What sops 3.11 printed for these keys.
+        assert_eq!(
+            emit_ini(&[Value::Map(sections)]).unwrap(),
+            "[s]\nab        = 2\nключ  = 1\n`x=y`     = 1\n\"\"\"t`k\"\"\" = 1\n"
+        );
+    }
+
+    #[test]
+    fn quoted_ini_keys_are_read_as_go_ini_reads_them() {
+        let (v, _) = parse_ini("[s]\n`a:b` = 1\n\"\"\"t`k\"\"\" = 2\n`q\"q`: 3\nplain = 4\n").unwrap();
+        let s = v.get("s").unwrap();
+        for (k, want) in [("a:b", "1"), ("t`k", "2"), ("q\"q", "3"), ("plain", "4")] {
+            assert_eq!(s.get(k), Some(&Value::Str(want.into())), "{k}");
+        }
+    }
+
+    #[test]
+    fn ini_comment_lines_keep_their_markers_after_the_first() {
+        let (v, _) = parse_ini("[s]\n; one\n# two\nk = v\n").unwrap();
+        assert_eq!(emit_ini(&[v]).unwrap(), "[s]\n; one\n# two\nk = v\n");
     }
 
     #[test]
     fn ini_aligns_keys_and_keeps_comments_before_keys() {
         let (v, _) = parse_ini("; top\n[s]\nhost = h\n# about long\nlonger_key = v\n").unwrap();
         assert_eq!(
-            emit_ini(&v),
+            emit_ini(&[v]).unwrap(),
             "; top\n[s]\nhost       = h\n; about long\nlonger_key = v\n"
         );
     }

@@ -1,7 +1,11 @@
 //! sops JSON files (and the JSON envelope of sops's binary format).
 //!
-//! Reading keeps key order (serde_json's `preserve_order`) and tells integers
-//! from floats as sops does (`1.0` and `1e6` are floats). Writing reproduces
+//! Reading keeps key order (serde_json's `preserve_order`) and reads every
+//! number as a float64, as sops 3.11's JSON store does (Go's `json.Decoder`
+//! without `UseNumber`): `42` is the float 42, and a big integer or a long
+//! decimal is what the nearest float64 makes of it. sops computed the MAC over
+//! that float's spelling, so the parse must round correctly (serde_json's
+//! `float_roundtrip`). Writing reproduces
 //! what sops prints: Go's `encoding/json` escaping and number spelling,
 //! re-indented with one tab per level.
 
@@ -43,10 +47,7 @@ fn convert(v: serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
+        serde_json::Value::Number(n) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         serde_json::Value::String(s) => Value::Str(s),
         serde_json::Value::Array(a) => {
             Value::Seq(a.into_iter().map(|v| SeqEntry::Item(convert(v))).collect())
@@ -165,16 +166,166 @@ pub fn emit_value(v: &Value) -> String {
     out
 }
 
+/// Go's `json.Marshal` of a value as sops holds it, as the ini store's
+/// `--extract` prints one: compact; a map inside a list is a `TreeBranch`,
+/// a list of `{"Key":..,"Value":..}` items; a comment is `{"Value":..}`.
+///
+/// sops builds lists, and maps read from JSON or ini, by appending to nil
+/// slices, so empty ones are `null`; its YAML reader makes maps non-nil
+/// (`[]`): `empty_maps_are_nil` says which.
+pub fn marshal_go(v: &Value, empty_maps_are_nil: bool) -> String {
+    let mut out = String::with_capacity(2 * v.text_len() + 64);
+    marshal_into(&mut out, v, true, empty_maps_are_nil);
+    out
+}
+
+/// Go's `json.Marshal` of one of sops's `TreeItem`s (a map entry reached
+/// by index): `{"Key":..,"Value":..}`.
+pub fn marshal_go_entry(entry: &MapEntry, empty_maps_are_nil: bool) -> String {
+    let mut out = String::from("{\"Key\":");
+    match entry {
+        MapEntry::Pair(k, v) => {
+            write_string(&mut out, k);
+            out.push_str(",\"Value\":");
+            marshal_into(&mut out, v, false, empty_maps_are_nil);
+        }
+        MapEntry::Comment(c) => {
+            out.push_str(&marshal_go_comment(&c.text));
+            out.push_str(",\"Value\":null");
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// Go's `json.Indent(.., "", "\t")` of compact JSON, as sops reindents what
+/// it marshals: a line per element, `": "` after keys, empty `{}`/`[]` kept.
+pub fn reindent(compact: &str) -> String {
+    let mut out = String::with_capacity(compact.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = compact.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                if matches!(chars.peek(), Some('}' | ']')) {
+                    out.push(chars.next().expect("peeked"));
+                } else {
+                    depth += 1;
+                    indent(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                indent(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                indent(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Go's `json.Marshal` of sops's `Comment` struct.
+pub fn marshal_go_comment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    out.push_str("{\"Value\":");
+    write_string(&mut out, text);
+    out.push('}');
+    out
+}
+
+fn marshal_into(out: &mut String, v: &Value, top: bool, nil_maps: bool) {
+    match v {
+        Value::Seq(e) if e.is_empty() => out.push_str("null"),
+        Value::Map(e) if e.is_empty() && nil_maps && !top => out.push_str("null"),
+        Value::Map(entries) if !top => {
+            out.push('[');
+            for (i, e) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"Key\":");
+                match e {
+                    MapEntry::Pair(k, v) => {
+                        write_string(out, k);
+                        out.push_str(",\"Value\":");
+                        marshal_into(out, v, false, nil_maps);
+                    }
+                    MapEntry::Comment(c) => {
+                        out.push_str(&marshal_go_comment(&c.text));
+                        out.push_str(",\"Value\":null");
+                    }
+                }
+                out.push('}');
+            }
+            out.push(']');
+        }
+        Value::Seq(entries) => {
+            out.push('[');
+            for (i, e) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match e {
+                    SeqEntry::Item(v) => marshal_into(out, v, false, nil_maps),
+                    SeqEntry::Comment(c) => out.push_str(&marshal_go_comment(&c.text)),
+                }
+            }
+            out.push(']');
+        }
+        // A top-level map never reaches here (sops prints it as a document).
+        other => write_value(out, other, 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ints_and_floats_are_told_apart_like_go() {
-        let v = parse(br#"{"a": 1, "b": 1.0, "c": 1e6}"#).unwrap();
-        assert_eq!(v.get("a"), Some(&Value::Int(1)));
+    fn every_number_is_a_float_like_sops_3_11() {
+        let v = parse(br#"{"a": 1, "b": 1.0, "c": 1e6, "d": -0}"#).unwrap();
+        assert_eq!(v.get("a"), Some(&Value::Float(1.0)));
         assert_eq!(v.get("b"), Some(&Value::Float(1.0)));
         assert_eq!(v.get("c"), Some(&Value::Float(1e6)));
+        assert!(matches!(v.get("d"), Some(Value::Float(z)) if z.is_sign_negative()));
+    }
+
+    #[test]
+    fn long_decimals_round_to_the_nearest_float_like_go() {
+        // Spellings sops 3.11 wrote: Go parses them correctly rounded, and
+        // serde_json's default fast path is one ulp off on these.
+        for text in [
+            "9.357950974492867e+24",
+            "0.09319654275417233",
+            "949729.1914651861",
+            "6.95e-291",
+        ] {
+            let v = parse(format!("{{\"a\": {text}}}").as_bytes()).unwrap();
+            assert_eq!(v.get("a"), Some(&Value::Float(text.parse().unwrap())), "{text}");
+        }
     }
 
     #[test]
@@ -188,6 +339,14 @@ mod tests {
     fn key_order_is_kept() {
         let v = parse(br#"{"z": 1, "a": 2}"#).unwrap();
         assert_eq!(emit_document(&v), "{\n\t\"z\": 1,\n\t\"a\": 2\n}\n");
+    }
+
+    #[test]
+    fn reindent_is_go_json_indent_with_tabs() {
+        assert_eq!(
+            reindent(r#"{"Key":"a:b","Value":[1,{},[],"x,\"y"]}"#),
+            "{\n\t\"Key\": \"a:b\",\n\t\"Value\": [\n\t\t1,\n\t\t{},\n\t\t[],\n\t\t\"x,\\\"y\"\n\t]\n}"
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::keys::{self, DataKeyError, Keyring};
 use metadata::{METADATA_KEY, Metadata, MetadataError};
-use tree::{MapEntry, PathNotFound, PathStep, Value};
+use tree::{MapEntry, PathNotFound, PathStep, Target, Value};
 
 /// The five stores sops reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -277,6 +277,9 @@ pub enum ExtractError {
     /// The path does not exist.
     #[error("{}", describe_missing(.0))]
     NotFound(PathNotFound),
+    /// The output store refuses the value; sops's reason.
+    #[error("{0}")]
+    Refused(String),
     /// The output store cannot print this value.
     #[error("a {kind} cannot be written in {format} format")]
     Unprintable {
@@ -289,7 +292,7 @@ pub enum ExtractError {
 
 fn describe_missing(p: &PathNotFound) -> String {
     let missing = match &p.missing {
-        PathStep::Key(k) => format!("key {k:?}"),
+        PathStep::Key(k) | PathStep::KeyOrIndex(k) => format!("key {k:?}"),
         PathStep::Index(i) => format!("index {i}"),
     };
     if p.found.is_empty() {
@@ -305,9 +308,11 @@ fn describe_missing(p: &PathNotFound) -> String {
 
 impl Document {
     /// Follows `path` from the root, using the top-level index for the first step.
-    fn lookup(&self, path: &[PathStep]) -> Result<&Value, PathNotFound> {
-        let (Some(PathStep::Key(first)), Value::Map(entries)) = (path.first(), self.root()) else {
-            return self.root().lookup(path);
+    fn lookup(&self, path: &[PathStep]) -> Result<Target<'_>, PathNotFound> {
+        let (Some(PathStep::Key(first) | PathStep::KeyOrIndex(first)), Value::Map(entries)) =
+            (path.first(), self.root())
+        else {
+            return self.root().locate(path);
         };
         let index = self.index.get_or_init(|| {
             let mut index = std::collections::HashMap::with_capacity(entries.len());
@@ -320,11 +325,11 @@ impl Document {
             index
         });
         match index.get(first).map(|&i| &entries[i]) {
-            Some(MapEntry::Pair(_, v)) => v.lookup(&path[1..]).map_err(|mut e| {
+            Some(MapEntry::Pair(_, v)) => v.locate(&path[1..]).map_err(|mut e| {
                 e.found.insert(0, path[0].clone());
                 e
             }),
-            _ => self.root().lookup(path),
+            _ => self.root().locate(path),
         }
     }
 
@@ -343,16 +348,23 @@ impl Document {
         let text = match output {
             Format::Yaml => yaml_emit::emit_documents(&self.branches),
             Format::Json => json::emit_document(self.root()),
-            Format::Dotenv => flat::emit_dotenv(self.root()),
-            Format::Ini => flat::emit_ini(self.root()),
+            Format::Dotenv => flat::emit_dotenv(self.root()).map_err(ExtractError::Refused)?,
+            Format::Ini => flat::emit_ini(&self.branches).map_err(ExtractError::Refused)?,
             Format::Binary => match self.root().get("data") {
                 Some(Value::Str(s)) => s.clone(),
                 Some(Value::Bytes(b)) => return Ok(Zeroizing::new(b.clone())),
-                other => {
+                Some(other) => {
                     return Err(ExtractError::Unprintable {
-                        kind: other.map_or("document without data", Value::kind),
+                        kind: other.kind(),
                         format: Format::Binary,
                     });
+                }
+                None => {
+                    return Err(ExtractError::Refused(
+                        "error emitting binary store: no binary data found in tree; \
+                         if this is not an encrypted binary file, choose the output with --output-type"
+                            .to_owned(),
+                    ));
                 }
             },
         };
@@ -366,29 +378,127 @@ impl Document {
         if path.is_empty() {
             return self.to_plaintext(output);
         }
-        let value = self.lookup(path).map_err(ExtractError::NotFound)?;
+        let value = match self.lookup(path).map_err(ExtractError::NotFound)? {
+            Target::Value(v) => v,
+            // sops marshals its `Comment` struct: `value: ...` in YAML.
+            Target::Comment(c) => {
+                let key = if output == Format::Yaml { "value" } else { "Value" };
+                let as_struct = Zeroizing::new(Value::Map(vec![MapEntry::Pair(
+                    key.to_owned(),
+                    Value::Str(c.text.clone()),
+                )]));
+                return match output {
+                    Format::Yaml => Ok(Zeroizing::new(yaml_emit::emit_value(&as_struct).into_bytes())),
+                    Format::Json => Ok(Zeroizing::new(json::emit_value(&as_struct).into_bytes())),
+                    Format::Ini => Ok(Zeroizing::new(json::marshal_go_comment(&c.text).into_bytes())),
+                    Format::Dotenv | Format::Binary => Err(unprintable_value("sops.Comment", output)),
+                };
+            }
+            Target::Entry(entry) => return self.extract_entry(entry, output),
+        };
         let text = match value {
             Value::Str(s) => s.clone(),
             Value::Bytes(b) => return Ok(Zeroizing::new(b.clone())),
             Value::Map(_) => {
+                // sops puts the map in place of the first document and prints
+                // the file: a YAML file's other documents follow it.
+                let mut branches = Vec::with_capacity(self.branches.len());
+                branches.push(value.clone());
+                branches.extend(self.branches[1..].iter().cloned());
                 let doc = Document {
                     index: Default::default(),
                     format: self.format,
-                    branches: vec![value.clone()],
+                    branches,
                 };
                 return doc.to_plaintext(output);
             }
             other => match output {
                 Format::Yaml => yaml_emit::emit_value(other),
-                Format::Json | Format::Ini => json::emit_value(other),
-                Format::Dotenv | Format::Binary => {
-                    return Err(ExtractError::Unprintable {
-                        kind: other.kind(),
-                        format: output,
-                    });
-                }
+                Format::Json => json::emit_value(other),
+                Format::Ini => json::marshal_go(other, self.format != Format::Yaml),
+                Format::Dotenv | Format::Binary => return Err(unprintable_value(go_type(other), output)),
             },
         };
         Ok(Zeroizing::new(text.into_bytes()))
+    }
+}
+
+impl Document {
+    /// A map entry reached by index, printed as sops marshals its `TreeItem`
+    /// struct: `key:`/`value:` in YAML (maps inside as lists of such items),
+    /// `{"Key":..,"Value":..}` in JSON.
+    fn extract_entry(&self, entry: &MapEntry, output: Format) -> Result<Zeroizing<Vec<u8>>, ExtractError> {
+        let nil_maps = self.format != Format::Yaml;
+        let text = match output {
+            Format::Yaml => yaml_emit::emit_value(&Zeroizing::new(go_struct_entry(entry))),
+            Format::Json => json::reindent(&Zeroizing::new(json::marshal_go_entry(entry, nil_maps))),
+            Format::Ini => json::marshal_go_entry(entry, nil_maps),
+            Format::Dotenv | Format::Binary => return Err(unprintable_value("sops.TreeItem", output)),
+        };
+        Ok(Zeroizing::new(text.into_bytes()))
+    }
+}
+
+/// A map entry as go-yaml marshals sops's `TreeItem{Key, Value}`.
+fn go_struct_entry(entry: &MapEntry) -> Value {
+    let comment = |text: &str| Value::Map(vec![MapEntry::Pair("value".into(), Value::Str(text.to_owned()))]);
+    let (key, value) = match entry {
+        MapEntry::Pair(k, v) => (Value::Str(k.clone()), go_struct_value(v)),
+        MapEntry::Comment(c) => (comment(&c.text), Value::Null),
+    };
+    Value::Map(vec![
+        MapEntry::Pair("key".into(), key),
+        MapEntry::Pair("value".into(), value),
+    ])
+}
+
+/// A value inside a `TreeItem`: its maps are lists of items, its comments structs.
+fn go_struct_value(v: &Value) -> Value {
+    match v {
+        Value::Map(entries) => Value::Seq(
+            entries
+                .iter()
+                .map(|e| tree::SeqEntry::Item(go_struct_entry(e)))
+                .collect(),
+        ),
+        Value::Seq(entries) => Value::Seq(
+            entries
+                .iter()
+                .map(|e| {
+                    tree::SeqEntry::Item(match e {
+                        tree::SeqEntry::Item(v) => go_struct_value(v),
+                        tree::SeqEntry::Comment(c) => {
+                            Value::Map(vec![MapEntry::Pair("value".into(), Value::Str(c.text.clone()))])
+                        }
+                    })
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// sops's reasons for not printing a single non-string value.
+fn unprintable_value(go_type: &str, output: Format) -> ExtractError {
+    ExtractError::Refused(match output {
+        Format::Binary => {
+            "Binary files are not structured and extracting a single value is not possible".to_owned()
+        }
+        _ => format!("the dotenv store only supports emitting strings, got {go_type}"),
+    })
+}
+
+/// The Go type sops holds a value in, as `%T` names it.
+fn go_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "<nil>",
+        Value::Bool(_) => "bool",
+        Value::Int(_) => "int",
+        Value::Float(_) => "float64",
+        Value::Str(_) => "string",
+        Value::Bytes(_) => "[]uint8",
+        Value::Time(_) => "time.Time",
+        Value::Map(_) => "sops.TreeBranch",
+        Value::Seq(_) => "[]interface {}",
     }
 }

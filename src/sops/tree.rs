@@ -201,15 +201,31 @@ impl Value {
 pub enum PathStep {
     /// A map key.
     Key(String),
-    /// A list index (comments not counted).
+    /// A list index. Comments count, as in sops (its lists hold them as items).
     Index(usize),
+    /// A component of a slash path (`a/0/b`): a map key, or on a list the
+    /// index it spells in decimal digits.
+    KeyOrIndex(String),
 }
 
 impl fmt::Display for PathStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PathStep::Key(k) => write!(f, "[{k:?}]"),
+            PathStep::Key(k) | PathStep::KeyOrIndex(k) => write!(f, "[{k:?}]"),
             PathStep::Index(i) => write!(f, "[{i}]"),
+        }
+    }
+}
+
+impl PathStep {
+    /// The list index this step selects, if it can select one.
+    fn index(&self) -> Option<usize> {
+        match self {
+            PathStep::Index(i) => Some(*i),
+            PathStep::KeyOrIndex(k) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => {
+                k.parse().ok()
+            }
+            _ => None,
         }
     }
 }
@@ -221,42 +237,52 @@ pub fn display_path(path: &[PathStep]) -> String {
 
 /// Parses a secret's `key` as sops-nix spells it: `a/b/c` walks nested maps.
 ///
-/// sops-nix only walks maps, so every component is a map key, including ones
-/// made of digits.
+/// A component walks into a map by key; on a list, a component of decimal
+/// digits is an index (sops-nix cannot reach into lists at all). So `a/0/b`
+/// is sops's `["a"][0]["b"]` where `a` is a list and `["a"]["0"]["b"]` where
+/// it is a map. As in sops, a list's comments count as items.
 pub fn parse_slash_path(key: &str) -> Vec<PathStep> {
     if key.is_empty() {
         return Vec::new();
     }
-    key.split('/').map(|s| PathStep::Key(s.to_owned())).collect()
+    key.split('/')
+        .map(|s| PathStep::KeyOrIndex(s.to_owned()))
+        .collect()
 }
 
-/// Parses `sops --extract` syntax: `["a"]["b"][0]`.
-pub fn parse_extract_path(spec: &str) -> Option<Vec<PathStep>> {
+/// Parses `sops --extract` syntax, `["a"]['b'][0]`, exactly as sops 3.11 does.
+///
+/// sops splits the text at every `[`; each part must end with `]`; a part
+/// starting with a quote is a key (the characters between the first and the
+/// last, with no escapes), any other is a decimal index. A key holding `[`
+/// therefore cannot be named. What sops refuses, or would crash on (`[]`, a
+/// lone quote, a negative index), is refused with the reason.
+pub fn parse_extract_path(spec: &str) -> Result<Vec<PathStep>, String> {
     let mut steps = Vec::new();
-    let mut rest = spec.trim();
-    while !rest.is_empty() {
-        rest = rest.strip_prefix('[')?;
-        if let Some(after_quote) = rest.strip_prefix('"') {
-            // Keys are Go-quoted strings; `\"` and `\\` are the escapes that occur in practice.
-            let mut key = String::new();
-            let mut chars = after_quote.char_indices();
-            let end = loop {
-                let (i, c) = chars.next()?;
-                match c {
-                    '\\' => key.push(chars.next()?.1),
-                    '"' => break i,
-                    c => key.push(c),
-                }
-            };
-            rest = after_quote[end + 1..].strip_prefix(']')?;
-            steps.push(PathStep::Key(key));
+    for part in spec.split('[').filter(|p| !p.is_empty()) {
+        let inner = part
+            .strip_suffix(']')
+            .ok_or_else(|| format!("component {part:?} does not end with ]"))?;
+        if inner.starts_with(['"', '\'']) {
+            if inner.len() < 2 {
+                return Err(format!("component {part:?} is an unterminated key"));
+            }
+            steps.push(PathStep::Key(inner[1..inner.len() - 1].to_owned()));
         } else {
-            let close = rest.find(']')?;
-            steps.push(PathStep::Index(rest[..close].trim().parse().ok()?));
-            rest = &rest[close + 1..];
+            // Go's strconv.Atoi: an optional sign, then decimal digits.
+            let digits = inner.strip_prefix('+').unwrap_or(inner);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "component {part:?} is neither a quoted key nor a list index"
+                ));
+            }
+            let i = digits
+                .parse()
+                .map_err(|_| format!("component {part:?} is too large an index"))?;
+            steps.push(PathStep::Index(i));
         }
     }
-    Some(steps)
+    Ok(steps)
 }
 
 /// Why a path does not lead to a value.
@@ -270,20 +296,68 @@ pub struct PathNotFound {
     pub parent_kind: &'static str,
 }
 
+/// What a path leads to.
+pub enum Target<'a> {
+    /// A value.
+    Value(&'a Value),
+    /// A comment of a list, which sops counts as an item.
+    Comment(&'a Comment),
+    /// An entry of a map reached by an index (`["map"][0]`): sops's maps are
+    /// lists of key/value items, and its `--extract` indexes them too.
+    Entry(&'a MapEntry),
+}
+
+impl fmt::Debug for Target<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Value(v) => write!(f, "Value({v:?})"),
+            Target::Comment(_) => f.write_str("Comment(..)"),
+            Target::Entry(e) => write!(f, "Entry({e:?})"),
+        }
+    }
+}
+
 impl Value {
     /// Follows `path` from this value.
     pub fn lookup(&self, path: &[PathStep]) -> Result<&Value, PathNotFound> {
-        let mut current = self;
+        match self.locate(path)? {
+            Target::Value(v) => Ok(v),
+            Target::Comment(_) | Target::Entry(_) => Err(PathNotFound {
+                found: path[..path.len() - 1].to_vec(),
+                missing: path[path.len() - 1].clone(),
+                parent_kind: "list whose item there is a comment",
+            }),
+        }
+    }
+
+    /// Follows `path` from this value, as sops's `Truncate` does.
+    pub fn locate(&self, path: &[PathStep]) -> Result<Target<'_>, PathNotFound> {
+        let mut current = Target::Value(self);
         for (depth, step) in path.iter().enumerate() {
-            let next = match step {
-                PathStep::Key(k) => current.get(k),
-                PathStep::Index(i) => current.item(*i),
-            };
-            current = next.ok_or_else(|| PathNotFound {
+            let not_found = |kind| PathNotFound {
                 found: path[..depth].to_vec(),
                 missing: step.clone(),
-                parent_kind: current.kind(),
-            })?;
+                parent_kind: kind,
+            };
+            let value = match current {
+                Target::Value(v) => v,
+                Target::Comment(_) => return Err(not_found("comment")),
+                Target::Entry(_) => return Err(not_found("map entry")),
+            };
+            current = match (value, step, step.index()) {
+                (Value::Seq(entries), _, Some(i)) => match entries.get(i) {
+                    Some(SeqEntry::Item(v)) => Target::Value(v),
+                    Some(SeqEntry::Comment(c)) => Target::Comment(c),
+                    None => return Err(not_found(value.kind())),
+                },
+                (Value::Map(entries), PathStep::Index(i), _) => {
+                    Target::Entry(entries.get(*i).ok_or_else(|| not_found(value.kind()))?)
+                }
+                (_, PathStep::Key(k) | PathStep::KeyOrIndex(k), _) => {
+                    Target::Value(value.get(k).ok_or_else(|| not_found(value.kind()))?)
+                }
+                _ => return Err(not_found(value.kind())),
+            };
         }
         Ok(current)
     }
@@ -330,25 +404,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn extract_syntax_round_trips_keys_and_indices() {
-        let p = parse_extract_path(r#"["a b"]["c\"d"][3]"#).unwrap();
+    fn extract_syntax_is_split_as_sops_splits_it() {
+        let p = parse_extract_path(r#"["a b"]['c'][3]["d\"e"][+1]["]"]"#).unwrap();
         assert_eq!(
             p,
             vec![
                 PathStep::Key("a b".into()),
-                PathStep::Key("c\"d".into()),
-                PathStep::Index(3)
+                PathStep::Key("c".into()),
+                PathStep::Index(3),
+                // No escapes: the key is what lies between the quotes.
+                PathStep::Key("d\\\"e".into()),
+                PathStep::Index(1),
+                PathStep::Key("]".into()),
             ]
         );
-        assert_eq!(parse_extract_path(r#"["a""#), None);
-        assert_eq!(parse_extract_path("a"), None);
+        for refused in [r#"["a""#, "a", "[]", "[-1]", r#"["]"#, "[1 ]", r#"["a"]x"#] {
+            assert!(parse_extract_path(refused).is_err(), "{refused}");
+        }
+        assert_eq!(parse_extract_path(""), Ok(vec![]));
     }
 
     #[test]
-    fn slash_path_walks_maps_only() {
-        assert_eq!(
-            parse_slash_path("ssh_keys/0"),
-            vec![PathStep::Key("ssh_keys".into()), PathStep::Key("0".into())]
+    fn slash_path_numbers_index_lists_and_name_map_keys() {
+        let doc = Value::Map(vec![
+            MapEntry::Pair(
+                "l".into(),
+                Value::Seq(vec![
+                    SeqEntry::Comment(Comment {
+                        text: "c".into(),
+                        inline: false,
+                    }),
+                    SeqEntry::Item(Value::Int(7)),
+                ]),
+            ),
+            MapEntry::Pair(
+                "m".into(),
+                Value::Map(vec![MapEntry::Pair("0".into(), Value::Int(8))]),
+            ),
+        ]);
+        // Comments count, as in sops's `["l"][1]`.
+        assert_eq!(doc.lookup(&parse_slash_path("l/1")).unwrap(), &Value::Int(7));
+        assert!(matches!(
+            doc.locate(&parse_slash_path("l/0")),
+            Ok(Target::Comment(_))
+        ));
+        assert!(doc.lookup(&parse_slash_path("l/0")).is_err());
+        assert_eq!(doc.lookup(&parse_slash_path("m/0")).unwrap(), &Value::Int(8));
+        // A quoted key never indexes a list; an index never names a map key.
+        assert!(
+            doc.lookup(&[PathStep::Key("l".into()), PathStep::Key("1".into())])
+                .is_err()
+        );
+        assert!(
+            doc.lookup(&[PathStep::Key("m".into()), PathStep::Index(0)])
+                .is_err()
         );
         assert!(parse_slash_path("").is_empty());
     }
@@ -360,8 +469,8 @@ mod tests {
             Value::Map(vec![MapEntry::Pair("b".into(), Value::Int(1))]),
         )]);
         let err = doc.lookup(&parse_slash_path("a/c/d")).unwrap_err();
-        assert_eq!(err.found, vec![PathStep::Key("a".into())]);
-        assert_eq!(err.missing, PathStep::Key("c".into()));
+        assert_eq!(err.found, vec![PathStep::KeyOrIndex("a".into())]);
+        assert_eq!(err.missing, PathStep::KeyOrIndex("c".into()));
         assert_eq!(err.parent_kind, "map");
         assert_eq!(doc.lookup(&parse_slash_path("a/b")).unwrap(), &Value::Int(1));
     }

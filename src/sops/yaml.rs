@@ -40,12 +40,16 @@ pub enum YamlError {
     UnknownAnchor,
 }
 
+#[derive(Clone)]
 struct RawComment {
     /// Character index of the `#`.
     pos: usize,
     col: usize,
     text: String,
     inline: bool,
+    /// Only list indicators precede it on its line (`- - # c`): it opens the
+    /// collection that the item starts on the next line, as go-yaml reads it.
+    after_dash: bool,
 }
 
 /// Finds comments outside the given scalar spans (sorted character ranges).
@@ -83,7 +87,9 @@ fn find_comments(text: &str, scalars: &[(usize, usize)]) -> Vec<RawComment> {
             pos,
             col: before.chars().count(),
             text: body.to_owned(),
-            inline: !before.trim().is_empty(),
+            // After a document marker it opens the document's content.
+            inline: !matches!(before.trim(), "" | "---"),
+            after_dash: !before.trim().is_empty() && before.chars().all(|c| matches!(c, '-' | ' ' | '\t')),
         });
     }
     out
@@ -159,17 +165,47 @@ struct Builder {
 }
 
 impl Builder {
-    /// Hands comments located before `pos` to the open collection.
-    fn comments_before(&mut self, pos: usize) {
+    /// Hands comments located before `pos` to the open collection. Before a
+    /// collection starts, a comment after a list item's dash waits for it.
+    fn comments_before(&mut self, pos: usize, collection_starts: bool) {
         while let Some(c) = self.comments.front() {
-            if c.pos >= pos {
+            if c.pos >= pos || (collection_starts && c.after_dash) {
                 break;
             }
             let Some(frame) = self.stack.last_mut() else { break };
-            if !frame.take_comment(c) {
+            let taken = if c.after_dash {
+                // Before a scalar item: a comment of the list, before the item.
+                frame.take_comment(&RawComment {
+                    inline: false,
+                    ..c.clone()
+                })
+            } else {
+                frame.take_comment(c)
+            };
+            if !taken {
                 break;
             }
             self.comments.pop_front();
+        }
+    }
+
+    /// A comment after a list item's dash (`- # c` with the item's collection
+    /// on the next lines) is that collection's first entry.
+    fn dash_comments_open(&mut self, pos: usize) {
+        while let Some(c) = self.comments.front() {
+            if c.pos >= pos || !c.after_dash {
+                break;
+            }
+            let c = self.comments.pop_front().expect("checked");
+            let comment = Comment {
+                text: c.text,
+                inline: false,
+            };
+            match self.stack.last_mut() {
+                Some(Frame::Map { entries, .. }) => entries.push(MapEntry::Comment(comment)),
+                Some(Frame::Seq { entries, .. }) => entries.push(SeqEntry::Comment(comment)),
+                None => {}
+            }
         }
     }
 
@@ -207,17 +243,34 @@ impl Builder {
         match event {
             Event::MappingEnd | Event::SequenceEnd => self.trailing_comments(pos),
             Event::DocumentEnd | Event::StreamEnd => {}
-            _ => self.comments_before(pos),
+            Event::MappingStart(..) | Event::SequenceStart(..) => self.comments_before(pos, true),
+            _ => self.comments_before(pos, false),
         }
         match event {
             Event::Nothing | Event::StreamStart | Event::DocumentStart(_) => {}
-            Event::StreamEnd => {}
+            Event::StreamEnd => {
+                // Comments after an explicit end of the last document (`...`).
+                if let Some(Value::Map(entries)) = self.documents.last_mut() {
+                    for c in self.comments.drain(..) {
+                        entries.push(MapEntry::Comment(Comment {
+                            text: c.text,
+                            inline: false,
+                        }));
+                    }
+                }
+            }
             Event::DocumentEnd => {
                 let mut root = self.root.take().unwrap_or(Value::Null);
                 match &mut root {
                     Value::Map(entries) => {
-                        // Comments after the last item of the document.
-                        for c in self.comments.drain(..) {
+                        // Comments after the last item of the document. The
+                        // event sits at the next document's `---`: a comment
+                        // after that (`--- # c`, or on the lines below) opens
+                        // the next document, where sops prints it.
+                        while let Some(c) = self.comments.front()
+                            && c.pos < pos
+                        {
+                            let c = self.comments.pop_front().expect("checked");
                             entries.push(MapEntry::Comment(Comment {
                                 text: c.text,
                                 inline: false,
@@ -229,17 +282,23 @@ impl Builder {
                 }
                 self.documents.push(root);
             }
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
-                entries: Vec::new(),
-                key: None,
-                col: span.start.col(),
-                anchor,
-            }),
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
-                entries: Vec::new(),
-                col: span.start.col(),
-                anchor,
-            }),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map {
+                    entries: Vec::new(),
+                    key: None,
+                    col: span.start.col(),
+                    anchor,
+                });
+                self.dash_comments_open(pos);
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.stack.push(Frame::Seq {
+                    entries: Vec::new(),
+                    col: span.start.col(),
+                    anchor,
+                });
+                self.dash_comments_open(pos);
+            }
             Event::MappingEnd | Event::SequenceEnd => {
                 let (value, anchor) = match self.stack.pop().expect("parser balances collections") {
                     Frame::Map { entries, anchor, .. } => (Value::Map(entries), anchor),
@@ -282,14 +341,62 @@ impl Builder {
 /// Files in the subset sops writes are read by the fast line reader; any
 /// other YAML goes through the general parser. Both feed the same builder.
 pub fn parse(text: &str) -> Result<Vec<Value>, YamlError> {
+    let text = &*close_commented_empty_maps(text);
     match super::yaml_subset::events(text) {
         Some(events) => build(text, events),
-        None => parse_general(text),
+        None => general(text),
     }
 }
 
 /// Parses with the general YAML parser only.
 pub fn parse_general(text: &str) -> Result<Vec<Value>, YamlError> {
+    general(&close_commented_empty_maps(text))
+}
+
+/// sops writes an empty map that carries a comment (`a: {} # c`) as `a: {`,
+/// the encrypted comment on the lines below, and `}` alone at column 0.
+/// go-yaml reads that (a flow collection ignores indentation) and drops the
+/// comment; saphyr refuses the `}`. The shape is rewritten to `a: {}` with
+/// the comment lines blanked, keeping every other character at its position.
+fn close_commented_empty_maps(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let mut done = 0;
+    let mut from = 0;
+    while let Some(i) = text[from..].find(" {\n").map(|i| from + i + 1) {
+        from = i + 2;
+        let mut end = None;
+        let mut at = i + 2;
+        while at < text.len() {
+            let line_end = text[at..].find('\n').map_or(text.len(), |e| at + e);
+            let line = &text[at..line_end];
+            if line == "}" {
+                end = Some(line_end);
+                break;
+            }
+            let t = line.trim_start_matches(' ');
+            if !(t.is_empty() || t.starts_with('#')) {
+                break;
+            }
+            at = line_end + 1;
+        }
+        let Some(end) = end else { continue };
+        out.reserve(text.len());
+        out.push_str(&text[done..i]);
+        out.push_str("{}\n");
+        for line in text[i + 2..end - 1].split_inclusive('\n') {
+            out.extend(line.chars().map(|c| if c == '\n' { c } else { ' ' }));
+        }
+        done = end;
+        from = end;
+    }
+    if done == 0 {
+        return text.into();
+    }
+    out.push_str(&text[done..]);
+    out.into()
+}
+
+fn general(text: &str) -> Result<Vec<Value>, YamlError> {
     let mut events = Vec::new();
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|e| YamlError::Syntax {
@@ -302,11 +409,15 @@ pub fn parse_general(text: &str) -> Result<Vec<Value>, YamlError> {
     build(text, events)
 }
 
-fn build<'a>(text: &str, events: Vec<(Event<'a>, Span)>) -> Result<Vec<Value>, YamlError> {
+fn build<'a>(text: &str, mut events: Vec<(Event<'a>, Span)>) -> Result<Vec<Value>, YamlError> {
+    go_line_breaks(text, &mut events);
+    let mut offsets = CharOffsets::default();
     let scalars: Vec<(usize, usize)> = events
         .iter()
-        .filter(|(e, _)| matches!(e, Event::Scalar(..)))
-        .map(|(_, s)| (s.start.index(), s.end.index()))
+        .filter_map(|(e, s)| match e {
+            Event::Scalar(_, style, ..) => Some(scalar_extent(text, &mut offsets, *style, s)),
+            _ => None,
+        })
         .collect();
     let mut builder = Builder {
         stack: Vec::new(),
@@ -319,6 +430,144 @@ fn build<'a>(text: &str, events: Vec<(Event<'a>, Span)>) -> Result<Vec<Value>, Y
         builder.event(event, span)?;
     }
     Ok(builder.documents)
+}
+
+/// U+2028 and U+2029 as go-yaml reads them.
+///
+/// go-yaml follows YAML 1.1, where they are line breaks; saphyr follows YAML
+/// 1.2, where they are text. sops writes a string holding one (and no `\n`)
+/// as a single-quoted scalar broken at that character, the next line indented,
+/// or inside a literal block as a break followed by the block's indentation.
+/// go-yaml folds that indentation away and the MAC was computed without it,
+/// so it is removed here too. Only these two styles need it: sops escapes the
+/// characters in double quotes, and plain scalars cannot hold them.
+fn go_line_breaks(text: &str, events: &mut [(Event<'_>, Span)]) {
+    const BREAKS: [char; 2] = ['\u{2028}', '\u{2029}'];
+    // One character each: memchr-backed searches, cheap on megabytes of base64.
+    let has_break = |t: &str| t.contains('\u{2028}') || t.contains('\u{2029}');
+    if !has_break(text) {
+        return;
+    }
+    let mut offsets = CharOffsets::default();
+    for (event, span) in events {
+        let Event::Scalar(value, style, ..) = event else {
+            continue;
+        };
+        if !has_break(value) {
+            continue;
+        }
+        let folded = match style {
+            // A break and the blanks around it become the break alone.
+            ScalarStyle::SingleQuoted => {
+                let mut out = String::with_capacity(value.len());
+                let mut run = String::new();
+                for c in value.chars() {
+                    match c {
+                        ' ' | '\t' | '\u{2028}' | '\u{2029}' => run.push(c),
+                        _ => {
+                            flush_blank_run(&mut out, &mut run);
+                            out.push(c);
+                        }
+                    }
+                }
+                flush_blank_run(&mut out, &mut run);
+                out
+            }
+            ScalarStyle::Literal => {
+                let header = offsets.byte(text, span.start.index());
+                let indent = literal_indent(&text[header..], value);
+                let mut out = String::with_capacity(value.len());
+                let mut skip = 0;
+                for c in value.chars() {
+                    if c == ' ' && skip > 0 {
+                        skip -= 1;
+                        continue;
+                    }
+                    skip = if BREAKS.contains(&c) { indent } else { 0 };
+                    out.push(c);
+                }
+                out
+            }
+            _ => continue,
+        };
+        *value = folded.into();
+    }
+}
+
+/// Blanks next to a U+2028/U+2029 are folded away; a run without one stays.
+fn flush_blank_run(out: &mut String, run: &mut String) {
+    if run.contains(['\u{2028}', '\u{2029}']) {
+        out.extend(run.chars().filter(|c| !matches!(c, ' ' | '\t')));
+    } else {
+        out.push_str(run);
+    }
+    run.clear();
+}
+
+/// The content indentation of the literal block whose header starts `source`,
+/// found by comparing its first non-blank line with saphyr's value for it.
+fn literal_indent(source: &str, value: &str) -> usize {
+    let lead = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let has_text = |l: &&str| !l.trim_start_matches(' ').is_empty();
+    let src = source.split('\n').skip(1).find(has_text).map_or(0, lead);
+    let val = value.split('\n').find(has_text).map_or(0, lead);
+    src.saturating_sub(val)
+}
+
+/// The characters a scalar occupies. saphyr's span of a quoted scalar runs
+/// to the end of its line, over any comment after it: that span ends at the
+/// closing quote instead.
+fn scalar_extent(text: &str, offsets: &mut CharOffsets, style: ScalarStyle, span: &Span) -> (usize, usize) {
+    let (start, end) = (span.start.index(), span.end.index());
+    let quote = match style {
+        ScalarStyle::SingleQuoted => '\'',
+        ScalarStyle::DoubleQuoted => '"',
+        _ => return (start, end),
+    };
+    let from = offsets.byte(text, start);
+    let mut chars = text[from..].chars();
+    if chars.next() != Some(quote) {
+        return (start, end);
+    }
+    let mut n = 1;
+    let mut escaped = false;
+    while let Some(c) = chars.next() {
+        n += 1;
+        match c {
+            '\\' if quote == '"' && !escaped => escaped = true,
+            // `''` inside single quotes is an escaped quote.
+            '\'' if quote == '\'' && chars.clone().next() == Some('\'') => {
+                chars.next();
+                n += 1;
+            }
+            c if c == quote && !escaped => return (start, (start + n).min(end)),
+            _ => escaped = false,
+        }
+    }
+    (start, end)
+}
+
+/// Converts saphyr's character positions to byte offsets, walking forward.
+#[derive(Default)]
+struct CharOffsets {
+    chars: usize,
+    bytes: usize,
+}
+
+impl CharOffsets {
+    fn byte(&mut self, text: &str, char_index: usize) -> usize {
+        if char_index < self.chars {
+            *self = CharOffsets::default();
+        }
+        let skip = char_index - self.chars;
+        let advance = text[self.bytes..]
+            .char_indices()
+            .nth(skip)
+            .map_or(text.len() - self.bytes, |(i, _)| i);
+        self.bytes += advance;
+        self.chars = char_index;
+        self.bytes
+    }
 }
 
 /// Types a scalar as go-yaml v3 does when decoding into `interface{}`.
@@ -568,6 +817,68 @@ mod tests {
     }
 
     #[test]
+    fn line_and_paragraph_separators_break_lines_as_in_go_yaml() {
+        // What sops 3.11 wrote for these strings (left unencrypted).
+        let text = "? 'k\u{2028}    z'\n: s\nlit: |\n    a\u{2028}    b\n    c\u{2029}\u{2029}    d\n\
+                    n:\n    v: 'x \u{2028}            y'\n    l:\n        - 'i\u{2028}              j'\n\
+                    \x20       - |-\n          m\n          n\u{2028}           o\n";
+        let docs = parse(text).unwrap();
+        let d = &docs[0];
+        assert_eq!(d.get("k\u{2028}z"), Some(&Value::Str("s".into())), "{}", d.dump());
+        assert_eq!(
+            d.get("lit"),
+            Some(&Value::Str("a\u{2028}b\nc\u{2029}\u{2029}d\n".into()))
+        );
+        let n = d.get("n").unwrap();
+        assert_eq!(n.get("v"), Some(&Value::Str("x\u{2028}y".into())));
+        let l = n.get("l").unwrap();
+        assert_eq!(l.item(0), Some(&Value::Str("i\u{2028}j".into())));
+        // Only the block's indentation goes: the space after it is content.
+        assert_eq!(l.item(1), Some(&Value::Str("m\nn\u{2028} o".into())));
+    }
+
+    #[test]
+    fn an_empty_map_with_its_comment_and_brace_below_reads_as_go_yaml_reads_it() {
+        // What sops 3.11 wrote for `a: {} # c` at two depths.
+        let text = "a: {\n    #ENC[c]\n}\nx:\n    b: {\n        #ENC[d]\n        #ENC[e]\n}\n    d: 1\n";
+        for docs in [parse(text).unwrap(), parse_general(text).unwrap()] {
+            assert_eq!(docs[0].dump(), r#"{"a": {}, "x": {"b": {}, "d": 1}}"#);
+        }
+        // The same characters inside a literal block are text.
+        let text = "k: |\n    a {\n    #c\n    }\n";
+        assert_eq!(
+            parse(text).unwrap()[0].get("k"),
+            Some(&Value::Str("a {\n#c\n}\n".into()))
+        );
+    }
+
+    #[test]
+    fn a_comment_after_a_document_marker_opens_that_document() {
+        let text = "# h1\na: 1\n# t1\n---\n# c2\nb: 2\n--- # c3\nc: 3\n# tail\n";
+        let dumps: Vec<String> = parse(text).unwrap().iter().map(Value::dump).collect();
+        assert_eq!(
+            dumps,
+            [
+                r#"{#" h1", "a": 1, #" t1"}"#,
+                r#"{#" c2", "b": 2}"#,
+                r#"{#" c3", "c": 3, #" tail"}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn a_comment_after_a_quoted_scalar_is_kept() {
+        for text in ["l:\n  - \"a \\\" b\" # c\n", "l:\n  - 'a '' b' # c\n"] {
+            let fast = crate::sops::yaml_subset::events(text).map(|e| build(text, e).unwrap()[0].dump());
+            let general = parse_general(text).unwrap()[0].dump();
+            assert!(general.contains(r#"#" c"i"#), "{text:?}: {general}");
+            if let Some(fast) = fast {
+                assert_eq!(fast, general);
+            }
+        }
+    }
+
+    #[test]
     fn top_level_list_is_refused() {
         assert_eq!(parse("- a\n").unwrap_err(), YamlError::NotAMap("list"));
     }
@@ -589,7 +900,7 @@ mod differential {
     fn yaml_fixtures() -> Vec<std::path::PathBuf> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let mut files = Vec::new();
-        for dir in ["enc", "plain", "neg"] {
+        for dir in ["enc", "plain", "neg", "classes/enc", "classes/plain"] {
             for e in std::fs::read_dir(root.join(dir)).unwrap() {
                 let p = e.unwrap().path();
                 if p.extension().is_some_and(|x| x == "yaml") {

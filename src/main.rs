@@ -21,7 +21,7 @@ use sops_install_secrets::keys::{Keyring, ssh};
 use sops_install_secrets::log::{Logger, Priority};
 use sops_install_secrets::manifest::Manifest;
 use sops_install_secrets::sops::tree::{parse_extract_path, parse_slash_path};
-use sops_install_secrets::sops::{Format, decrypt_bytes};
+use sops_install_secrets::sops::{Format, decrypt_owned};
 
 const USAGE: &str = "usage:
   sops-install-secrets demo        (installs bundled examples into a temporary directory)
@@ -187,7 +187,7 @@ fn decrypt(mut args: Args) -> Result<ExitCode, UsageError> {
         Ok(b) => b,
         Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
     };
-    let doc = match decrypt_bytes(&bytes, input, &keyring) {
+    let doc = match decrypt_owned(bytes, input, &keyring) {
         Ok(d) => d,
         Err(e) => return fail(format!("cannot decrypt {} (as {input}): {e}", file.display())),
     };

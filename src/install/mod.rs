@@ -565,7 +565,7 @@ pub fn install(manifest: &Manifest, opts: &Options, earlier: Vec<String>) -> Res
                 continue;
             }
         };
-        let doc = match crate::sops::decrypt_bytes(&bytes, format, &keyring) {
+        let doc = match crate::sops::decrypt_owned(bytes, format, &keyring) {
             Ok(d) => d,
             Err(e) => {
                 let why = format!(

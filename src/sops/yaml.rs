@@ -17,6 +17,7 @@ use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
 
+use super::limits::{AliasBudget, LimitError, MAX_DEPTH, Shape};
 use super::tree::{Comment, MapEntry, SeqEntry, Value};
 
 /// Why a YAML document could not be read.
@@ -38,6 +39,9 @@ pub enum YamlError {
     /// An alias refers to an unknown anchor.
     #[error("an alias refers to an anchor that is not defined")]
     UnknownAnchor,
+    /// Too deep, or aliases that expand too far.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 struct RawComment {
@@ -152,7 +156,9 @@ impl Frame {
 
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Value>,
+    /// Each anchored value with its shape, measured once for the alias budget.
+    anchors: HashMap<usize, (Value, Shape)>,
+    budget: AliasBudget,
     documents: Vec<Value>,
     root: Option<Value>,
     comments: std::collections::VecDeque<RawComment>,
@@ -204,6 +210,16 @@ impl Builder {
 
     fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), YamlError> {
         let pos = span.start.index();
+        let line = span.start.line();
+        match event {
+            Event::MappingStart(..) | Event::SequenceStart(..) if self.stack.len() >= MAX_DEPTH => {
+                return Err(LimitError::TooDeep { line }.into());
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) | Event::Scalar(..) | Event::Alias(_) => {
+                self.budget.written(line)?;
+            }
+            _ => {}
+        }
         match event {
             Event::MappingEnd | Event::SequenceEnd => self.trailing_comments(pos),
             Event::DocumentEnd | Event::StreamEnd => {}
@@ -246,7 +262,7 @@ impl Builder {
                     Frame::Seq { entries, anchor, .. } => (Value::Seq(entries), anchor),
                 };
                 if anchor != 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    self.anchors.insert(anchor, (value.clone(), Shape::of(&value)));
                 }
                 self.add(value);
             }
@@ -257,12 +273,18 @@ impl Builder {
                 }
                 let value = resolve(&text, style, tag.as_deref());
                 if anchor != 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    self.anchors.insert(anchor, (value.clone(), Shape::of(&value)));
                 }
                 self.add(value);
             }
             Event::Alias(id) => {
-                let value = self.anchors.get(&id).cloned().ok_or(YamlError::UnknownAnchor)?;
+                let (value, shape) = self.anchors.get(&id).ok_or(YamlError::UnknownAnchor)?;
+                // Checked before the copy is made: the copy is what a bomb inflates.
+                if self.stack.len() + shape.height > MAX_DEPTH {
+                    return Err(LimitError::TooDeep { line }.into());
+                }
+                self.budget.expand(shape, line)?;
+                let value = value.clone();
                 if let Some(Frame::Map { key: key @ None, .. }) = self.stack.last_mut() {
                     *key = Some(match value {
                         Value::Str(s) => s,
@@ -291,12 +313,34 @@ pub fn parse(text: &str) -> Result<Vec<Value>, YamlError> {
 /// Parses with the general YAML parser only.
 pub fn parse_general(text: &str) -> Result<Vec<Value>, YamlError> {
     let mut events = Vec::new();
+    // The builder refuses deep nesting too, but only once every event is read;
+    // this stops the scanner before its own limit (255 flow levels, reported
+    // as a syntax error) and before it queues a deep block structure.
+    let mut depth = 0usize;
     for item in Parser::new_from_str(text) {
-        let (event, span) = item.map_err(|e| YamlError::Syntax {
-            line: e.marker().line(),
-            col: e.marker().col() + 1,
-            reason: e.info().to_owned(),
+        let (event, span) = item.map_err(|e| match e.info() {
+            // The scanner reads a run of `[` or `{` ahead of the events.
+            "recursion limit exceeded" => LimitError::TooDeep {
+                line: e.marker().line(),
+            }
+            .into(),
+            _ => YamlError::Syntax {
+                line: e.marker().line(),
+                col: e.marker().col() + 1,
+                reason: e.info().to_owned(),
+            },
         })?;
+        match event {
+            Event::MappingStart(..) | Event::SequenceStart(..) => depth += 1,
+            Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_DEPTH {
+            return Err(LimitError::TooDeep {
+                line: span.start.line(),
+            }
+            .into());
+        }
         events.push((event, span));
     }
     build(text, events)
@@ -311,6 +355,7 @@ fn build<'a>(text: &str, events: Vec<(Event<'a>, Span)>) -> Result<Vec<Value>, Y
     let mut builder = Builder {
         stack: Vec::new(),
         anchors: HashMap::new(),
+        budget: AliasBudget::new(text.len()),
         documents: Vec::new(),
         root: None,
         comments: find_comments(text, &scalars).into(),

@@ -314,3 +314,21 @@ fn a_binary_store_file_decrypts_within_twice_its_size() {
     assert!(out.stdout == plain, "the plaintext differs");
     eprintln!("decrypted {size} bytes in {took:?}");
 }
+
+#[test]
+fn a_long_line_of_hashes_is_read_as_one_comment_within_200_mib() {
+    // Each `#` used to start a comment holding the rest of the line: 200,000
+    // copies of up to 400 KB from a 400 KB line. Comments are outside the
+    // MAC, so the file still decrypts, with the comment in front.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "hashes.yaml",
+        before_real_file(&format!("#{}\n", " #".repeat(200_000))),
+    );
+    let (out, _) = decrypt_capped(&file, &[], CAP, QUICK);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut expected = format!("#{}\n", " #".repeat(200_000)).into_bytes();
+    expected.extend(support::expected("yaml_basic.out"));
+    assert!(out.stdout == expected, "the output differs");
+}

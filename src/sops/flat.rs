@@ -411,6 +411,41 @@ mod tests {
     }
 
     #[test]
+    fn keys_split_at_separators_only_and_nest_at_most_max_depth() {
+        let names = |key: &str| -> Vec<String> {
+            steps(key)
+                .unwrap()
+                .into_iter()
+                .map(|s| match s {
+                    Step::Key(k) => k,
+                    Step::Index(i) => format!("[{i}]"),
+                })
+                .collect()
+        };
+        assert_eq!(names("a__b__list_2__map_c__x"), ["a__b", "[2]", "c__x"]);
+        assert_eq!(names("__map_a"), ["", "a"]);
+        let deep = |n: usize| format!("k{}", "__map_k".repeat(n));
+        assert_eq!(steps(&deep(MAX_DEPTH - 1)).unwrap().len(), MAX_DEPTH);
+        assert!(matches!(
+            steps(&deep(MAX_DEPTH)),
+            Err(LimitError::KeyTooDeep { .. })
+        ));
+        assert!(matches!(
+            unflatten(vec![(deep(100_000), Value::Str("v".into()))]),
+            Err(FlatError::Limit(LimitError::KeyTooDeep { .. }))
+        ));
+    }
+
+    #[test]
+    fn ini_comment_lines_join_with_newlines() {
+        let (v, _) = parse_ini("[s]\n; one\n# two\n;three\nk = v\n").unwrap();
+        let Some(Value::Map(entries)) = v.get("s") else {
+            panic!()
+        };
+        assert!(matches!(&entries[1], MapEntry::Comment(c) if c.text == "one\ntwo\nthree"));
+    }
+
+    #[test]
     fn dotenv_splits_at_the_first_equals_and_unescapes_newlines() {
         let (v, meta) = parse_dotenv("# c\nA=b=c\nsops_mac=x\nM=1\\n2\n").unwrap();
         assert_eq!(v.get("A"), Some(&Value::Str("b=c".into())));

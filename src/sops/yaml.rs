@@ -61,8 +61,19 @@ fn find_comments(text: &str, scalars: &[(usize, usize)]) -> Vec<RawComment> {
     let mut out = Vec::new();
     // Character index of the last byte position converted, for non-ASCII text.
     let (mut last_byte, mut last_char) = (0usize, 0usize);
+    // Kept across matches so that each byte is searched for a newline once:
+    // a long line of `#`s must not cost its length once per `#`.
+    let (mut line_start, mut scanned) = (0usize, 0usize);
+    // End of the last comment found: a `#` before it is part of that comment.
+    let mut comment_end = 0usize;
     for (byte, _) in text.match_indices('#') {
-        let line_start = text[..byte].rfind('\n').map_or(0, |i| i + 1);
+        if byte < comment_end {
+            continue;
+        }
+        if let Some(i) = text[scanned..byte].rfind('\n') {
+            line_start = scanned + i + 1;
+        }
+        scanned = byte;
         let before = &text[line_start..byte];
         if !(before.is_empty() || before.ends_with([' ', '\t'])) {
             continue;
@@ -80,6 +91,7 @@ fn find_comments(text: &str, scalars: &[(usize, usize)]) -> Vec<RawComment> {
             continue;
         }
         let end = text[byte..].find('\n').map_or(text.len(), |e| byte + e);
+        comment_end = end;
         let body = text[byte + 1..end]
             .strip_suffix('\r')
             .unwrap_or(&text[byte + 1..end]);
@@ -610,6 +622,70 @@ mod tests {
         assert_eq!(docs[0].get("a"), Some(&Value::Str("x # y".into())));
         let Value::Map(entries) = &docs[0] else { panic!() };
         assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn a_hash_inside_a_comment_is_part_of_it() {
+        // As sops reads it: one comment, ` b # c`. A line of `#`s made one
+        // comment per `#`, each holding the rest of the line: quadratic memory.
+        let docs = parse("a: x # b # c\n").unwrap();
+        let Value::Map(entries) = &docs[0] else { panic!() };
+        assert_eq!(entries.len(), 2);
+        assert!(matches!(&entries[0], MapEntry::Comment(c) if c.text == " b # c" && c.inline));
+        let long = format!("a: x{}\n", " #".repeat(200_000));
+        let docs = parse(&long).unwrap();
+        let Value::Map(entries) = &docs[0] else { panic!() };
+        assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn aliases_expand_to_copies_of_their_anchor() {
+        let docs = parse("a: &x {b: 1, c: [1, &s two]}\nd: *x\ne: *s\n").unwrap();
+        assert_eq!(docs[0].get("d"), docs[0].get("a"));
+        assert_eq!(docs[0].get("e"), Some(&Value::Str("two".into())));
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_before_it_expands() {
+        let mut bomb = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            bomb.push_str(&format!(
+                "l{i}: &l{i} [{}]\n",
+                vec![format!("*l{}", i - 1); 9].join(", ")
+            ));
+        }
+        // l4 expands to 9^4 + ... nodes, the first alias past go-yaml's ratio.
+        assert!(matches!(
+            parse(&bomb),
+            Err(YamlError::Limit(LimitError::ExcessiveAliasing { line: 4, .. }))
+        ));
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_in_every_style() {
+        let flow = |n: usize| format!("a: {}1{}\n", "[".repeat(n), "]".repeat(n));
+        parse(&flow(MAX_DEPTH - 1)).unwrap();
+        for text in [
+            flow(MAX_DEPTH),
+            flow(10_000),
+            format!("a:\n  {}x\n", "- ".repeat(MAX_DEPTH)),
+            (0..=MAX_DEPTH)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect::<String>(),
+        ] {
+            assert!(
+                matches!(parse(&text), Err(YamlError::Limit(LimitError::TooDeep { .. }))),
+                "{}",
+                &text[..40]
+            );
+        }
+        // An alias counts at the depth it is used.
+        let deep = flow(60);
+        let used = format!("{deep}b: {}*d{}\n", "[".repeat(50), "]".repeat(50)).replacen("a: ", "a: &d ", 1);
+        assert!(matches!(
+            parse(&used),
+            Err(YamlError::Limit(LimitError::TooDeep { line: 2 }))
+        ));
     }
 
     #[test]

@@ -17,9 +17,10 @@
 //!   more than 1,000 nodes, aliases may supply at most 99% of the nodes up to
 //!   400,000 nodes, a share that shrinks linearly to 10% at 4,000,000 nodes
 //!   and stays there. A Go string is shared when an alias repeats it, but
-//!   here an alias copies its value, so the bytes of text copied are bounded
-//!   too: at most as many as the file holds, or [`ALIAS_BYTES_FLOOR`] for a
-//!   smaller file.
+//!   here an alias copies its value (and so does an anchor, to keep it for
+//!   its aliases), so the copies are bounded too: their text plus
+//!   [`NODE_COST`] per node at most as many bytes as the file holds, or
+//!   [`ALIAS_BYTES_FLOOR`] for a smaller file.
 //!
 //! Real sops never writes an alias: `sops -e` expands anchors and aliases of
 //! the plaintext, so aliases in an encrypted file were added by hand.
@@ -29,8 +30,12 @@ use super::tree::{MapEntry, SeqEntry, Value};
 /// The deepest nesting of maps and lists accepted; the top-level map is level 1.
 pub const MAX_DEPTH: usize = 100;
 
-/// Aliases may always copy this many bytes of text, whatever the file's size.
+/// Anchors and aliases may always copy this many bytes, whatever the file's size.
 pub const ALIAS_BYTES_FLOOR: u64 = 1 << 20;
+
+/// What a copied node is counted as, besides its text: about what a tree
+/// node and its heap allocation take.
+pub const NODE_COST: u64 = 64;
 
 /// Alias-made nodes that never count as excessive, as in go-yaml.
 const ALIAS_NODES_FREE: u64 = 100;
@@ -75,9 +80,9 @@ pub enum LimitError {
         /// All nodes, written or expanded.
         nodes: u64,
     },
-    /// Aliases would copy more text than allowed.
+    /// Anchors and aliases would copy more than allowed.
     #[error(
-        "the document's aliases would copy more than {allowed} bytes of text (at line {line}); \
+        "the document's anchors and aliases would copy more than {allowed} bytes (at line {line}); \
          refusing the file before expanding them"
     )]
     AliasBytes {
@@ -106,8 +111,8 @@ fn allowed_alias_ratio(nodes: u64) -> f64 {
 pub struct AliasBudget {
     nodes: u64,
     alias_nodes: u64,
-    alias_bytes: u64,
-    allowed_bytes: u64,
+    copied: u64,
+    allowed_copy: u64,
 }
 
 impl AliasBudget {
@@ -116,8 +121,8 @@ impl AliasBudget {
         AliasBudget {
             nodes: 0,
             alias_nodes: 0,
-            alias_bytes: 0,
-            allowed_bytes: (text_len as u64).max(ALIAS_BYTES_FLOOR),
+            copied: 0,
+            allowed_copy: (text_len as u64).max(ALIAS_BYTES_FLOOR),
         }
     }
 
@@ -149,14 +154,25 @@ impl AliasBudget {
     pub fn expand(&mut self, shape: &Shape, line: usize) -> Result<(), LimitError> {
         self.nodes += shape.nodes;
         self.alias_nodes += shape.nodes;
-        self.alias_bytes += shape.bytes;
-        if self.alias_bytes > self.allowed_bytes {
+        self.copy(shape, line)?;
+        self.check_ratio(line)
+    }
+
+    /// Counts the copy of an anchored value kept for its aliases; call it
+    /// before making the copy. (Nested anchors copy the same text again.)
+    pub fn anchored(&mut self, shape: &Shape, line: usize) -> Result<(), LimitError> {
+        self.copy(shape, line)
+    }
+
+    fn copy(&mut self, shape: &Shape, line: usize) -> Result<(), LimitError> {
+        self.copied += shape.bytes + NODE_COST * shape.nodes;
+        if self.copied > self.allowed_copy {
             return Err(LimitError::AliasBytes {
                 line,
-                allowed: self.allowed_bytes,
+                allowed: self.allowed_copy,
             });
         }
-        self.check_ratio(line)
+        Ok(())
     }
 }
 
@@ -299,7 +315,7 @@ mod tests {
     fn alias_bytes_are_bounded_by_the_file_size_or_the_floor() {
         let big = Shape {
             nodes: 1,
-            bytes: ALIAS_BYTES_FLOOR,
+            bytes: ALIAS_BYTES_FLOOR - NODE_COST,
             height: 0,
         };
         let mut small_file = AliasBudget::new(10);
@@ -312,10 +328,20 @@ mod tests {
             })
         );
         let mut big_file = AliasBudget::new(3 << 20);
-        for _ in 0..3 {
+        big_file.anchored(&big, 1).unwrap();
+        for _ in 0..2 {
             big_file.expand(&big, 1).unwrap();
         }
-        assert!(big_file.expand(&Shape { bytes: 1, ..big }, 1).is_err());
+        assert!(big_file.anchored(&Shape { bytes: 1, ..big }, 1).is_err());
+        // Nodes count even without text.
+        let mut nodes = AliasBudget::new(0);
+        let empty = Shape {
+            nodes: ALIAS_BYTES_FLOOR / NODE_COST,
+            bytes: 0,
+            height: 1,
+        };
+        nodes.anchored(&empty, 1).unwrap();
+        assert!(nodes.anchored(&Shape { nodes: 1, ..empty }, 1).is_err());
     }
 
     #[test]

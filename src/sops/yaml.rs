@@ -274,7 +274,9 @@ impl Builder {
                     Frame::Seq { entries, anchor, .. } => (Value::Seq(entries), anchor),
                 };
                 if anchor != 0 {
-                    self.anchors.insert(anchor, (value.clone(), Shape::of(&value)));
+                    let shape = Shape::of(&value);
+                    self.budget.anchored(&shape, line)?;
+                    self.anchors.insert(anchor, (value.clone(), shape));
                 }
                 self.add(value);
             }
@@ -285,7 +287,9 @@ impl Builder {
                 }
                 let value = resolve(&text, style, tag.as_deref());
                 if anchor != 0 {
-                    self.anchors.insert(anchor, (value.clone(), Shape::of(&value)));
+                    let shape = Shape::of(&value);
+                    self.budget.anchored(&shape, line)?;
+                    self.anchors.insert(anchor, (value.clone(), shape));
                 }
                 self.add(value);
             }
@@ -658,6 +662,21 @@ mod tests {
         assert!(matches!(
             parse(&bomb),
             Err(YamlError::Limit(LimitError::ExcessiveAliasing { line: 4, .. }))
+        ));
+    }
+
+    #[test]
+    fn nested_anchors_count_their_copies() {
+        // No alias at all, but every anchor keeps a copy of what it holds:
+        // 100 nested anchors around 64 KiB would copy 6.4 MiB of a 66 KB file.
+        let mut text = String::new();
+        for i in 0..99 {
+            text.push_str(&format!("{}k{i}: &a{i}\n", " ".repeat(i)));
+        }
+        text.push_str(&format!("{}s: {}\n", " ".repeat(99), "x".repeat(64 * 1024)));
+        assert!(matches!(
+            parse(&text),
+            Err(YamlError::Limit(LimitError::AliasBytes { .. }))
         ));
     }
 

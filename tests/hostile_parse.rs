@@ -332,3 +332,48 @@ fn a_long_line_of_hashes_is_read_as_one_comment_within_200_mib() {
     expected.extend(support::expected("yaml_basic.out"));
     assert!(out.stdout == expected, "the output differs");
 }
+
+#[test]
+fn the_build_time_check_reads_a_binary_store_file_within_one_and_a_half_times_its_size() {
+    // `--check-mode=sopsfile` parses every file without decrypting it: the
+    // file's buffer becomes the tree (about N), where the bytes and their
+    // parsed copy used to be alive at once (about 2 N).
+    let dir = tempfile::tempdir().unwrap();
+    let plain: Vec<u8> = (0..12 * MIB as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let file = dir.path().join("big.bin");
+    binary_store_file(&file, &plain);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let at = |p: &str| dir.path().join(p).to_str().unwrap().to_owned();
+    let manifest = serde_json::json!({
+        "secrets": [{
+            "name": "big", "key": "", "path": at("secrets/big"), "owner": null, "uid": 0,
+            "group": null, "gid": 0, "sopsFile": file.to_str().unwrap(), "format": "binary",
+            "mode": "0400", "restartUnits": [], "reloadUnits": [],
+        }],
+        "templates": [], "placeholderBySecretName": {},
+        "secretsMountPoint": at("secrets.d"), "symlinkPath": at("secrets"), "keepGenerations": 1,
+        "sshKeyPaths": [], "gnupgHome": null, "ageKeyFile": null, "ageSshKeyPaths": [],
+        "useTmpfs": false, "userMode": false,
+        "logging": { "keyImport": false, "secretChanges": true },
+    });
+    let manifest_path = write(dir.path(), "manifest.json", manifest.to_string());
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {} && exec \"$0\" \"$@\"",
+            (size + size / 2 + 32 * MIB) / 1024
+        ))
+        .arg(env!("CARGO_BIN_EXE_sops-install-secrets"))
+        .arg("--check-mode=sopsfile")
+        .arg(&manifest_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

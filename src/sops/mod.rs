@@ -278,8 +278,8 @@ pub fn decrypt_bytes(bytes: &[u8], format: Format, keyring: &Keyring) -> Result<
     EncryptedFile::parse(bytes, format)?.decrypt(keyring)
 }
 
-/// Decrypts a sops file, taking its bytes: the peak memory stays near the
-/// file's size (see [`EncryptedFile::parse_owned`]).
+/// Decrypts a sops file, taking its bytes so that they are not kept while
+/// the tree is decrypted (see [`EncryptedFile::parse_owned`]).
 pub fn decrypt_owned(bytes: Vec<u8>, format: Format, keyring: &Keyring) -> Result<Document, DecryptError> {
     EncryptedFile::parse_owned(bytes, format)?.decrypt(keyring)
 }

@@ -329,13 +329,13 @@ pub fn parse(text: &str) -> Result<Vec<Value>, YamlError> {
 /// Parses with the general YAML parser only.
 pub fn parse_general(text: &str) -> Result<Vec<Value>, YamlError> {
     let mut events = Vec::new();
-    // The builder refuses deep nesting too, but only once every event is read;
-    // this stops the scanner before its own limit (255 flow levels, reported
-    // as a syntax error) and before it queues a deep block structure.
+    // The builder refuses deep nesting too, but only once every event is read:
+    // this stops reading a deep block structure early. A run of `[` or `{` is
+    // read ahead by the scanner, whose own limit (255 flow levels, reported as
+    // a syntax error) is turned into the same refusal below.
     let mut depth = 0usize;
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|e| match e.info() {
-            // The scanner reads a run of `[` or `{` ahead of the events.
             "recursion limit exceeded" => LimitError::TooDeep {
                 line: e.marker().line(),
             }

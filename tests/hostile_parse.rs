@@ -381,3 +381,14 @@ fn the_build_time_check_reads_a_binary_store_file_within_one_and_a_half_times_it
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_long_line_of_hashes_inside_a_value_is_read_in_linear_time() {
+    // `x#x#...` is one plain scalar; each `#` was checked for a comment by
+    // searching back to the start of its line: minutes for a 1.6 MB line.
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("a: {}\n", "x#".repeat(800_000));
+    let file = write(dir.path(), "xhash.yaml", before_real_file(&text));
+    let (out, _) = decrypt_capped(&file, &[], CAP, QUICK);
+    assert_refused(&out, &file, "the value at key path `a:` could not be decrypted");
+}

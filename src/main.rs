@@ -20,7 +20,7 @@ use sops_install_secrets::keys::Keyring;
 use sops_install_secrets::keys::pgp::GnupgHome;
 use sops_install_secrets::keys::sops_env::SopsAgeEnv;
 use sops_install_secrets::sops::tree::{parse_extract_path, parse_slash_path};
-use sops_install_secrets::sops::{Format, decrypt_bytes};
+use sops_install_secrets::sops::{Format, decrypt_owned};
 
 mod cli;
 
@@ -145,7 +145,7 @@ fn decrypt(mut args: Args) -> Result<ExitCode, UsageError> {
         Ok(b) => b,
         Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
     };
-    let doc = match decrypt_bytes(&bytes, input, &keyring) {
+    let doc = match decrypt_owned(bytes, input, &keyring) {
         Ok(d) => d,
         Err(e) => return fail(format!("cannot decrypt {} (as {input}): {e}", file.display())),
     };

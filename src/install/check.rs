@@ -28,7 +28,7 @@ pub fn check(manifest: &Manifest, mode: CheckMode, earlier: Vec<String>) -> Resu
         for (path, format, users) in &files {
             let file = match crate::safe_path::read(path, Trust::build_check())
                 .map_err(|e| format!("sopsFile: {e}"))
-                .and_then(|b| EncryptedFile::parse(&b, *format).map_err(|e| e.to_string()))
+                .and_then(|b| EncryptedFile::parse_owned(b, *format).map_err(|e| e.to_string()))
             {
                 Ok(f) => f,
                 Err(e) => {

@@ -100,6 +100,86 @@ pub fn decrypt_raw<'a>(
     Ok((buf, enc.kind))
 }
 
+/// Like [`decrypt_raw`], but consumes the stored string and decrypts inside
+/// its buffer: the base64 is decoded in place, the buffer shrunk to the
+/// ciphertext, and AES-GCM run in place. A value of N bytes stored as ~4N/3
+/// bytes of base64 then never needs more than those 4N/3 bytes at once (the
+/// binary store keeps a whole file in one value).
+pub fn decrypt_owned(
+    text: String,
+    key: &[u8; 32],
+    additional_data: &str,
+) -> Result<(Zeroizing<Vec<u8>>, String), CipherError> {
+    if text.is_empty() {
+        return Ok((Zeroizing::new(Vec::new()), "str".to_owned()));
+    }
+    let (data, iv, tag, kind) = {
+        let body = text
+            .strip_prefix("ENC[AES256_GCM,")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .ok_or(CipherError::Malformed)?;
+        let mut parts = body.splitn(4, ',');
+        let mut field = |prefix: &str| {
+            parts
+                .next()
+                .and_then(|p| p.strip_prefix(prefix))
+                .ok_or(CipherError::Malformed)
+        };
+        let (data, iv, tag, kind) = (field("data:")?, field("iv:")?, field("tag:")?, field("type:")?);
+        let start = data.as_ptr() as usize - text.as_ptr() as usize;
+        let decode = |name: &'static str, s: &str| B64.decode(s).map_err(|_| CipherError::BadField(name));
+        (
+            start..start + data.len(),
+            decode("iv", iv)?,
+            decode("tag", tag)?,
+            kind.to_owned(),
+        )
+    };
+    if iv.len() != 32 {
+        return Err(CipherError::BadField("iv"));
+    }
+    if tag.len() != 16 {
+        return Err(CipherError::BadField("tag"));
+    }
+    let mut buf = text.into_bytes();
+    let len = decode_in_place(&mut buf, data).ok_or(CipherError::BadField("data"))?;
+    buf.truncate(len);
+    // Shrunk while it holds ciphertext: a reallocation may leave a copy behind.
+    buf.shrink_to_fit();
+    let mut buf = Zeroizing::new(buf);
+    let cipher = SopsGcm::new(GenericArray::from_slice(key));
+    cipher
+        .decrypt_in_place_detached(
+            GenericArray::from_slice(&iv),
+            additional_data.as_bytes(),
+            &mut buf,
+            GenericArray::from_slice(&tag),
+        )
+        .map_err(|_| CipherError::Authentication)?;
+    Ok((buf, kind))
+}
+
+/// Decodes the base64 at `range` of `buf` into the start of `buf`; returns the
+/// decoded length. Output never overtakes input: each 4 characters read make
+/// at most 3 bytes, written behind them.
+fn decode_in_place(buf: &mut [u8], range: std::ops::Range<usize>) -> Option<usize> {
+    // Whole quads per chunk, so padding can only occur in the last one.
+    const CHUNK: usize = 4 * 1024;
+    let mut chunk_out = [0u8; CHUNK / 4 * 3];
+    let (mut read, mut written) = (range.start, 0);
+    while read < range.end {
+        let end = (read + CHUNK).min(range.end);
+        let n = B64.decode_slice(&buf[read..end], &mut chunk_out).ok()?;
+        if end < range.end && n != (end - read) / 4 * 3 {
+            return None; // padding before the end
+        }
+        buf[written..written + n].copy_from_slice(&chunk_out[..n]);
+        written += n;
+        read = end;
+    }
+    Some(written)
+}
+
 /// Decrypts one stored string into a typed value.
 pub fn decrypt_value(text: &str, key: &[u8; 32], additional_data: &str) -> Result<Value, CipherError> {
     let (plain, kind) = decrypt_raw(text, key, additional_data)?;
@@ -214,6 +294,51 @@ pub(crate) mod tests {
         assert_eq!(
             decrypt_value(&seal(b"yes", &key, "k:", "bool"), &key, "k:"),
             Err(CipherError::BadPlaintext("bool"))
+        );
+    }
+
+    #[test]
+    fn in_place_decryption_equals_the_copying_one() {
+        let key = [3u8; 32];
+        // Sizes around the decoding chunk, with and without base64 padding.
+        for len in [0usize, 1, 2, 3, 3071, 3072, 3073, 10_000] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let enc = seal(&plain, &key, "a:", "bytes");
+            let (copied, kind) = decrypt_raw(&enc, &key, "a:").unwrap();
+            let (owned, owned_kind) = decrypt_owned(enc.clone(), &key, "a:").unwrap();
+            assert_eq!((&*owned, owned_kind.as_str()), (&*copied, kind), "{len}");
+            assert_eq!(&*owned, &plain);
+            assert_eq!(
+                decrypt_owned(enc.clone(), &key, "b:").unwrap_err(),
+                CipherError::Authentication
+            );
+        }
+        assert_eq!(
+            decrypt_owned(
+                "ENC[AES256_GCM,data:AA=A,iv:AA==,tag:AA==,type:str]".into(),
+                &[0; 32],
+                "k:"
+            )
+            .unwrap_err(),
+            CipherError::BadField("iv")
+        );
+        let iv = B64.encode([0u8; 32]);
+        let tag = B64.encode([0u8; 16]);
+        for data in ["AA=A", "!!!!", "AAA", &format!("{}AA==AAAA", "A".repeat(4092))] {
+            assert_eq!(
+                decrypt_owned(
+                    format!("ENC[AES256_GCM,data:{data},iv:{iv},tag:{tag},type:str]"),
+                    &[0; 32],
+                    "k:"
+                )
+                .unwrap_err(),
+                CipherError::BadField("data"),
+                "{data}"
+            );
+        }
+        assert_eq!(
+            decrypt_owned("nope".into(), &[0; 32], "k:").unwrap_err(),
+            CipherError::Malformed
         );
     }
 

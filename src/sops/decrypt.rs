@@ -126,24 +126,27 @@ impl Walk<'_> {
         }
         let encrypted = self.should_encrypt(false);
         if encrypted {
-            let Value::Str(stored) = &*v else {
+            if !matches!(v, Value::Str(_)) {
                 return Err(TreeError::NotEncrypted {
                     path: self.path_string(),
                     kind: v.kind(),
                 });
+            }
+            // The ciphertext is taken out and decrypted inside its own buffer,
+            // so a large value is never held twice (on error the tree is dropped).
+            let Value::Str(stored) = std::mem::replace(v, Value::Null) else {
+                unreachable!("checked above")
             };
             let ad = self.path_string();
             let fail = |source| TreeError::Value {
                 path: ad.clone(),
                 source,
             };
-            let (plain, kind) = cipher::decrypt_raw(stored, self.key, &ad).map_err(fail)?;
+            let (plain, kind) = cipher::decrypt_owned(stored, self.key, &ad).map_err(fail)?;
             if kind == "comment" {
                 return Ok(Some(String::from_utf8_lossy(&plain).into_owned()));
             }
-            let plain = cipher::typed(plain, kind).map_err(fail)?;
-            // What is replaced is ciphertext: nothing to wipe.
-            *v = plain;
+            *v = cipher::typed(plain, &kind).map_err(fail)?;
         }
         if encrypted || !self.mac_only_encrypted {
             self.hash_leaf(v);

@@ -6,7 +6,10 @@
 //! `[sops]` section. Values are always strings; newlines inside values are
 //! written as `\n`.
 
+use std::collections::HashMap;
+
 use super::gofmt;
+use super::limits::{LimitError, MAX_DEPTH};
 use super::tree::{Comment, MapEntry, SeqEntry, Value};
 
 const MAP_SEP: &str = "__map_";
@@ -24,6 +27,9 @@ pub enum FlatError {
     /// Flattened metadata keys that contradict each other.
     #[error("the flattened sops metadata key `{0}` conflicts with another key")]
     Conflict(String),
+    /// A flattened metadata key nests too deeply.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 #[derive(Default)]
@@ -31,15 +37,20 @@ struct Node {
     value: Option<Value>,
     keys: Vec<(String, Node)>,
     items: Vec<(usize, Node)>,
+    /// Where each key and index sits in `keys` and `items`: a linear search
+    /// would make a file with many metadata keys quadratic to read.
+    key_at: HashMap<String, usize>,
+    item_at: HashMap<usize, usize>,
 }
 
 impl Node {
     fn child(&mut self, step: Step) -> &mut Node {
         match step {
             Step::Key(k) => {
-                let i = match self.keys.iter().position(|(n, _)| *n == k) {
-                    Some(i) => i,
+                let i = match self.key_at.get(&k) {
+                    Some(&i) => i,
                     None => {
+                        self.key_at.insert(k.clone(), self.keys.len());
                         self.keys.push((k, Node::default()));
                         self.keys.len() - 1
                     }
@@ -47,9 +58,10 @@ impl Node {
                 &mut self.keys[i].1
             }
             Step::Index(n) => {
-                let i = match self.items.iter().position(|(m, _)| *m == n) {
-                    Some(i) => i,
+                let i = match self.item_at.get(&n) {
+                    Some(&i) => i,
                     None => {
+                        self.item_at.insert(n, self.items.len());
                         self.items.push((n, Node::default()));
                         self.items.len() - 1
                     }
@@ -94,16 +106,33 @@ enum Step {
     Index(usize),
 }
 
-/// Splits `a__list_0__map_b` into `a`, `[0]`, `b`.
-fn steps(flat: &str) -> Vec<Step> {
+/// Splits `a__list_0__map_b` into `a`, `[0]`, `b`; refuses more than
+/// [`MAX_DEPTH`] steps, which would nest the metadata that deep.
+fn steps(flat: &str) -> Result<Vec<Step>, LimitError> {
     let mut out = Vec::new();
     let mut rest = flat;
     let mut current_is_index = false;
     loop {
-        let next = [MAP_SEP, LIST_SEP]
-            .iter()
-            .filter_map(|sep| rest.find(sep).map(|i| (i, *sep)))
-            .min_by_key(|(i, _)| *i);
+        if out.len() == MAX_DEPTH {
+            return Err(LimitError::KeyTooDeep {
+                key: flat.chars().take(60).collect(),
+            });
+        }
+        // One scan for the next `__` that starts a separator (scanning for
+        // each separator apart would rescan the rest of a long key each step).
+        let mut from = 0;
+        let next = loop {
+            let Some(i) = rest[from..].find("__").map(|i| from + i) else {
+                break None;
+            };
+            match [MAP_SEP, LIST_SEP]
+                .into_iter()
+                .find(|sep| rest[i..].starts_with(sep))
+            {
+                Some(sep) => break Some((i, sep)),
+                None => from = i + 1,
+            }
+        };
         let (part, after) = match next {
             Some((i, sep)) => (&rest[..i], Some((&rest[i + sep.len()..], sep == LIST_SEP))),
             None => (rest, None),
@@ -118,7 +147,7 @@ fn steps(flat: &str) -> Vec<Step> {
                 rest = r;
                 current_is_index = is_index;
             }
-            None => return out,
+            None => return Ok(out),
         }
     }
 }
@@ -128,7 +157,7 @@ pub fn unflatten(pairs: Vec<(String, Value)>) -> Result<Value, FlatError> {
     let mut root = Node::default();
     for (key, value) in pairs {
         let mut node = &mut root;
-        for step in steps(&key) {
+        for step in steps(&key)? {
             node = node.child(step);
         }
         if node.value.is_some() {
@@ -314,11 +343,15 @@ pub fn parse_ini(text: &str) -> Result<(Value, Vec<(String, Value)>), FlatError>
         }
         if line.starts_with(';') || line.starts_with('#') {
             // go-ini joins consecutive comment lines; sops strips the marker
-            // of the first one only.
-            pending_comment = Some(match pending_comment {
-                Some(prev) => format!("{prev}\n{line}"),
-                None => strip_comment_marker(line),
-            });
+            // of the first one only. Appended in place: rebuilding the text
+            // for every line would make a long run of comment lines quadratic.
+            match &mut pending_comment {
+                Some(prev) => {
+                    prev.push('\n');
+                    prev.push_str(line);
+                }
+                None => pending_comment = Some(strip_comment_marker(line)),
+            }
             continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
@@ -516,6 +549,41 @@ mod tests {
             Some(&Value::Str("r1".into()))
         );
         assert_eq!(v.get("mac"), Some(&Value::Str("m".into())));
+    }
+
+    #[test]
+    fn keys_split_at_separators_only_and_nest_at_most_max_depth() {
+        let names = |key: &str| -> Vec<String> {
+            steps(key)
+                .unwrap()
+                .into_iter()
+                .map(|s| match s {
+                    Step::Key(k) => k,
+                    Step::Index(i) => format!("[{i}]"),
+                })
+                .collect()
+        };
+        assert_eq!(names("a__b__list_2__map_c__x"), ["a__b", "[2]", "c__x"]);
+        assert_eq!(names("__map_a"), ["", "a"]);
+        let deep = |n: usize| format!("k{}", "__map_k".repeat(n));
+        assert_eq!(steps(&deep(MAX_DEPTH - 1)).unwrap().len(), MAX_DEPTH);
+        assert!(matches!(
+            steps(&deep(MAX_DEPTH)),
+            Err(LimitError::KeyTooDeep { .. })
+        ));
+        assert!(matches!(
+            unflatten(vec![(deep(100_000), Value::Str("v".into()))]),
+            Err(FlatError::Limit(LimitError::KeyTooDeep { .. }))
+        ));
+    }
+
+    #[test]
+    fn ini_comment_lines_join_with_newlines() {
+        let (v, _) = parse_ini("[s]\n; one\n# two\n;three\nk = v\n").unwrap();
+        let Some(Value::Map(entries)) = v.get("s") else {
+            panic!()
+        };
+        assert!(matches!(&entries[1], MapEntry::Comment(c) if c.text == "one\ntwo\nthree"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! re-indented with one tab per level.
 
 use super::gofmt;
+use super::limits::{self, LimitError};
 use super::tree::{MapEntry, SeqEntry, Value};
 
 /// Why a JSON document could not be read.
@@ -28,10 +29,14 @@ pub enum JsonError {
     /// The top level is not an object.
     #[error("the top level of the JSON document is not an object; sops files must be objects")]
     NotAnObject,
+    /// Nested too deeply.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 /// Parses a JSON document whose top level is an object.
 pub fn parse(text: &[u8]) -> Result<Value, JsonError> {
+    limits::check_json_depth(text)?;
     let v: serde_json::Value = serde_json::from_slice(text).map_err(|e| JsonError::Syntax {
         line: e.line(),
         col: e.column(),
@@ -41,6 +46,46 @@ pub fn parse(text: &[u8]) -> Result<Value, JsonError> {
         return Err(JsonError::NotAnObject);
     }
     Ok(convert(v))
+}
+
+/// Like [`parse`], from owned bytes. For the binary store's envelope
+/// (`{"data": "ENC[...]", "sops": {...}}`) the `data` string, nearly all of
+/// the file, is moved to the front of the file's own buffer and becomes the
+/// value, instead of being copied out of it: reading a file of N bytes then
+/// needs N bytes, not 2N. Any other document is parsed by [`parse`].
+pub fn parse_owned(mut bytes: Vec<u8>) -> Result<Value, JsonError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Envelope<'a> {
+        /// Borrowed from the bytes unless it has escapes (sops's base64 has none).
+        #[serde(borrow)]
+        data: std::borrow::Cow<'a, str>,
+        sops: serde_json::Value,
+    }
+    limits::check_json_depth(&bytes)?;
+    // serde's structs also read `[data, sops]` arrays; sops files are objects.
+    let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let found = match serde_json::from_slice::<Envelope<'_>>(&bytes) {
+        Ok(Envelope {
+            data: std::borrow::Cow::Borrowed(data),
+            sops,
+        }) if is_object => Some((data.as_ptr() as usize - bytes.as_ptr() as usize, data.len(), sops)),
+        _ => None,
+    };
+    let Some((start, len, sops)) = found else {
+        return parse(&bytes);
+    };
+    bytes.copy_within(start..start + len, 0);
+    bytes.truncate(len);
+    let data = String::from_utf8(bytes).map_err(|_| JsonError::Syntax {
+        line: 1,
+        col: 1,
+        reason: "the data string is not UTF-8".to_owned(),
+    })?;
+    Ok(Value::Map(vec![
+        MapEntry::Pair("data".to_owned(), Value::Str(data)),
+        MapEntry::Pair("sops".to_owned(), convert(sops)),
+    ]))
 }
 
 fn convert(v: serde_json::Value) -> Value {
@@ -347,6 +392,32 @@ mod tests {
             reindent(r#"{"Key":"a:b","Value":[1,{},[],"x,\"y"]}"#),
             "{\n\t\"Key\": \"a:b\",\n\t\"Value\": [\n\t\t1,\n\t\t{},\n\t\t[],\n\t\t\"x,\\\"y\"\n\t]\n}"
         );
+    }
+
+    #[test]
+    fn binary_envelope_is_read_in_place_like_any_document() {
+        for text in [
+            &br#"{"data": "ENC[x]", "sops": {"mac": "m", "n": [1, 2.5]}}"#[..],
+            br#" {"sops": {"mac": "m"}, "data": "ENC[x]"}"#,
+            // Not the envelope: an escape, another key, a duplicate, an array.
+            br#"{"data": "ENC", "sops": {}}"#,
+            br#"{"data": "x", "other": 1, "sops": {}}"#,
+            br#"{"data": "x", "data": "y", "sops": {}}"#,
+        ] {
+            let general = parse(text).unwrap();
+            let owned = parse_owned(text.to_vec()).unwrap();
+            assert_eq!(owned.get("data"), general.get("data"));
+            assert_eq!(owned.get("sops"), general.get("sops"));
+            assert_eq!(owned.get("other"), general.get("other"));
+        }
+        assert_eq!(
+            parse_owned(br#"["ENC[x]", {}]"#.to_vec()).unwrap_err(),
+            JsonError::NotAnObject
+        );
+        assert!(matches!(
+            parse_owned(br#"{"data": "x", "sops": "#.to_vec()),
+            Err(JsonError::Syntax { .. })
+        ));
     }
 
     #[test]

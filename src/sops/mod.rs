@@ -16,6 +16,7 @@ pub mod decrypt;
 pub mod flat;
 pub mod gofmt;
 pub mod json;
+pub mod limits;
 pub mod metadata;
 pub mod shamir;
 pub mod tree;
@@ -134,6 +135,18 @@ fn take_metadata(branch: &mut Value) -> Option<Value> {
     }
 }
 
+/// Splits a JSON or binary-store root into its branch and its `sops` block.
+fn json_branches(mut root: Value, format: Format) -> Result<(Vec<Value>, Option<Value>), ParseError> {
+    let meta = take_metadata(&mut root);
+    if format == Format::Binary && !matches!(root.get("data"), Some(Value::Str(_))) {
+        if meta.is_none() {
+            return Err(MetadataError::Missing.into());
+        }
+        return Err(ParseError::NoData);
+    }
+    Ok((vec![root], meta))
+}
+
 impl EncryptedFile {
     /// Reads the bytes of a sops file in the given store. Needs no key.
     pub fn parse(bytes: &[u8], format: Format) -> Result<EncryptedFile, ParseError> {
@@ -150,17 +163,7 @@ impl EncryptedFile {
                 }
                 (branches, meta)
             }
-            Format::Json | Format::Binary => {
-                let mut root = json::parse(bytes)?;
-                let meta = take_metadata(&mut root);
-                if format == Format::Binary && !matches!(root.get("data"), Some(Value::Str(_))) {
-                    if meta.is_none() {
-                        return Err(MetadataError::Missing.into());
-                    }
-                    return Err(ParseError::NoData);
-                }
-                (vec![root], meta)
-            }
+            Format::Json | Format::Binary => json_branches(json::parse(bytes)?, format)?,
             Format::Dotenv => {
                 let (root, pairs) = flat::parse_dotenv(text()?)?;
                 (
@@ -184,6 +187,28 @@ impl EncryptedFile {
                 )
             }
         };
+        EncryptedFile::assemble(format, branches, metadata_value)
+    }
+
+    /// Like [`EncryptedFile::parse`], but takes the file's bytes so that they
+    /// are not kept alongside the tree: a binary-store file's buffer becomes
+    /// its one value (see [`json::parse_owned`]); other files' bytes are freed
+    /// before anything is decrypted.
+    pub fn parse_owned(bytes: Vec<u8>, format: Format) -> Result<EncryptedFile, ParseError> {
+        match format {
+            Format::Json | Format::Binary => {
+                let (branches, metadata_value) = json_branches(json::parse_owned(bytes)?, format)?;
+                EncryptedFile::assemble(format, branches, metadata_value)
+            }
+            _ => EncryptedFile::parse(&bytes, format),
+        }
+    }
+
+    fn assemble(
+        format: Format,
+        branches: Vec<Value>,
+        metadata_value: Option<Value>,
+    ) -> Result<EncryptedFile, ParseError> {
         let metadata_value = metadata_value.ok_or(MetadataError::Missing)?;
         let metadata = Metadata::from_value(&metadata_value)?;
         Ok(EncryptedFile {
@@ -251,6 +276,12 @@ fn describe_offered(offered: &[keys::Offered]) -> String {
 /// Decrypts the bytes of a sops file.
 pub fn decrypt_bytes(bytes: &[u8], format: Format, keyring: &Keyring) -> Result<Document, DecryptError> {
     EncryptedFile::parse(bytes, format)?.decrypt(keyring)
+}
+
+/// Decrypts a sops file, taking its bytes so that they are not kept while
+/// the tree is decrypted (see [`EncryptedFile::parse_owned`]).
+pub fn decrypt_owned(bytes: Vec<u8>, format: Format, keyring: &Keyring) -> Result<Document, DecryptError> {
+    EncryptedFile::parse_owned(bytes, format)?.decrypt(keyring)
 }
 
 /// A decrypted sops document. Its plaintext is zeroized on drop.

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
 
+use super::limits::{AliasBudget, LimitError, MAX_DEPTH, Shape};
 use super::tree::{Comment, MapEntry, SeqEntry, Value};
 
 /// Why a YAML document could not be read.
@@ -38,6 +39,9 @@ pub enum YamlError {
     /// An alias refers to an unknown anchor.
     #[error("an alias refers to an anchor that is not defined")]
     UnknownAnchor,
+    /// Too deep, or aliases that expand too far.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 #[derive(Clone)]
@@ -61,8 +65,19 @@ fn find_comments(text: &str, scalars: &[(usize, usize)]) -> Vec<RawComment> {
     let mut out = Vec::new();
     // Character index of the last byte position converted, for non-ASCII text.
     let (mut last_byte, mut last_char) = (0usize, 0usize);
+    // Kept across matches so that each byte is searched for a newline once:
+    // a long line of `#`s must not cost its length once per `#`.
+    let (mut line_start, mut scanned) = (0usize, 0usize);
+    // End of the last comment found: a `#` before it is part of that comment.
+    let mut comment_end = 0usize;
     for (byte, _) in text.match_indices('#') {
-        let line_start = text[..byte].rfind('\n').map_or(0, |i| i + 1);
+        if byte < comment_end {
+            continue;
+        }
+        if let Some(i) = text[scanned..byte].rfind('\n') {
+            line_start = scanned + i + 1;
+        }
+        scanned = byte;
         let before = &text[line_start..byte];
         if !(before.is_empty() || before.ends_with([' ', '\t'])) {
             continue;
@@ -80,6 +95,7 @@ fn find_comments(text: &str, scalars: &[(usize, usize)]) -> Vec<RawComment> {
             continue;
         }
         let end = text[byte..].find('\n').map_or(text.len(), |e| byte + e);
+        comment_end = end;
         let body = text[byte + 1..end]
             .strip_suffix('\r')
             .unwrap_or(&text[byte + 1..end]);
@@ -158,7 +174,9 @@ impl Frame {
 
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Value>,
+    /// Each anchored value with its shape, measured once for the alias budget.
+    anchors: HashMap<usize, (Value, Shape)>,
+    budget: AliasBudget,
     documents: Vec<Value>,
     root: Option<Value>,
     comments: std::collections::VecDeque<RawComment>,
@@ -240,6 +258,16 @@ impl Builder {
 
     fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), YamlError> {
         let pos = span.start.index();
+        let line = span.start.line();
+        match event {
+            Event::MappingStart(..) | Event::SequenceStart(..) if self.stack.len() >= MAX_DEPTH => {
+                return Err(LimitError::TooDeep { line }.into());
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) | Event::Scalar(..) | Event::Alias(_) => {
+                self.budget.written(line)?;
+            }
+            _ => {}
+        }
         match event {
             Event::MappingEnd | Event::SequenceEnd => self.trailing_comments(pos),
             Event::DocumentEnd | Event::StreamEnd => {}
@@ -305,7 +333,9 @@ impl Builder {
                     Frame::Seq { entries, anchor, .. } => (Value::Seq(entries), anchor),
                 };
                 if anchor != 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    let shape = Shape::of(&value);
+                    self.budget.anchored(&shape, line)?;
+                    self.anchors.insert(anchor, (value.clone(), shape));
                 }
                 self.add(value);
             }
@@ -316,12 +346,20 @@ impl Builder {
                 }
                 let value = resolve(&text, style, tag.as_deref());
                 if anchor != 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    let shape = Shape::of(&value);
+                    self.budget.anchored(&shape, line)?;
+                    self.anchors.insert(anchor, (value.clone(), shape));
                 }
                 self.add(value);
             }
             Event::Alias(id) => {
-                let value = self.anchors.get(&id).cloned().ok_or(YamlError::UnknownAnchor)?;
+                let (value, shape) = self.anchors.get(&id).ok_or(YamlError::UnknownAnchor)?;
+                // Checked before the copy is made: the copy is what a bomb inflates.
+                if self.stack.len() + shape.height > MAX_DEPTH {
+                    return Err(LimitError::TooDeep { line }.into());
+                }
+                self.budget.expand(shape, line)?;
+                let value = value.clone();
                 if let Some(Frame::Map { key: key @ None, .. }) = self.stack.last_mut() {
                     *key = Some(match value {
                         Value::Str(s) => s,
@@ -398,12 +436,34 @@ fn close_commented_empty_maps(text: &str) -> std::borrow::Cow<'_, str> {
 
 fn general(text: &str) -> Result<Vec<Value>, YamlError> {
     let mut events = Vec::new();
+    // The builder refuses deep nesting too, but only once every event is read:
+    // this stops reading a deep block structure early. A run of `[` or `{` is
+    // read ahead by the scanner, whose own limit (255 flow levels, reported as
+    // a syntax error) is turned into the same refusal below.
+    let mut depth = 0usize;
     for item in Parser::new_from_str(text) {
-        let (event, span) = item.map_err(|e| YamlError::Syntax {
-            line: e.marker().line(),
-            col: e.marker().col() + 1,
-            reason: e.info().to_owned(),
+        let (event, span) = item.map_err(|e| match e.info() {
+            "recursion limit exceeded" => LimitError::TooDeep {
+                line: e.marker().line(),
+            }
+            .into(),
+            _ => YamlError::Syntax {
+                line: e.marker().line(),
+                col: e.marker().col() + 1,
+                reason: e.info().to_owned(),
+            },
         })?;
+        match event {
+            Event::MappingStart(..) | Event::SequenceStart(..) => depth += 1,
+            Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_DEPTH {
+            return Err(LimitError::TooDeep {
+                line: span.start.line(),
+            }
+            .into());
+        }
         events.push((event, span));
     }
     build(text, events)
@@ -422,6 +482,7 @@ fn build<'a>(text: &str, mut events: Vec<(Event<'a>, Span)>) -> Result<Vec<Value
     let mut builder = Builder {
         stack: Vec::new(),
         anchors: HashMap::new(),
+        budget: AliasBudget::new(text.len()),
         documents: Vec::new(),
         root: None,
         comments: find_comments(text, &scalars).into(),
@@ -876,6 +937,85 @@ mod tests {
                 assert_eq!(fast, general);
             }
         }
+    }
+
+    #[test]
+    fn a_hash_inside_a_comment_is_part_of_it() {
+        // As sops reads it: one comment, ` b # c`. A line of `#`s made one
+        // comment per `#`, each holding the rest of the line: quadratic memory.
+        let docs = parse("a: x # b # c\n").unwrap();
+        let Value::Map(entries) = &docs[0] else { panic!() };
+        assert_eq!(entries.len(), 2);
+        assert!(matches!(&entries[0], MapEntry::Comment(c) if c.text == " b # c" && c.inline));
+        let long = format!("a: x{}\n", " #".repeat(200_000));
+        let docs = parse(&long).unwrap();
+        let Value::Map(entries) = &docs[0] else { panic!() };
+        assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn aliases_expand_to_copies_of_their_anchor() {
+        let docs = parse("a: &x {b: 1, c: [1, &s two]}\nd: *x\ne: *s\n").unwrap();
+        assert_eq!(docs[0].get("d"), docs[0].get("a"));
+        assert_eq!(docs[0].get("e"), Some(&Value::Str("two".into())));
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_before_it_expands() {
+        let mut bomb = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            bomb.push_str(&format!(
+                "l{i}: &l{i} [{}]\n",
+                vec![format!("*l{}", i - 1); 9].join(", ")
+            ));
+        }
+        // l4 expands to 9^4 + ... nodes, the first alias past go-yaml's ratio.
+        assert!(matches!(
+            parse(&bomb),
+            Err(YamlError::Limit(LimitError::ExcessiveAliasing { line: 4, .. }))
+        ));
+    }
+
+    #[test]
+    fn nested_anchors_count_their_copies() {
+        // No alias at all, but every anchor keeps a copy of what it holds:
+        // 100 nested anchors around 64 KiB would copy 6.4 MiB of a 66 KB file.
+        let mut text = String::new();
+        for i in 0..99 {
+            text.push_str(&format!("{}k{i}: &a{i}\n", " ".repeat(i)));
+        }
+        text.push_str(&format!("{}s: {}\n", " ".repeat(99), "x".repeat(64 * 1024)));
+        assert!(matches!(
+            parse(&text),
+            Err(YamlError::Limit(LimitError::AliasBytes { .. }))
+        ));
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_in_every_style() {
+        let flow = |n: usize| format!("a: {}1{}\n", "[".repeat(n), "]".repeat(n));
+        parse(&flow(MAX_DEPTH - 1)).unwrap();
+        for text in [
+            flow(MAX_DEPTH),
+            flow(10_000),
+            format!("a:\n  {}x\n", "- ".repeat(MAX_DEPTH)),
+            (0..=MAX_DEPTH)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect::<String>(),
+        ] {
+            assert!(
+                matches!(parse(&text), Err(YamlError::Limit(LimitError::TooDeep { .. }))),
+                "{}",
+                &text[..40]
+            );
+        }
+        // An alias counts at the depth it is used.
+        let deep = flow(60);
+        let used = format!("{deep}b: {}*d{}\n", "[".repeat(50), "]".repeat(50)).replacen("a: ", "a: &d ", 1);
+        assert!(matches!(
+            parse(&used),
+            Err(YamlError::Limit(LimitError::TooDeep { line: 2 }))
+        ));
     }
 
     #[test]

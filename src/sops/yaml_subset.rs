@@ -164,11 +164,8 @@ impl<'a> Reader<'a> {
                 if find_pair(value, b':', b' ').is_some() || value.ends_with(':') {
                     return None;
                 }
-                self.scalar(
-                    value.to_owned(),
-                    ScalarStyle::Plain,
-                    self.span(line, col, col + value.len()),
-                );
+                // Borrowed: the builder makes the one owned copy.
+                self.scalar(value, ScalarStyle::Plain, self.span(line, col, col + value.len()));
                 Some(col + value.len())
             }
         }
@@ -325,11 +322,7 @@ impl<'a> Reader<'a> {
                 {
                     return None;
                 }
-                self.scalar(
-                    key.to_owned(),
-                    ScalarStyle::Plain,
-                    self.span(line, col, col + colon),
-                );
+                self.scalar(key, ScalarStyle::Plain, self.span(line, col, col + colon));
                 col + colon
             }
         };

@@ -13,7 +13,8 @@
 //!
 //! ```no_run
 //! use sops_install_secrets::keys::Keyring;
-//! use sops_install_secrets::sops::{decrypt_bytes, Format, tree::parse_slash_path};
+//! use sops_install_secrets::sops::{Format, tree::parse_slash_path};
+//! use sops_install_secrets::unlock::decrypt_bytes;
 //!
 //! let mut keyring = Keyring::new();
 //! // The host's SSH key opens files encrypted to its ssh-to-age recipient.
@@ -36,3 +37,4 @@ pub mod safe_path;
 pub mod sops;
 pub(crate) mod templates;
 pub(crate) mod units;
+pub mod unlock;

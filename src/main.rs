@@ -19,8 +19,9 @@ use std::process::ExitCode;
 use sops_install_secrets::keys::Keyring;
 use sops_install_secrets::keys::pgp::GnupgHome;
 use sops_install_secrets::keys::sops_env::SopsAgeEnv;
+use sops_install_secrets::sops::Format;
 use sops_install_secrets::sops::tree::{parse_extract_path, parse_slash_path};
-use sops_install_secrets::sops::{Format, decrypt_owned};
+use sops_install_secrets::unlock::decrypt_owned;
 
 mod cli;
 

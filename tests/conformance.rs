@@ -13,7 +13,8 @@ use sops_install_secrets::sops::cipher::CipherError;
 use sops_install_secrets::sops::decrypt::TreeError;
 use sops_install_secrets::sops::metadata::MetadataError;
 use sops_install_secrets::sops::tree::PathStep;
-use sops_install_secrets::sops::{DecryptError, Format, ParseError, decrypt_bytes};
+use sops_install_secrets::sops::{Format, ParseError};
+use sops_install_secrets::unlock::{DecryptError, decrypt_bytes};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use sops_install_secrets::keys::Keyring;
 use sops_install_secrets::keys::pgp::GnupgHome;
-use sops_install_secrets::sops::{Format, decrypt_bytes};
+use sops_install_secrets::sops::Format;
+use sops_install_secrets::unlock::decrypt_bytes;
 
 /// What sops-nix's own conversion derives from `tests/fixtures/keys/host_rsa`
 /// (built from its source with Go; `gpg --show-keys` agrees).

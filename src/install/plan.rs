@@ -170,7 +170,7 @@ pub(super) fn gather<'m>(
                 continue;
             }
         };
-        let doc = match crate::sops::decrypt_owned(bytes, format, &keyring) {
+        let doc = match crate::unlock::decrypt_owned(bytes, format, &keyring) {
             Ok(d) => d,
             Err(e) => {
                 let why = format!(

@@ -5,7 +5,8 @@
 //! Decrypting it takes three steps, each in its own module:
 //! 1. read the store into a [`tree::Value`] and the [`metadata::Metadata`]
 //!    ([`yaml`], [`json`], [`flat`]);
-//! 2. recover the data key from the key groups (`crate::keys`, [`shamir`]);
+//! 2. recover the data key from the key groups (not here: the caller's
+//!    keyring does it, `crate::keys`, with [`shamir`]; see `crate::unlock`);
 //! 3. decrypt every leaf and verify the MAC ([`decrypt`], [`cipher`]).
 //!
 //! The result, a [`Document`], prints itself as `sops -d` would, whole or one
@@ -29,7 +30,6 @@ use std::path::Path;
 
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::keys::{self, DataKeyError, Keyring};
 use metadata::{METADATA_KEY, Metadata, MetadataError};
 use tree::{MapEntry, PathNotFound, PathStep, Target, Value};
 
@@ -218,70 +218,18 @@ impl EncryptedFile {
         })
     }
 
-    /// Recovers the data key, decrypts every value and verifies the MAC.
-    pub fn decrypt(mut self, keyring: &Keyring) -> Result<Document, DecryptError> {
-        let key =
-            keys::recover_data_key(&self.metadata, keyring).map_err(|source| DecryptError::DataKey {
-                source,
-                offered: keyring.offered().to_vec(),
-            })?;
+    /// Decrypts every value with `data_key` and verifies the MAC. The key is
+    /// recovered from [`EncryptedFile::metadata`]'s stanzas by whoever holds
+    /// the identities (`crate::keys`); this layer only knows the format.
+    pub fn decrypt(mut self, data_key: &[u8; 32]) -> Result<Document, decrypt::TreeError> {
         let mut doc = Document {
             index: Default::default(),
             format: self.format,
             branches: std::mem::take(&mut self.branches),
         };
-        decrypt::decrypt_and_verify(&mut doc.branches, &self.metadata, &key)?;
+        decrypt::decrypt_and_verify(&mut doc.branches, &self.metadata, data_key)?;
         Ok(doc)
     }
-}
-
-/// Why a file could not be decrypted.
-#[derive(Debug, thiserror::Error)]
-pub enum DecryptError {
-    /// The file is not a readable sops file.
-    #[error(transparent)]
-    Parse(#[from] ParseError),
-    /// No usable key.
-    #[error("{source}\n{}", describe_offered(.offered))]
-    DataKey {
-        /// Which stanzas failed and why.
-        source: DataKeyError,
-        /// What this host offered.
-        offered: Vec<keys::Offered>,
-    },
-    /// A value or the MAC failed.
-    #[error(transparent)]
-    Tree(#[from] decrypt::TreeError),
-}
-
-fn describe_offered(offered: &[keys::Offered]) -> String {
-    let mut s = String::new();
-    if offered.is_empty() {
-        s.push_str(
-            "This host offers no local identity (no age key file, SSH key or GPG key); \
-             cloud key services, if the file lists any, were asked as shown above.",
-        );
-    } else {
-        s.push_str("This host offers:");
-        for o in offered {
-            s.push_str(&format!("\n    {} (from {})", o.recipient, o.origin));
-        }
-    }
-    s.push_str(
-        "\nAdd one of this host's recipients to the file's creation rule in .sops.yaml and run `sops updatekeys` on the file.",
-    );
-    s
-}
-
-/// Decrypts the bytes of a sops file.
-pub fn decrypt_bytes(bytes: &[u8], format: Format, keyring: &Keyring) -> Result<Document, DecryptError> {
-    EncryptedFile::parse(bytes, format)?.decrypt(keyring)
-}
-
-/// Decrypts a sops file, taking its bytes so that they are not kept while
-/// the tree is decrypted (see [`EncryptedFile::parse_owned`]).
-pub fn decrypt_owned(bytes: Vec<u8>, format: Format, keyring: &Keyring) -> Result<Document, DecryptError> {
-    EncryptedFile::parse_owned(bytes, format)?.decrypt(keyring)
 }
 
 /// A decrypted sops document. Its plaintext is zeroized on drop.

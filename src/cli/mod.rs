@@ -1,7 +1,8 @@
 //! The command line's shared parts: usage text, the argument splitter that
 //! takes sops-nix's Go spellings (`-flag`) and GNU ones (`--flag`), and the
-//! subcommands other than `decrypt`.
+//! subcommands, one file each.
 
+pub mod decrypt;
 pub mod demo;
 pub mod install;
 pub mod ssh;

@@ -352,3 +352,34 @@ fn the_lock_file_is_an_ordinary_file_beside_the_mount() {
         );
     });
 }
+
+#[test]
+fn an_alias_bomb_as_a_sops_file_is_refused_by_the_installer_and_the_live_generation_stays() {
+    isolated(|env| {
+        let good = two_secrets(env, "app.yaml");
+        env.install(&good);
+        // Nine levels of nine aliases each, before a real sops-written file: whoever can edit a
+        // sops file in git can write this; parsing it must stay bounded.
+        let mut bomb = String::from("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            bomb.push_str(&format!(
+                "l{i}: &l{i} [{}]\n",
+                vec![format!("*l{}", i - 1); 9].join(", ")
+            ));
+        }
+        let real = fs::read_to_string(enc("app.yaml")).unwrap();
+        let file = env.path("bomb.yaml");
+        fs::write(&file, format!("{bomb}{real}")).unwrap();
+        let mut bad = good.clone();
+        bad["secrets"][0]["sopsFile"] = json!(s(&file));
+        bad["secrets"][1]["sopsFile"] = json!(s(&file));
+        let started = Instant::now();
+        assert_refused(env, &bad, &[&s(&file), "excessive aliasing", "db_password"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "took {:?}",
+            started.elapsed()
+        );
+        env.assert_live(1);
+    });
+}

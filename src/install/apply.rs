@@ -8,7 +8,7 @@
 use super::generation::{Generation, Ids};
 use super::item::{Item, Kind};
 use super::report::{Failed, LogLine, Report};
-use super::state::{self, DigestKey, State};
+use super::state::{self, DigestKey};
 use super::{links, mount};
 use crate::hardening;
 use crate::manifest::Manifest;
@@ -104,19 +104,13 @@ fn write_and_swap(
         let of = |kind| {
             items
                 .iter()
-                .filter(|i| i.kind == kind)
-                .map(|i| (i.name.to_string(), i.entry()))
-                .collect()
+                .filter(move |i| i.kind == kind)
+                .map(|i| (i.name.as_str(), i.entry()))
         };
-        let mut record = State {
-            digest_key: None,
-            secrets: of(Kind::Secret),
-            templates: of(Kind::Template),
-        };
-        record.set_key(digest_key);
+        let record = state::record_json(digest_key, of(Kind::Secret), of(Kind::Template));
         let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
         generation
-            .write_file(state::FILE, root, 0o400, &record.to_json())
+            .write_file(state::FILE, root, 0o400, &record)
             .map_err(|e| e.to_string())?;
         Ok::<(), String>(())
     })();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::generation::Ids;
-use super::state::{Entry, State};
+use super::state::{Entry, EntryRef, State};
 use crate::manifest::{Mode, Name};
 use crate::plaintext::Plaintext;
 
@@ -106,9 +106,13 @@ pub(crate) struct Item<'m> {
 }
 
 impl Item<'_> {
-    /// Its path relative to a generation.
-    pub(crate) fn relative(&self) -> String {
-        self.kind.relative(self.name.as_str())
+    /// Its path relative to a generation (no copy for a secret: this runs for
+    /// every file written).
+    pub(crate) fn relative(&self) -> std::borrow::Cow<'_, str> {
+        match self.kind {
+            Kind::Secret => std::borrow::Cow::Borrowed(self.name.as_str()),
+            Kind::Template => std::borrow::Cow::Owned(self.kind.relative(self.name.as_str())),
+        }
     }
 
     /// Where it is reached through the live link.
@@ -122,14 +126,14 @@ impl Item<'_> {
     }
 
     /// What the record keeps of it.
-    pub(crate) fn entry(&self) -> Entry {
-        Entry {
-            path: self.path.to_path_buf(),
-            restart_units: self.restart.to_vec(),
-            reload_units: self.reload.to_vec(),
+    pub(crate) fn entry(&self) -> EntryRef<'_> {
+        EntryRef {
+            path: self.path,
+            restart_units: self.restart,
+            reload_units: self.reload,
             credential: self.credential,
-            digest: Some(self.digest.clone()),
-            mode: Some(self.mode.0),
+            digest: &self.digest,
+            mode: self.mode.0,
             uid: self.ids.map(|ids| ids.uid),
             gid: self.ids.map(|ids| ids.gid),
         }

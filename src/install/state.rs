@@ -56,9 +56,14 @@ pub struct Entry {
     pub gid: Option<u32>,
 }
 
-/// The key of a mount's content digests (32 random bytes, wiped on drop).
+/// The key of a mount's content digests (32 random bytes, wiped on drop),
+/// with the HMAC state already keyed, so that each digest costs only the
+/// content's blocks.
 #[derive(Clone)]
-pub struct DigestKey(Zeroizing<[u8; 32]>);
+pub struct DigestKey {
+    key: Zeroizing<[u8; 32]>,
+    keyed: Hmac<sha2::Sha256>,
+}
 
 impl std::fmt::Debug for DigestKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,7 +77,12 @@ impl DigestKey {
         use rand::RngCore;
         let mut key = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(&mut key[..]);
-        DigestKey(key)
+        DigestKey::new(key)
+    }
+
+    fn new(key: Zeroizing<[u8; 32]>) -> DigestKey {
+        let keyed = Hmac::<sha2::Sha256>::new_from_slice(&key[..]).expect("any key length");
+        DigestKey { key, keyed }
     }
 
     fn from_text(text: &str) -> Option<DigestKey> {
@@ -82,16 +92,16 @@ impl DigestKey {
             return None;
         }
         key.copy_from_slice(&bytes);
-        Some(DigestKey(key))
+        Some(DigestKey::new(key))
     }
 
     fn to_text(&self) -> String {
-        B64.encode(&self.0[..])
+        B64.encode(&self.key[..])
     }
 
     /// The digest a record keeps of `content`.
     pub fn digest(&self, content: &[u8]) -> String {
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.0[..]).expect("any key length");
+        let mut mac = self.keyed.clone();
         mac.update(content);
         B64.encode(&mac.finalize().into_bytes()[..16])
     }
@@ -136,6 +146,53 @@ impl State {
     }
 }
 
+/// An [`Entry`] borrowed from what was installed: the record of a generation
+/// of many secrets is written without copying every name, path and unit list
+/// into owned maps first. Serialises exactly as [`Entry`] does.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryRef<'a> {
+    /// See [`Entry::path`].
+    pub path: &'a Path,
+    /// See [`Entry::restart_units`].
+    pub restart_units: &'a [String],
+    /// See [`Entry::reload_units`].
+    pub reload_units: &'a [String],
+    /// See [`Entry::credential`].
+    pub credential: bool,
+    /// See [`Entry::digest`].
+    pub digest: &'a str,
+    /// See [`Entry::mode`].
+    pub mode: u32,
+    /// See [`Entry::uid`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// See [`Entry::gid`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
+/// The JSON of a [`State`] with `key`, made from borrowed entries (by name).
+pub fn record_json<'a>(
+    key: &DigestKey,
+    secrets: impl IntoIterator<Item = (&'a str, EntryRef<'a>)>,
+    templates: impl IntoIterator<Item = (&'a str, EntryRef<'a>)>,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct StateRef<'a> {
+        #[serde(rename = "digestKey")]
+        digest_key: String,
+        secrets: BTreeMap<&'a str, EntryRef<'a>>,
+        templates: BTreeMap<&'a str, EntryRef<'a>>,
+    }
+    let record = StateRef {
+        digest_key: key.to_text(),
+        secrets: secrets.into_iter().collect(),
+        templates: templates.into_iter().collect(),
+    };
+    serde_json::to_vec(&record).expect("a map of strings serialises")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +231,41 @@ mod tests {
         s.set_key(&a);
         assert_eq!(s.key().unwrap().digest(b"x"), a.digest(b"x"));
         assert_eq!(format!("{a:?}"), "DigestKey(..)");
+    }
+
+    #[test]
+    fn a_record_made_from_borrowed_entries_reads_back_as_the_owned_one() {
+        let key = DigestKey::fresh();
+        let units = vec!["a.service".to_owned()];
+        let entry = |uid| EntryRef {
+            path: Path::new("/run/secrets/x"),
+            restart_units: &units,
+            reload_units: &[],
+            credential: true,
+            digest: "d",
+            mode: 0o440,
+            uid,
+            gid: uid,
+        };
+        let json = record_json(&key, [("x", entry(Some(3)))], [("t", entry(None))]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), &json).unwrap();
+        let mut want = State::default();
+        want.set_key(&key);
+        let owned = |uid| Entry {
+            path: "/run/secrets/x".into(),
+            restart_units: units.clone(),
+            reload_units: vec![],
+            credential: true,
+            digest: Some("d".into()),
+            mode: Some(0o440),
+            uid,
+            gid: uid,
+        };
+        want.secrets.insert("x".into(), owned(Some(3)));
+        want.templates.insert("t".into(), owned(None));
+        assert_eq!(State::load(dir.path()), want);
+        assert_eq!(json, want.to_json());
     }
 
     #[test]

@@ -27,19 +27,24 @@ fn examples() -> PathBuf {
     repo().join("tests/fixtures/nix")
 }
 
-/// Whether `nix-instantiate` can run; panics in CI when it cannot.
-fn have_nix() -> bool {
-    let found = Command::new("nix-instantiate")
+/// Whether `program --version` runs; panics in CI when it cannot (CI must install it).
+fn have_tool(program: &str, package: &str) -> bool {
+    let found = Command::new(program)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
         if std::env::var_os("CI").is_some() {
-            panic!("nix-instantiate is missing; CI must install it (apt-get install -y nix-bin)");
+            panic!("{program} is missing; CI must install it (apt-get install -y {package})");
         }
-        eprintln!("skipping the Nix tests: nix-instantiate not found (apt-get install nix-bin)");
+        eprintln!("skipping: {program} not found (apt-get install {package})");
     }
     found
+}
+
+/// Whether `nix-instantiate` can run; panics in CI when it cannot.
+fn have_nix() -> bool {
+    have_tool("nix-instantiate", "nix-bin")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -1143,17 +1148,7 @@ fn nixos_unit_settings_under_sops_nix_unit_name_configure_our_unit() {
 
 /// Whether gpg can run; panics in CI when it cannot.
 fn have_gpg() -> bool {
-    let found = Command::new("gpg")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var_os("CI").is_some() {
-            panic!("gpg is missing; CI must install it (apt-get install -y gnupg)");
-        }
-        eprintln!("skipping: gpg not found (apt-get install gnupg)");
-    }
-    found
+    have_tool("gpg", "gnupg")
 }
 
 fn run_pkgs_script(script: &str, args: &[&std::ffi::OsStr], cwd: &Path) -> Output {

@@ -68,14 +68,22 @@ pub enum LinkError {
     },
 }
 
-fn sys(action: &'static str, path: &Path) -> impl FnOnce(nix::errno::Errno) -> LinkError {
-    let path = path.to_path_buf();
-    move |source| LinkError::Sys { action, path, source }
+/// The error of a failed system call; the path is copied only on failure.
+fn sys<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(nix::errno::Errno) -> LinkError + 'a {
+    move |source| LinkError::Sys {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LinkError {
-    let path = path.to_path_buf();
-    move |source| LinkError::Io { action, path, source }
+/// The same for the standard library's file-system calls.
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LinkError + 'a {
+    move |source| LinkError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Opens the directory a link goes into by [`safe_path`]'s rule, trusting

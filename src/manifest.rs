@@ -746,24 +746,17 @@ impl Manifest {
         Ok((manifest, problems))
     }
 
-    /// Reads and checks a manifest file.
+    /// Reads and checks a manifest file (the installer itself reads its
+    /// manifest through [`crate::safe_path`] and calls [`Manifest::parse`]).
     pub fn load(path: &Path, runtime_dir: Option<&str>) -> Result<Manifest, ManifestErrors> {
-        let (manifest, problems) = Manifest::load_lenient(path, runtime_dir)?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| ManifestErrors(vec![format!("cannot read manifest {}: {e}", path.display())]))?;
+        let (manifest, problems) = Manifest::parse(&bytes, runtime_dir)?;
         if problems.is_empty() {
             Ok(manifest)
         } else {
             Err(ManifestErrors(problems))
         }
-    }
-
-    /// Reads a manifest file like [`Manifest::parse`].
-    pub fn load_lenient(
-        path: &Path,
-        runtime_dir: Option<&str>,
-    ) -> Result<(Manifest, Vec<String>), ManifestErrors> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| ManifestErrors(vec![format!("cannot read manifest {}: {e}", path.display())]))?;
-        Manifest::parse(&bytes, runtime_dir)
     }
 }
 

@@ -135,12 +135,15 @@ impl State {
         self.digest_key.as_deref().and_then(DigestKey::from_text)
     }
 
-    /// Keeps `key` in the record.
+    /// Keeps `key` in the record (records are written by [`record_json`];
+    /// this is for tests that make one by hand).
+    #[cfg(test)]
     pub fn set_key(&mut self, key: &DigestKey) {
         self.digest_key = Some(key.to_text());
     }
 
-    /// The JSON to store.
+    /// The JSON of the record (tests; the installer writes [`record_json`]).
+    #[cfg(test)]
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a map of strings serialises")
     }

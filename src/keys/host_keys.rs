@@ -20,21 +20,72 @@ pub struct HostKey {
     pub pgp: Option<String>,
 }
 
+/// Why a host key could not be read, or the host's keys do not open a file.
+#[derive(Debug, thiserror::Error)]
+pub enum HostKeyError {
+    /// `age1...` that does not parse.
+    #[error("{text:?} is not an age recipient: {reason}")]
+    NotAgeRecipient {
+        /// The key as given.
+        text: String,
+        /// The age library's reason.
+        reason: String,
+    },
+    /// Neither form.
+    #[error("{text:?} is neither an age recipient nor an OpenSSH public key: {source}")]
+    NotSshKey {
+        /// The key as given.
+        text: String,
+        /// Why the OpenSSH parser refused it.
+        source: ssh_key::Error,
+    },
+    /// The parsed key could not be written back as a line.
+    #[error(transparent)]
+    Encode(#[from] ssh_key::Error),
+    /// The keys open too few key groups.
+    #[error("{}", describe_missing(*.opened, *.needed, .listed, .offered))]
+    TooFewGroups {
+        /// Key groups the host's keys open.
+        opened: usize,
+        /// Key groups needed.
+        needed: usize,
+        /// The file's stanzas, `kind target`.
+        listed: Vec<String>,
+        /// What the host has: recipients, SSH keys, `pgp FINGERPRINT`.
+        offered: Vec<String>,
+    },
+}
+
+fn describe_missing(opened: usize, needed: usize, listed: &[String], offered: &[String]) -> String {
+    format!(
+        "the host's keys open {opened} of the {needed} key group(s) needed. The file lists: {}. The host has: {}. \
+         Add the host's recipient (e.g. {}) to the file's creation rule in .sops.yaml and run `sops updatekeys` on it.",
+        listed.join(", "),
+        offered.join(", "),
+        offered.first().map_or("its age recipient", String::as_str)
+    )
+}
+
 /// Reads `age1...` or an OpenSSH public key line (`ssh-ed25519 AAAA... comment`).
-pub fn parse_host_key(text: &str) -> Result<HostKey, String> {
+pub fn parse_host_key(text: &str) -> Result<HostKey, HostKeyError> {
     let text = text.trim();
     if text.starts_with("age1") {
         text.parse::<age::x25519::Recipient>()
-            .map_err(|e| format!("{text:?} is not an age recipient: {e}"))?;
+            .map_err(|e| HostKeyError::NotAgeRecipient {
+                text: text.to_owned(),
+                reason: e.to_string(),
+            })?;
         return Ok(HostKey {
             age: Some(text.to_owned()),
             ssh: None,
             pgp: None,
         });
     }
-    let key = ssh_key::PublicKey::from_openssh(text)
-        .map_err(|e| format!("{text:?} is neither an age recipient nor an OpenSSH public key: {e}"))?;
-    let line = key.to_openssh().map_err(|e| e.to_string())?;
+    let key = ssh_key::PublicKey::from_openssh(text).map_err(|source| HostKeyError::NotSshKey {
+        text: text.to_owned(),
+        source,
+    })?;
+    let line = key.to_openssh()?;
     let ssh = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     let age = match key.key_data() {
         ssh_key::public::KeyData::Ed25519(pk) => ed25519_public_to_age(&pk.0),
@@ -58,7 +109,7 @@ pub fn parse_host_key(text: &str) -> Result<HostKey, String> {
 /// a message naming what is missing.
 /// An RSA SSH key counts for `pgp` stanzas of its derived fingerprint only when
 /// the host uses RSA SSH keys as GPG keys (`pgp_from_ssh`).
-pub fn host_opens(metadata: &Metadata, host: &[HostKey], pgp_from_ssh: bool) -> Result<(), String> {
+pub fn host_opens(metadata: &Metadata, host: &[HostKey], pgp_from_ssh: bool) -> Result<(), HostKeyError> {
     use crate::sops::metadata::Stanza;
     let opens = |stanza: &Stanza| match stanza {
         Stanza::Age { recipient, .. } => {
@@ -83,7 +134,7 @@ pub fn host_opens(metadata: &Metadata, host: &[HostKey], pgp_from_ssh: bool) -> 
     if opened >= needed {
         return Ok(());
     }
-    let recipients: Vec<String> = metadata
+    let listed: Vec<String> = metadata
         .stanzas()
         .map(|s| format!("{} {}", s.kind(), s.target()))
         .collect();
@@ -99,11 +150,50 @@ pub fn host_opens(metadata: &Metadata, host: &[HostKey], pgp_from_ssh: bool) -> 
                 .map(|fp| format!("pgp {fp}")),
         );
     }
-    Err(format!(
-        "the host's keys open {opened} of the {needed} key group(s) needed. The file lists: {}. The host has: {}. \
-         Add the host's recipient (e.g. {}) to the file's creation rule in .sops.yaml and run `sops updatekeys` on it.",
-        recipients.join(", "),
-        offered.join(", "),
-        offered.first().map_or("its age recipient", String::as_str)
-    ))
+    Err(HostKeyError::TooFewGroups {
+        opened,
+        needed,
+        listed,
+        offered,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_of_neither_form_is_told_apart_from_a_bad_age_recipient() {
+        let err = parse_host_key("age1notarecipient").unwrap_err();
+        assert!(matches!(err, HostKeyError::NotAgeRecipient { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("\"age1notarecipient\" is not an age recipient: "),
+            "{err}"
+        );
+
+        let err = parse_host_key("ssh-ed25519 AAAAnotbase64").unwrap_err();
+        assert!(matches!(err, HostKeyError::NotSshKey { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("is neither an age recipient nor an OpenSSH public key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn too_few_groups_lists_the_file_and_the_host() {
+        let err = HostKeyError::TooFewGroups {
+            opened: 0,
+            needed: 1,
+            listed: vec!["age age1file".into()],
+            offered: vec!["age1host".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "the host's keys open 0 of the 1 key group(s) needed. The file lists: age age1file. \
+             The host has: age1host. Add the host's recipient (e.g. age1host) to the file's creation rule \
+             in .sops.yaml and run `sops updatekeys` on it."
+        );
+    }
 }

@@ -86,10 +86,9 @@ impl Keyring {
                 origin: origin.to_owned(),
                 recipient: format!("age1{name}1... (an identity of age-plugin-{name})"),
             });
-            let runner = age::plugin::IdentityPluginV1::new(name, &keys.plugins, PluginUi(name.to_owned()))
-                .map_err(|_| {
-                    format!("age-plugin-{name} is not on PATH (NixOS: add its package to sops.age.plugins)")
-                });
+            // A missing binary is told only if a stanza of this plugin needs it.
+            let runner =
+                age::plugin::IdentityPluginV1::new(name, &keys.plugins, PluginUi(name.to_owned())).ok();
             self.plugins.push(Plugin {
                 name: name.to_owned(),
                 runner,
@@ -159,11 +158,9 @@ impl Keyring {
     /// Opens an age stanza's armored file and returns its payload. A stanza
     /// for a plugin recipient (`age1NAME1...`) is offered to that plugin's
     /// identities only, so a plugin runs once per file, for its own stanza.
-    fn open_age(&self, recipient: &str, armored: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    fn open_age(&self, recipient: &str, armored: &str) -> Result<Zeroizing<Vec<u8>>, StanzaError> {
         let ids: Vec<&dyn age::Identity> = match plugin_name(recipient) {
-            None if self.age.is_empty() => {
-                return Err("this host offers no age or SSH identity".to_owned());
-            }
+            None if self.age.is_empty() => return Err(StanzaError::NoAgeIdentity),
             None => self
                 .age
                 .iter()
@@ -174,72 +171,122 @@ impl Keyring {
                 let mut why_not = None;
                 for plugin in self.plugins.iter().filter(|p| p.name == name) {
                     match &plugin.runner {
-                        Ok(runner) => ids.push(runner),
-                        Err(e) => why_not = Some(e.clone()),
+                        Some(runner) => ids.push(runner),
+                        None => {
+                            why_not = Some(StanzaError::PluginMissing {
+                                name: name.to_owned(),
+                            })
+                        }
                     }
                 }
                 if ids.is_empty() {
-                    return Err(why_not.unwrap_or_else(|| {
-                        format!(
-                            "this host has no identity for the age plugin {name} (AGE-PLUGIN-{}-1...)",
-                            name.to_uppercase()
-                        )
+                    return Err(why_not.unwrap_or_else(|| StanzaError::NoPluginIdentity {
+                        name: name.to_owned(),
                     }));
                 }
                 ids
             }
         };
         let reader = age::armor::ArmoredReader::new(armored.as_bytes());
-        let decryptor = age::Decryptor::new(reader).map_err(|e| format!("corrupt age data: {e}"))?;
+        let decryptor = age::Decryptor::new(reader).map_err(StanzaError::CorruptAge)?;
         let mut stream = decryptor.decrypt(ids.into_iter()).map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => "no identity of this host matches".to_owned(),
-            other => other.to_string(),
+            age::DecryptError::NoMatchingKeys => StanzaError::NoMatchingAgeIdentity,
+            other => StanzaError::Age(other),
         })?;
         let mut out = Zeroizing::new(Vec::new());
         stream
             .read_to_end(&mut out)
-            .map_err(|e| format!("corrupt age payload: {e}"))?;
+            .map_err(StanzaError::CorruptAgePayload)?;
         Ok(out)
     }
 
     /// Opens a pgp stanza: in process with a converted SSH key of that
     /// fingerprint, else with gpg and the GnuPG home.
-    fn open_pgp(&self, fingerprint: &str, armored: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    fn open_pgp(&self, fingerprint: &str, armored: &str) -> Result<Zeroizing<Vec<u8>>, StanzaError> {
         if let Some(key) = self.pgp_keys.iter().find(|k| k.matches(fingerprint)) {
-            return key.decrypt(armored);
+            return Ok(key.decrypt(armored)?);
         }
         match &self.gnupg {
-            Some(home) => home.decrypt(fingerprint, armored),
-            None if self.pgp_keys.is_empty() => {
-                Err("this host offers no GPG key (sops.gnupg.home or sops.gnupg.sshKeyPaths)".to_owned())
-            }
-            None => Err("no GPG key of this host has this fingerprint".to_owned()),
+            Some(home) => Ok(home.decrypt(fingerprint, armored)?),
+            None if self.pgp_keys.is_empty() => Err(StanzaError::NoGpgKey),
+            None => Err(StanzaError::NoGpgKeyWithFingerprint),
         }
     }
 
     /// Opens one stanza, or says why not.
-    pub fn open(&self, stanza: &Stanza) -> Result<Zeroizing<Vec<u8>>, String> {
+    pub fn open(&self, stanza: &Stanza) -> Result<Zeroizing<Vec<u8>>, StanzaError> {
         match stanza {
             Stanza::Age { recipient, enc } => self.open_age(recipient, enc),
             Stanza::Pgp { fingerprint, enc } => self.open_pgp(fingerprint, enc),
             #[cfg(feature = "gcp-kms")]
-            Stanza::GcpKms { .. } => self.kms.open(stanza),
+            Stanza::GcpKms { .. } => self.kms.open(stanza).map_err(StanzaError::Kms),
             #[cfg(feature = "vault")]
-            Stanza::HcVault { .. } => self.kms.open(stanza),
+            Stanza::HcVault { .. } => self.kms.open(stanza).map_err(StanzaError::Kms),
             #[cfg(feature = "aws-kms")]
-            Stanza::AwsKms { .. } => self.kms.open(stanza),
+            Stanza::AwsKms { .. } => self.kms.open(stanza).map_err(StanzaError::Kms),
             #[cfg(feature = "azure-kv")]
-            Stanza::AzureKv { .. } => self.kms.open(stanza),
-            other => Err(format!("{} keys are not supported by this build", other.kind())),
+            Stanza::AzureKv { .. } => self.kms.open(stanza).map_err(StanzaError::Kms),
+            other => Err(StanzaError::Unsupported { kind: other.kind() }),
         }
     }
+}
+
+/// Why one stanza of a key group did not open. The texts name what this host
+/// lacks or what was wrong with the stanza; none holds key material.
+#[derive(Debug, thiserror::Error)]
+pub enum StanzaError {
+    /// An age stanza, and the host has no age or SSH identity at all.
+    #[error("this host offers no age or SSH identity")]
+    NoAgeIdentity,
+    /// A plugin stanza, and no identity of that plugin was given.
+    #[error("this host has no identity for the age plugin {name} (AGE-PLUGIN-{}-1...)", .name.to_uppercase())]
+    NoPluginIdentity {
+        /// The plugin's name.
+        name: String,
+    },
+    /// A plugin stanza whose plugin binary is not installed.
+    #[error("age-plugin-{name} is not on PATH (NixOS: add its package to sops.age.plugins)")]
+    PluginMissing {
+        /// The plugin's name.
+        name: String,
+    },
+    /// The armored age file does not parse.
+    #[error("corrupt age data: {0}")]
+    CorruptAge(#[source] age::DecryptError),
+    /// None of the host's identities is a recipient.
+    #[error("no identity of this host matches")]
+    NoMatchingAgeIdentity,
+    /// age refused otherwise (a plugin's failure, a bad header MAC ...).
+    #[error(transparent)]
+    Age(age::DecryptError),
+    /// The payload did not decrypt to the end.
+    #[error("corrupt age payload: {0}")]
+    CorruptAgePayload(#[source] std::io::Error),
+    /// A pgp stanza failed in process or in gpg.
+    #[error(transparent)]
+    Pgp(#[from] pgp::PgpError),
+    /// A pgp stanza, and the host has no GPG key at all.
+    #[error("this host offers no GPG key (sops.gnupg.home or sops.gnupg.sshKeyPaths)")]
+    NoGpgKey,
+    /// A pgp stanza for a fingerprint the host's converted SSH keys do not have.
+    #[error("no GPG key of this host has this fingerprint")]
+    NoGpgKeyWithFingerprint,
+    /// A cloud key service refused or could not be asked.
+    #[error("{0}")]
+    Kms(String),
+    /// A key type this build was compiled without.
+    #[error("{kind} keys are not supported by this build")]
+    Unsupported {
+        /// The stanza kind (`gcp_kms`, `hckms` ...).
+        kind: &'static str,
+    },
 }
 
 /// The identities of one age plugin, and the plugin binary that runs them.
 struct Plugin {
     name: String,
     /// The binary resolved on `PATH`, or why it could not be.
-    runner: Result<age::plugin::IdentityPluginV1<PluginUi>, String>,
+    runner: Option<age::plugin::IdentityPluginV1<PluginUi>>,
 }
 
 /// What a plugin may ask of the user. Activation has no one at a terminal:
@@ -274,16 +321,16 @@ fn plugin_name(recipient: &str) -> Option<&str> {
 }
 
 /// One stanza that was tried, and why it did not open.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Attempt {
     /// `age age1...`, `pgp FBC7...`.
     pub stanza: String,
     /// Why it failed.
-    pub reason: String,
+    pub reason: StanzaError,
 }
 
 /// Why the data key could not be recovered.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum DataKeyError {
     /// Not enough key groups could be opened.
     #[error("{}", describe_groups(*.opened, *.needed, .groups))]
@@ -407,5 +454,100 @@ mod tests {
         );
         assert_eq!(plugin_name("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH"), None);
         assert_eq!(plugin_name(""), None);
+    }
+
+    /// An armored age file of `payload` for `recipient`, as sops writes a stanza's `enc`.
+    fn age_armored(recipient: &age::x25519::Recipient, payload: &[u8]) -> String {
+        use std::io::Write;
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient)).unwrap();
+        let mut out = Vec::new();
+        let armor = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor).unwrap();
+        let mut w = encryptor.wrap_output(armor).unwrap();
+        w.write_all(payload).unwrap();
+        w.finish().unwrap().finish().unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn age_stanza(recipient: &str, enc: &str) -> Stanza {
+        Stanza::Age {
+            recipient: recipient.to_owned(),
+            enc: enc.to_owned(),
+        }
+    }
+
+    #[test]
+    fn each_refusal_of_an_age_stanza_has_its_own_variant() {
+        use age::secrecy::ExposeSecret;
+        let ours = age::x25519::Identity::generate();
+        let theirs = age::x25519::Identity::generate();
+        let to_theirs = age_armored(&theirs.to_public(), &[7; 32]);
+        let recipient = theirs.to_public().to_string();
+
+        let empty = Keyring::new();
+        let err = empty.open(&age_stanza(&recipient, &to_theirs)).unwrap_err();
+        assert!(matches!(err, StanzaError::NoAgeIdentity), "{err:?}");
+        assert_eq!(err.to_string(), "this host offers no age or SSH identity");
+
+        let mut keyring = Keyring::new();
+        keyring
+            .add_age_keys_text(ours.to_string().expose_secret(), "test")
+            .unwrap();
+        let err = keyring.open(&age_stanza(&recipient, &to_theirs)).unwrap_err();
+        assert!(matches!(err, StanzaError::NoMatchingAgeIdentity), "{err:?}");
+        assert_eq!(err.to_string(), "no identity of this host matches");
+
+        let err = keyring
+            .open(&age_stanza(
+                &recipient,
+                "-----BEGIN AGE ENCRYPTED FILE-----\nnot age\n",
+            ))
+            .unwrap_err();
+        assert!(matches!(err, StanzaError::CorruptAge(_)), "{err:?}");
+        assert!(err.to_string().starts_with("corrupt age data: "), "{err}");
+
+        let to_ours = age_armored(&ours.to_public(), &[9; 32]);
+        let share = keyring
+            .open(&age_stanza(&ours.to_public().to_string(), &to_ours))
+            .unwrap();
+        assert_eq!(*share, vec![9; 32]);
+    }
+
+    #[test]
+    fn plugin_pgp_and_unsupported_stanzas_say_what_the_host_lacks() {
+        let keyring = Keyring::new();
+        let err = keyring
+            .open(&age_stanza("age1yubikey1qwerty", "irrelevant"))
+            .unwrap_err();
+        assert!(
+            matches!(&err, StanzaError::NoPluginIdentity { name } if name == "yubikey"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "this host has no identity for the age plugin yubikey (AGE-PLUGIN-YUBIKEY-1...)"
+        );
+
+        let pgp = Stanza::Pgp {
+            fingerprint: "52347B17CB87CF7B724FEACF3E54A544D8560FBD".into(),
+            enc: "irrelevant".into(),
+        };
+        let err = keyring.open(&pgp).unwrap_err();
+        assert!(matches!(err, StanzaError::NoGpgKey), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "this host offers no GPG key (sops.gnupg.home or sops.gnupg.sshKeyPaths)"
+        );
+
+        let huawei = Stanza::HuaweiKms {
+            key_id: "k".into(),
+            enc: "e".into(),
+        };
+        let err = keyring.open(&huawei).unwrap_err();
+        assert!(
+            matches!(err, StanzaError::Unsupported { kind: "hckms" }),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "hckms keys are not supported by this build");
     }
 }

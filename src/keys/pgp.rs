@@ -45,6 +45,97 @@ const GPG_TIMEOUT: Duration = Duration::from_secs(20);
 /// The most a `pgp` stanza may decrypt to.
 const MAX_PAYLOAD: usize = 4096;
 
+/// Why a `pgp` stanza did not open, or an SSH key did not become an OpenPGP key.
+#[derive(Debug, thiserror::Error)]
+pub enum PgpError {
+    /// The armored message does not parse (or its compressed body does not).
+    #[error("corrupt PGP message: {0}")]
+    Corrupt(#[source] CorruptPgp),
+    /// The message parses but is not encrypted to this key (or fails its MDC).
+    #[error("the PGP message does not open with this key: {0}")]
+    WrongKey(#[source] pgp::errors::Error),
+    /// The message holds more than any data key or share needs.
+    #[error("the PGP message holds more than {MAX_PAYLOAD} bytes, which no data key needs")]
+    TooLarge,
+    /// The OpenPGP library refused to build or export a key.
+    #[error(transparent)]
+    Key(#[from] pgp::errors::Error),
+    /// An RSA key's numbers do not form a key.
+    #[error("not a valid RSA key: {0}")]
+    InvalidRsa(#[source] rsa::Error),
+    /// An RSA parameter has its sign bit set.
+    #[error("an RSA parameter is negative")]
+    NegativeRsaParameter,
+    /// `gpg` (or `SOPS_GPG_EXEC`) is not there.
+    #[error("{exec} not found on PATH (install gnupg for the installer, or set SOPS_GPG_EXEC)")]
+    GpgNotFound {
+        /// The command.
+        exec: String,
+    },
+    /// `gpg` could not be started.
+    #[error("cannot run {exec}: {source}")]
+    GpgSpawn {
+        /// The command.
+        exec: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `gpg` was killed at the deadline.
+    #[error("{exec} did not finish within {secs} s (is gpg-agent waiting for a passphrase?)")]
+    GpgTimedOut {
+        /// The command.
+        exec: String,
+        /// The deadline.
+        secs: u64,
+    },
+    /// Waiting for `gpg` failed.
+    #[error("cannot wait for {exec}: {source}")]
+    GpgWait {
+        /// The command.
+        exec: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The key is there but locked by a passphrase nobody can type.
+    #[error(
+        "the secret key for {fingerprint} in {home} is protected by a passphrase and no agent holds it \
+         unlocked; an unattended activation cannot type it (remove the passphrase from a key kept for this host)"
+    )]
+    GpgLocked {
+        /// The stanza's fingerprint.
+        fingerprint: String,
+        /// The GnuPG home.
+        home: String,
+    },
+    /// The home has no secret key for the stanza.
+    #[error("no secret key for {fingerprint} in the GnuPG home {home}")]
+    GpgNoSecretKey {
+        /// The stanza's fingerprint.
+        fingerprint: String,
+        /// The GnuPG home.
+        home: String,
+    },
+    /// gpg failed otherwise: its last line of diagnostics (key and user IDs, never data).
+    #[error("gpg could not decrypt with the GnuPG home {home}: {last}")]
+    GpgFailed {
+        /// The GnuPG home.
+        home: String,
+        /// gpg's last non-empty line.
+        last: String,
+    },
+}
+
+/// What was corrupt in a PGP message: its packets, or the bytes read from it.
+#[derive(Debug, thiserror::Error)]
+pub enum CorruptPgp {
+    /// The packets.
+    #[error(transparent)]
+    Packets(#[from] pgp::errors::Error),
+    /// Reading the (decompressed) literal data.
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+}
+
 /// An RSA SSH key as an OpenPGP key.
 pub struct SshPgpKey {
     key: SignedSecretKey,
@@ -57,12 +148,10 @@ impl SshPgpKey {
         let shown = path.display().to_string();
         let key = ssh::read_private_key(path)?;
         let rsa = match key.key_data() {
-            ssh_key::private::KeypairData::Rsa(pair) => {
-                rsa_key(pair).map_err(|reason| SshKeyError::Parse {
-                    path: shown.clone(),
-                    reason,
-                })?
-            }
+            ssh_key::private::KeypairData::Rsa(pair) => rsa_key(pair).map_err(|e| SshKeyError::Parse {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?,
             other => {
                 let kind = other
                     .algorithm()
@@ -71,10 +160,13 @@ impl SshPgpKey {
                 return Err(SshKeyError::NotRsa { path: shown, kind });
             }
         };
-        SshPgpKey::from_rsa(rsa).map_err(|reason| SshKeyError::Parse { path: shown, reason })
+        SshPgpKey::from_rsa(rsa).map_err(|e| SshKeyError::Parse {
+            path: shown,
+            reason: e.to_string(),
+        })
     }
 
-    fn from_rsa(rsa: rsa::RsaPrivateKey) -> Result<SshPgpKey, String> {
+    fn from_rsa(rsa: rsa::RsaPrivateKey) -> Result<SshPgpKey, PgpError> {
         let secret = pgp::crypto::rsa::SecretKey::from(rsa);
         let public_params = PublicParams::RSA((&secret).into());
         // Created at the epoch: the creation time is hashed into the fingerprint.
@@ -84,11 +176,9 @@ impl SshPgpKey {
             Timestamp::from_secs(0),
             None,
             public_params,
-        )
-        .map_err(|e| e.to_string())?;
-        let public = PublicKey::from_inner(inner).map_err(|e| e.to_string())?;
-        let primary = SecretKey::new(public, SecretParams::Plain(PlainSecretParams::RSA(secret)))
-            .map_err(|e| e.to_string())?;
+        )?;
+        let public = PublicKey::from_inner(inner)?;
+        let primary = SecretKey::new(public, SecretParams::Plain(PlainSecretParams::RSA(secret)))?;
 
         let mut flags = KeyFlags::default();
         flags.set_certify(true);
@@ -96,7 +186,7 @@ impl SshPgpKey {
         flags.set_encrypt_comms(true);
         flags.set_encrypt_storage(true);
         let details = KeyDetails::new(
-            Some(UserId::from_str(Default::default(), USER_ID).map_err(|e| e.to_string())?),
+            Some(UserId::from_str(Default::default(), USER_ID)?),
             Vec::new(),
             Vec::new(),
             flags,
@@ -112,14 +202,12 @@ impl SshPgpKey {
                 .collect(),
             Default::default(),
         );
-        let signed = details
-            .sign(
-                rand::thread_rng(),
-                &primary,
-                primary.public_key(),
-                &Password::empty(),
-            )
-            .map_err(|e| e.to_string())?;
+        let signed = details.sign(
+            rand::thread_rng(),
+            &primary,
+            primary.public_key(),
+            &Password::empty(),
+        )?;
         let key = SignedSecretKey::new(primary, signed, Vec::new(), Vec::new());
         let fingerprint = hex_upper(key.fingerprint().as_bytes());
         Ok(SshPgpKey { key, fingerprint })
@@ -136,31 +224,24 @@ impl SshPgpKey {
     }
 
     /// The public key, ASCII-armored, for `gpg --import` and `.sops.yaml` users.
-    pub fn public_armored(&self) -> Result<String, String> {
-        self.key
-            .to_public_key()
-            .to_armored_string(Default::default())
-            .map_err(|e| e.to_string())
+    pub fn public_armored(&self) -> Result<String, PgpError> {
+        Ok(self.key.to_public_key().to_armored_string(Default::default())?)
     }
 
     /// The secret key, ASCII-armored (`ssh-to-pgp --private-key`).
-    pub fn secret_armored(&self) -> Result<Zeroizing<String>, String> {
-        self.key
-            .to_armored_string(Default::default())
-            .map(Zeroizing::new)
-            .map_err(|e| e.to_string())
+    pub fn secret_armored(&self) -> Result<Zeroizing<String>, PgpError> {
+        Ok(Zeroizing::new(self.key.to_armored_string(Default::default())?))
     }
 
     /// Decrypts an armored PGP message encrypted to this key.
-    pub fn decrypt(&self, armored: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-        let (message, _) = Message::from_string(armored).map_err(|e| format!("corrupt PGP message: {e}"))?;
+    pub fn decrypt(&self, armored: &str) -> Result<Zeroizing<Vec<u8>>, PgpError> {
+        let corrupt = |e| PgpError::Corrupt(CorruptPgp::Packets(e));
+        let (message, _) = Message::from_string(armored).map_err(corrupt)?;
         let message = message
             .decrypt(&Password::empty(), &self.key)
-            .map_err(|e| format!("the PGP message does not open with this key: {e}"))?;
+            .map_err(PgpError::WrongKey)?;
         let mut message = if message.is_compressed() {
-            message
-                .decompress()
-                .map_err(|e| format!("corrupt PGP message: {e}"))?
+            message.decompress().map_err(corrupt)?
         } else {
             message
         };
@@ -171,11 +252,9 @@ impl SshPgpKey {
         (&mut message)
             .take(MAX_PAYLOAD as u64 + 1)
             .read_to_end(&mut data)
-            .map_err(|e| format!("corrupt PGP message: {e}"))?;
+            .map_err(|e| PgpError::Corrupt(CorruptPgp::Read(e)))?;
         if data.len() > MAX_PAYLOAD {
-            return Err(format!(
-                "the PGP message holds more than {MAX_PAYLOAD} bytes, which no data key needs"
-            ));
+            return Err(PgpError::TooLarge);
         }
         Ok(data)
     }
@@ -183,11 +262,11 @@ impl SshPgpKey {
 
 /// The RSA key of an OpenSSH key pair. (ssh-key's own conversion rejects the
 /// positive-sign padding byte OpenSSH writes before a modulus' top bit.)
-fn rsa_key(pair: &ssh_key::private::RsaKeypair) -> Result<rsa::RsaPrivateKey, String> {
+fn rsa_key(pair: &ssh_key::private::RsaKeypair) -> Result<rsa::RsaPrivateKey, PgpError> {
     let int = |m: &ssh_key::Mpint| {
         m.as_positive_bytes()
             .map(rsa::BigUint::from_bytes_be)
-            .ok_or_else(|| "an RSA parameter is negative".to_owned())
+            .ok_or(PgpError::NegativeRsaParameter)
     };
     let private = &pair.private;
     rsa::RsaPrivateKey::from_components(
@@ -196,24 +275,23 @@ fn rsa_key(pair: &ssh_key::private::RsaKeypair) -> Result<rsa::RsaPrivateKey, St
         int(&private.d)?,
         vec![int(&private.p)?, int(&private.q)?],
     )
-    .map_err(|e| format!("not a valid RSA key: {e}"))
+    .map_err(PgpError::InvalidRsa)
 }
 
 /// The fingerprint an RSA SSH public key has as an OpenPGP key (the one
 /// [`SshPgpKey`] and sops-nix give its private half), from its exponent and
 /// modulus (big-endian).
-pub fn ssh_rsa_fingerprint(e: &[u8], n: &[u8]) -> Result<String, String> {
+pub fn ssh_rsa_fingerprint(e: &[u8], n: &[u8]) -> Result<String, PgpError> {
     let public = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(n), rsa::BigUint::from_bytes_be(e))
-        .map_err(|e| format!("not a valid RSA key: {e}"))?;
+        .map_err(PgpError::InvalidRsa)?;
     let inner = PubKeyInner::new(
         KeyVersion::V4,
         PublicKeyAlgorithm::RSA,
         Timestamp::from_secs(0),
         None,
         PublicParams::RSA(public.into()),
-    )
-    .map_err(|e| e.to_string())?;
-    let key = PublicKey::from_inner(inner).map_err(|e| e.to_string())?;
+    )?;
+    let key = PublicKey::from_inner(inner)?;
     Ok(hex_upper(key.fingerprint().as_bytes()))
 }
 
@@ -267,9 +345,9 @@ impl GnupgHome {
     }
 
     /// Decrypts an armored PGP message for the stanza of `fingerprint`.
-    pub fn decrypt(&self, fingerprint: &str, armored: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    pub fn decrypt(&self, fingerprint: &str, armored: &str) -> Result<Zeroizing<Vec<u8>>, PgpError> {
         let home = self.home.display().to_string();
-        let exec = Path::new(&self.exec).display();
+        let exec = Path::new(&self.exec).display().to_string();
         let mut cmd = Command::new(&self.exec);
         cmd.arg("--homedir").arg(&self.home).args([
             "--batch",
@@ -281,22 +359,22 @@ impl GnupgHome {
         match process::run(&mut cmd, armored.as_bytes(), GPG_TIMEOUT) {
             Ok(out) if out.status.success() && !out.stdout.is_empty() => Ok(out.stdout),
             Ok(out) => Err(explain_gpg_failure(&out.stderr, fingerprint, &home)),
-            Err(RunError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
-                "{exec} not found on PATH (install gnupg for the installer, or set SOPS_GPG_EXEC)"
-            )),
-            Err(RunError::Spawn(e)) => Err(format!("cannot run {exec}: {e}")),
-            Err(RunError::TimedOut(t)) => Err(format!(
-                "{exec} did not finish within {} s (is gpg-agent waiting for a passphrase?)",
-                t.as_secs()
-            )),
-            Err(RunError::Wait(e)) => Err(format!("cannot wait for {exec}: {e}")),
+            Err(RunError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(PgpError::GpgNotFound { exec })
+            }
+            Err(RunError::Spawn(source)) => Err(PgpError::GpgSpawn { exec, source }),
+            Err(RunError::TimedOut(t)) => Err(PgpError::GpgTimedOut {
+                exec,
+                secs: t.as_secs(),
+            }),
+            Err(RunError::Wait(source)) => Err(PgpError::GpgWait { exec, source }),
         }
     }
 }
 
 /// Turns gpg's complaint into what to do about it. gpg's diagnostics carry key
 /// IDs and user IDs, never the decrypted data.
-fn explain_gpg_failure(stderr: &str, fingerprint: &str, home: &str) -> String {
+fn explain_gpg_failure(stderr: &str, fingerprint: &str, home: &str) -> PgpError {
     let has = |s: &str| stderr.contains(s);
     // A locked key also ends in "No secret key": look for the passphrase first.
     if has("No pinentry")
@@ -305,19 +383,25 @@ fn explain_gpg_failure(stderr: &str, fingerprint: &str, home: &str) -> String {
         || has("Inappropriate ioctl")
         || has("problem with the agent")
     {
-        format!(
-            "the secret key for {fingerprint} in {home} is protected by a passphrase and no agent holds it \
-             unlocked; an unattended activation cannot type it (remove the passphrase from a key kept for this host)"
-        )
+        PgpError::GpgLocked {
+            fingerprint: fingerprint.to_owned(),
+            home: home.to_owned(),
+        }
     } else if has("No secret key") {
-        format!("no secret key for {fingerprint} in the GnuPG home {home}")
+        PgpError::GpgNoSecretKey {
+            fingerprint: fingerprint.to_owned(),
+            home: home.to_owned(),
+        }
     } else {
         let last = stderr
             .lines()
             .map(str::trim)
             .rfind(|l| !l.is_empty())
             .unwrap_or("gpg failed without a message");
-        format!("gpg could not decrypt with the GnuPG home {home}: {last}")
+        PgpError::GpgFailed {
+            home: home.to_owned(),
+            last: last.to_owned(),
+        }
     }
 }
 
@@ -378,12 +462,15 @@ mod tests {
     #[test]
     fn gpg_failures_say_what_to_do() {
         let no_key = "gpg: encrypted with rsa3072 key, ID 1234\ngpg: decryption failed: No secret key\n";
-        assert_eq!(
-            explain_gpg_failure(no_key, "FP", "/h"),
-            "no secret key for FP in the GnuPG home /h"
-        );
+        let e = explain_gpg_failure(no_key, "FP", "/h");
+        assert!(matches!(e, PgpError::GpgNoSecretKey { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "no secret key for FP in the GnuPG home /h");
         let locked = "gpg: public key decryption failed: No pinentry\ngpg: decryption failed: No secret key";
-        assert!(explain_gpg_failure(locked, "FP", "/h").contains("passphrase"));
-        assert!(explain_gpg_failure("gpg: odd\n", "FP", "/h").ends_with("gpg: odd"));
+        let e = explain_gpg_failure(locked, "FP", "/h");
+        assert!(matches!(e, PgpError::GpgLocked { .. }), "{e:?}");
+        assert!(e.to_string().contains("passphrase"));
+        let e = explain_gpg_failure("gpg: odd\n", "FP", "/h");
+        assert!(matches!(e, PgpError::GpgFailed { .. }), "{e:?}");
+        assert!(e.to_string().ends_with("gpg: odd"));
     }
 }

@@ -1814,3 +1814,54 @@ fn a_record_without_digests_makes_the_next_run_read_the_live_copies() {
         assert!(fs::read_to_string(&record).unwrap().contains("\"digestKey\""));
     });
 }
+
+#[test]
+fn an_unchanged_secret_is_linked_into_the_next_generation_and_a_changed_one_written() {
+    use std::os::unix::fs::MetadataExt;
+    isolated(|env| {
+        let mut m1 = two_secrets(env, "app.yaml");
+        m1["keepGenerations"] = json!(0);
+        let mut m2 = two_secrets(env, "app_v2.yaml");
+        m2["keepGenerations"] = json!(0);
+        env.install(&m1);
+        env.install(&m2);
+        let ino = |g: u64, name: &str| fs::symlink_metadata(env.generation(g).join(name)).unwrap().ino();
+        // api_token is the same in both: one inode, owned and moded as before.
+        assert_eq!(ino(1, "api_token"), ino(2, "api_token"));
+        assert_eq!(
+            fs::metadata(env.generation(2).join("api_token")).unwrap().nlink(),
+            2
+        );
+        assert_content(&env.generation(2).join("api_token"), &expected("app.api_token"));
+        // db_password changed: a new file, and generation 1 keeps its old bytes.
+        assert_ne!(ino(1, "db_password"), ino(2, "db_password"));
+        assert_content(
+            &env.generation(1).join("db_password"),
+            &expected("app.db_password"),
+        );
+        assert_content(
+            &env.generation(2).join("db_password"),
+            &expected("app_v2.db_password"),
+        );
+        assert_file(
+            &env.generation(2).join("db_password"),
+            0o400,
+            SECRET_TEST,
+            SECRET_TEST,
+        );
+
+        // An owner change is a change: the file is written anew, the live copy untouched.
+        let mut m3 = m2.clone();
+        m3["secrets"][1]["owner"] = json!("alice");
+        env.install(&m3);
+        assert_ne!(ino(2, "api_token"), ino(3, "api_token"));
+        assert_eq!(
+            fs::metadata(env.generation(2).join("api_token")).unwrap().uid(),
+            0
+        );
+        assert_eq!(
+            fs::metadata(env.generation(3).join("api_token")).unwrap().uid(),
+            ALICE
+        );
+    });
+}

@@ -94,7 +94,9 @@ fn write_and_swap(
         uid: 0,
         gid: keys_gid,
     });
-    let mut generation = Generation::create(mount, next, dir_ids).map_err(|e| Failed::one(e.to_string()))?;
+    let previous = (live > 0).then_some(live);
+    let mut generation =
+        Generation::create(mount, next, dir_ids, previous).map_err(|e| Failed::one(e.to_string()))?;
     let written = (|| {
         for item in items {
             generation

@@ -5,15 +5,23 @@
 //! owner and mode with `fchown`/`fchmod`, and only then its content: no other
 //! user can ever open it while it holds bytes it should not see. Directories
 //! are created `0700` and widened to `0751 root:keys` once owned.
+//!
+//! A file whose bytes, owner and mode are the same as in the live generation
+//! is not written again but hard-linked from there, once its live copy has
+//! been read and compared: an unchanged re-run creates no inode, allocates no
+//! page and leaves the next prune only names to remove. A live copy changed
+//! behind the installer's back (content, owner or mode) is never linked; the
+//! file is written afresh.
 
-use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::{Mode, fchmod, mkdirat};
-use nix::unistd::{Gid, Uid, fchown};
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstat, mkdirat};
+use nix::unistd::{Gid, Uid, fchown, linkat};
+use zeroize::Zeroizing;
 
 /// Why a generation could not be written; `what` names the file or
 /// directory, relative to the generation (or the generation itself).
@@ -63,6 +71,8 @@ pub struct Generation {
     path: PathBuf,
     dir: OwnedFd,
     dir_ids: Option<Ids>,
+    /// The live generation, whose unchanged files are linked rather than written.
+    previous: Option<OwnedFd>,
     files_written: usize,
 }
 
@@ -95,8 +105,15 @@ fn make_dir(parent: impl AsFd + Copy, name: &str, ids: Option<Ids>) -> Result<Ow
 }
 
 impl Generation {
-    /// Creates `<mount>/<number>`; it must not exist.
-    pub fn create(mount: &Path, number: u64, dir_ids: Option<Ids>) -> Result<Generation, WriteError> {
+    /// Creates `<mount>/<number>`; it must not exist. `previous` is the live
+    /// generation's number: its unchanged files are linked (if it cannot be
+    /// opened, every file is written).
+    pub fn create(
+        mount: &Path,
+        number: u64,
+        dir_ids: Option<Ids>,
+        previous: Option<u64>,
+    ) -> Result<Generation, WriteError> {
         let mount_fd = nix::fcntl::open(mount, DIR_FLAGS, Mode::empty())
             .map_err(sys("open", || mount.display().to_string()))?;
         let name = number.to_string();
@@ -112,12 +129,70 @@ impl Generation {
         }
         fchmod(&dir, Mode::from_bits_truncate(0o751))
             .map_err(sys("chmod", || format!("{}/{name}", mount.display())))?;
+        let previous = previous
+            .filter(|&p| p != number)
+            .and_then(|p| open_dir(&mount_fd, &p.to_string()).ok());
         Ok(Generation {
             path: mount.join(name),
             dir,
             dir_ids,
+            previous,
             files_written: 0,
         })
+    }
+
+    /// Links `file` (in `parent`, at `relative`) from the live generation if
+    /// the live copy is a regular file with exactly `content`, `ids` and
+    /// `mode`. Any doubt (missing, different, unreadable) says no, and the
+    /// caller writes the file.
+    fn link_unchanged(
+        &self,
+        relative: &[&str],
+        file: &str,
+        parent: BorrowedFd<'_>,
+        ids: Option<Ids>,
+        mode: u32,
+        content: &[u8],
+    ) -> bool {
+        let Some(previous) = &self.previous else {
+            return false;
+        };
+        let mut holder: Option<OwnedFd> = None;
+        for part in relative {
+            let at = holder.as_ref().map_or(previous.as_fd(), |fd| fd.as_fd());
+            match open_dir(at, part) {
+                Ok(fd) => holder = Some(fd),
+                Err(_) => return false,
+            }
+        }
+        let old_parent = holder.as_ref().map_or(previous.as_fd(), |fd| fd.as_fd());
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let Ok(fd) = openat(old_parent, file, flags, Mode::empty()) else {
+            return false;
+        };
+        let Ok(st) = fstat(&fd) else {
+            return false;
+        };
+        let same_owner = match ids {
+            Some(ids) => st.st_uid == ids.uid && st.st_gid == ids.gid,
+            None => st.st_uid == nix::unistd::geteuid().as_raw(),
+        };
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
+            || st.st_mode & 0o7777 != mode
+            || !same_owner
+            || u64::try_from(st.st_size) != Ok(content.len() as u64)
+        {
+            return false;
+        }
+        // One byte more than expected, so that a copy that grew meanwhile shows.
+        let mut live = Zeroizing::new(Vec::with_capacity(content.len() + 1));
+        let read = std::fs::File::from(fd)
+            .take(content.len() as u64 + 1)
+            .read_to_end(&mut live);
+        if read.is_err() || live.as_slice() != content {
+            return false;
+        }
+        linkat(old_parent, file, parent, file, AtFlags::empty()).is_ok()
     }
 
     /// The generation directory.
@@ -137,11 +212,16 @@ impl Generation {
         let mut parts: Vec<&str> = relative.split('/').collect();
         let file = parts.pop().expect("split yields at least one part");
         let mut holder: Option<OwnedFd> = None;
-        for part in parts {
+        for part in &parts {
             let parent = holder.as_ref().map_or(self.dir.as_fd(), |fd| fd.as_fd());
             holder = Some(make_dir(parent, part, self.dir_ids)?);
         }
         let parent = holder.as_ref().map_or(self.dir.as_fd(), |fd| fd.as_fd());
+        if self.link_unchanged(&parts, file, parent, ids, mode, content) {
+            self.files_written += 1;
+            crash_point(self.files_written);
+            return Ok(());
+        }
         let fd = openat(
             parent,
             file,
@@ -185,7 +265,7 @@ mod tests {
     #[test]
     fn a_file_written_twice_is_refused_as_a_failed_create() {
         let dir = tempfile::tempdir().unwrap();
-        let mut g = Generation::create(dir.path(), 1, None).unwrap();
+        let mut g = Generation::create(dir.path(), 1, None, None).unwrap();
         g.write_file("a/b", None, 0o400, b"x").unwrap();
         let err = g.write_file("a/b", None, 0o400, b"y").unwrap_err();
         assert!(
@@ -194,8 +274,91 @@ mod tests {
         );
         assert_eq!(err.to_string(), "cannot create a/b: EEXIST: File exists");
         assert!(matches!(
-            Generation::create(dir.path(), 1, None),
+            Generation::create(dir.path(), 1, None, None),
             Err(WriteError::Sys { action: "create", .. })
         ));
+    }
+
+    fn ino(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn unchanged_files_are_linked_from_the_live_generation_and_changed_ones_written() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut one = Generation::create(dir.path(), 1, None, None).unwrap();
+        for (name, bytes) in [
+            ("same", &b"value"[..]),
+            ("nested/same", b"v"),
+            ("changed", b"old"),
+        ] {
+            one.write_file(name, None, 0o400, bytes).unwrap();
+        }
+        one.write_file("mode", None, 0o400, b"m").unwrap();
+        one.write_file("tampered", None, 0o400, b"right").unwrap();
+        drop(one);
+        let g1 = dir.path().join("1");
+        // Changed behind the installer's back, same length: must not be linked.
+        std::fs::set_permissions(g1.join("tampered"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(g1.join("tampered"), b"wrong").unwrap();
+        std::fs::set_permissions(g1.join("tampered"), std::fs::Permissions::from_mode(0o400)).unwrap();
+
+        let mut two = Generation::create(dir.path(), 2, None, Some(1)).unwrap();
+        for (name, mode, bytes) in [
+            ("same", 0o400, &b"value"[..]),
+            ("nested/same", 0o400, b"v"),
+            ("changed", 0o400, b"new"),
+            ("mode", 0o440, b"m"),
+            ("tampered", 0o400, b"right"),
+            ("added", 0o400, b"a"),
+        ] {
+            two.write_file(name, None, mode, bytes).unwrap();
+        }
+        drop(two);
+        let g2 = dir.path().join("2");
+        for linked in ["same", "nested/same"] {
+            assert_eq!(
+                ino(&g1.join(linked)),
+                ino(&g2.join(linked)),
+                "{linked} was not linked"
+            );
+        }
+        for written in ["changed", "mode", "tampered"] {
+            assert_ne!(
+                ino(&g1.join(written)),
+                ino(&g2.join(written)),
+                "{written} was linked"
+            );
+        }
+        assert_eq!(std::fs::read(g2.join("changed")).unwrap(), b"new");
+        assert_eq!(std::fs::read(g2.join("tampered")).unwrap(), b"right");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&g2.join("mode")), 0o440);
+        assert_eq!(
+            mode(&g1.join("mode")),
+            0o400,
+            "the live copy's mode was not touched"
+        );
+    }
+
+    #[test]
+    fn a_fifo_or_symlink_in_the_live_generation_is_never_opened_or_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Generation::create(dir.path(), 1, None, None).unwrap());
+        let g1 = dir.path().join("1");
+        nix::unistd::mkfifo(&g1.join("fifo"), Mode::from_bits_truncate(0o400)).unwrap();
+        std::fs::write(dir.path().join("elsewhere"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), g1.join("link")).unwrap();
+        let mut two = Generation::create(dir.path(), 2, None, Some(1)).unwrap();
+        // Would block on the FIFO, or link the symlink's target, if either were followed.
+        two.write_file("fifo", None, 0o400, b"").unwrap();
+        two.write_file("link", None, 0o644, b"x").unwrap();
+        drop(two);
+        let g2 = dir.path().join("2");
+        assert!(std::fs::symlink_metadata(g2.join("fifo")).unwrap().is_file());
+        assert!(std::fs::symlink_metadata(g2.join("link")).unwrap().is_file());
+        assert_ne!(ino(&g2.join("link")), ino(&dir.path().join("elsewhere")));
     }
 }

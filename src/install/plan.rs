@@ -405,9 +405,18 @@ pub(super) fn files_by_use(
 ) -> Vec<(PathBuf, Format, Vec<usize>)> {
     let mut files: Vec<(PathBuf, Format, Vec<usize>)> = Vec::new();
     let mut index: HashMap<&Path, usize> = HashMap::new();
+    // Secrets of one file mostly come one after another: most lookups are the last file again.
+    let mut last: Option<(&Path, usize)> = None;
     for (i, s) in manifest.secrets.iter().enumerate() {
-        match index.get(s.sops_file.as_path()) {
-            Some(&f) => {
+        let found = match last {
+            Some((path, f)) if path.as_os_str() == s.sops_file.as_os_str() => Some(f),
+            _ => index.get(s.sops_file.as_path()).copied(),
+        };
+        if let Some(f) = found {
+            last = Some((&s.sops_file, f));
+        }
+        match found {
+            Some(f) => {
                 let (_, format, users) = &mut files[f];
                 if *format != s.format {
                     let first = &manifest.secrets[users[0]];
@@ -424,6 +433,7 @@ pub(super) fn files_by_use(
             }
             None => {
                 index.insert(&s.sops_file, files.len());
+                last = Some((&s.sops_file, files.len()));
                 files.push((s.sops_file.clone(), s.format, vec![i]));
             }
         }

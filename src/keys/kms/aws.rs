@@ -208,7 +208,9 @@ fn signed(
         .collect();
     let mut all: Vec<(&str, &str)> = extra.to_vec();
     all.extend(signature.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    ctx.http.send("POST", url, &all, Body::Raw(content_type, body))
+    ctx.http
+        .send("POST", url, &all, Body::Raw(content_type, body))
+        .map_err(|e| e.to_string())
 }
 
 /// An AWS JSON-protocol error (`{"__type": "...#AccessDeniedException", "message": ...}`) in words.

@@ -160,7 +160,8 @@ impl Aws {
         }
         let answer: Decrypted = reply.parse().ok_or("AWS KMS answered without a Plaintext")?;
         Ok((
-            super::decode_share(&answer.plaintext, "AWS KMS")?,
+            super::decode_share(&answer.plaintext)
+                .ok_or("AWS KMS answered with a plaintext that is not base64")?,
             creds.source.clone(),
         ))
     }

@@ -115,7 +115,8 @@ impl Gcp {
         }
         let answer: Decrypted = reply.parse().ok_or("Cloud KMS answered without a plaintext")?;
         Ok((
-            super::decode_share(&answer.plaintext, "Cloud KMS")?,
+            super::decode_share(&answer.plaintext)
+                .ok_or("Cloud KMS answered with a plaintext that is not base64")?,
             token.flow.clone(),
         ))
     }

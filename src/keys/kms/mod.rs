@@ -181,7 +181,8 @@ impl Kms {
                 enc,
             } => self
                 .vault
-                .decrypt(self.ctx(), address, engine_path, key_name, enc),
+                .decrypt(self.ctx(), address, engine_path, key_name, enc)
+                .map_err(|e| e.to_string()),
             #[cfg(feature = "aws-kms")]
             Stanza::AwsKms {
                 arn,
@@ -245,12 +246,14 @@ pub(crate) fn plain_url_path(s: &str) -> bool {
 /// An unwrapped data-key share as a service answers it, base64 (standard
 /// alphabet) in a zeroized string; decoded straight into a zeroized buffer.
 #[cfg_attr(not(feature = "kms"), allow(dead_code))]
-pub(crate) fn decode_share(b64: &str, service: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+/// `None` when it is not base64; base64's error is dropped on purpose, as it
+/// may quote a byte of the key.
+pub(crate) fn decode_share(b64: &str) -> Option<Zeroizing<Vec<u8>>> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
+        .ok()
         .map(Zeroizing::new)
-        .map_err(|_| format!("{service} answered with a plaintext that is not base64"))
 }
 
 /// A JSON field as text, for reading responses.

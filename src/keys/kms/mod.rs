@@ -172,7 +172,10 @@ impl Kms {
     pub fn open(&self, stanza: &Stanza) -> Result<Zeroizing<Vec<u8>>, String> {
         let result = match stanza {
             #[cfg(feature = "gcp-kms")]
-            Stanza::GcpKms { resource_id, enc } => self.gcp.decrypt(self.ctx(), resource_id, enc),
+            Stanza::GcpKms { resource_id, enc } => self
+                .gcp
+                .decrypt(self.ctx(), resource_id, enc)
+                .map_err(|e| e.to_string()),
             #[cfg(feature = "vault")]
             Stanza::HcVault {
                 address,

@@ -193,7 +193,10 @@ impl Kms {
                 context,
                 aws_profile,
                 enc,
-            } => self.aws.decrypt(self.ctx(), arn, role, context, aws_profile, enc),
+            } => self
+                .aws
+                .decrypt(self.ctx(), arn, role, context, aws_profile, enc)
+                .map_err(|e| e.to_string()),
             #[cfg(feature = "azure-kv")]
             Stanza::AzureKv {
                 vault_url,

@@ -203,7 +203,10 @@ impl Kms {
                 name,
                 version,
                 enc,
-            } => self.azure.decrypt(self.ctx(), vault_url, name, version, enc),
+            } => self
+                .azure
+                .decrypt(self.ctx(), vault_url, name, version, enc)
+                .map_err(|e| e.to_string()),
             other => return Err(format!("{} keys are not supported by this build", other.kind())),
         };
         self.log(stanza, &result);

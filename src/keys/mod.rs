@@ -223,13 +223,13 @@ impl Keyring {
             Stanza::Age { recipient, enc } => self.open_age(recipient, enc),
             Stanza::Pgp { fingerprint, enc } => self.open_pgp(fingerprint, enc),
             #[cfg(feature = "gcp-kms")]
-            Stanza::GcpKms { .. } => self.kms.open(stanza),
+            Stanza::GcpKms { .. } => self.kms.open(stanza).map_err(|e| e.to_string()),
             #[cfg(feature = "vault")]
-            Stanza::HcVault { .. } => self.kms.open(stanza),
+            Stanza::HcVault { .. } => self.kms.open(stanza).map_err(|e| e.to_string()),
             #[cfg(feature = "aws-kms")]
-            Stanza::AwsKms { .. } => self.kms.open(stanza),
+            Stanza::AwsKms { .. } => self.kms.open(stanza).map_err(|e| e.to_string()),
             #[cfg(feature = "azure-kv")]
-            Stanza::AzureKv { .. } => self.kms.open(stanza),
+            Stanza::AzureKv { .. } => self.kms.open(stanza).map_err(|e| e.to_string()),
             other => Err(format!("{} keys are not supported by this build", other.kind())),
         }
     }

@@ -272,8 +272,9 @@ pub enum StanzaError {
     #[error("no GPG key of this host has this fingerprint")]
     NoGpgKeyWithFingerprint,
     /// A cloud key service refused or could not be asked.
-    #[error("{0}")]
-    Kms(String),
+    #[cfg(feature = "_net")]
+    #[error(transparent)]
+    Kms(#[from] kms::KmsError),
     /// A key type this build was compiled without.
     #[error("{kind} keys are not supported by this build")]
     Unsupported {

@@ -20,7 +20,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
@@ -32,8 +33,273 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use super::http::{Body, Reply, form_encode};
+use super::http::{Body, HttpError, Reply, form_encode};
 use super::{Ctx, json_str};
+
+/// Why a `kms` stanza was not opened. Never holds a secret access key, a
+/// session token or the plaintext.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AwsError {
+    /// The stanza's ARN is not a KMS key ARN (or would put another host into the endpoint).
+    #[error("{arn:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")]
+    BadArn {
+        /// As the stanza gives it.
+        arn: String,
+    },
+    /// The stanza's `enc` does not decode.
+    #[error("the stanza's ciphertext is not base64: {0}")]
+    CiphertextNotBase64(#[source] base64::DecodeError),
+    /// The default chain found nothing: no variables, no profile, no container
+    /// credentials, and the instance metadata service is off or gave none.
+    #[error("no AWS credentials: none in the environment or {files}, and {}", imds_outcome(.imds))]
+    NoCredentials {
+        /// The credentials and config files looked in.
+        files: String,
+        /// What the instance metadata service did; `None` when `AWS_EC2_METADATA_DISABLED` is set.
+        #[source]
+        imds: Option<Box<AwsError>>,
+    },
+    /// The profile the stanza or `AWS_PROFILE` names is in no file.
+    #[error("AWS profile {profile:?} is not in {files}")]
+    NoSuchProfile {
+        /// The profile.
+        profile: String,
+        /// The credentials and config files looked in.
+        files: String,
+    },
+    /// A profile that cannot give credentials.
+    #[error("{profile}: {problem}")]
+    Profile {
+        /// `profile NAME from FILE`.
+        profile: String,
+        /// What is wrong.
+        #[source]
+        problem: ProfileProblem,
+    },
+    /// A profile's `credential_process` gave no credentials.
+    #[error("{profile}: credential_process {problem}")]
+    CredentialProcess {
+        /// `profile NAME from FILE`.
+        profile: String,
+        /// What went wrong.
+        #[source]
+        problem: ProcessProblem,
+    },
+    /// A token file a variable names cannot be read.
+    #[error("{variable} {file}: {source}")]
+    TokenFile {
+        /// `AWS_WEB_IDENTITY_TOKEN_FILE` or `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`.
+        variable: &'static str,
+        /// The file.
+        file: String,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// The container credentials URL is one the AWS SDKs would not ask.
+    #[error(
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI must be https, or http on loopback or the ECS/EKS agent \
+             addresses (169.254.170.2, 169.254.170.23, fd00:ec2::23), as in the AWS SDKs"
+    )]
+    ContainerEndpointRefused,
+    /// The container credentials endpoint answered with an error status.
+    #[error("container credentials endpoint answered HTTP {status}")]
+    ContainerStatus {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// Credentials JSON without a field.
+    #[error("{from} answered without {field}")]
+    CredentialsIncomplete {
+        /// Who answered.
+        from: String,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// No answer from the instance metadata service (reads "the instance metadata service at ...").
+    #[error("at {0}")]
+    ImdsHttp(#[source] HttpError),
+    /// The instance metadata service answered, without credentials.
+    #[error("at {host} {problem}")]
+    Imds {
+        /// Its `host[:port]`.
+        host: String,
+        /// What it said.
+        #[source]
+        problem: ImdsProblem,
+    },
+    /// No answer from an AWS endpoint, or its URL is refused.
+    #[error("{call}: {source}")]
+    Http {
+        /// Which call.
+        call: AwsCall,
+        /// Why.
+        source: HttpError,
+    },
+    /// The request could not be signed.
+    #[error("{call}: cannot sign the request: {detail}")]
+    Signing {
+        /// Which call.
+        call: AwsCall,
+        /// The signer's words.
+        detail: String,
+    },
+    /// STS refused to assume a role.
+    #[error("STS {action} of {role} failed: HTTP {status} {code}: {message}{}", with_base(.with))]
+    StsRefused {
+        /// `AssumeRole` or `AssumeRoleWithWebIdentity`.
+        action: &'static str,
+        /// The role's ARN.
+        role: String,
+        /// The HTTP status.
+        status: u16,
+        /// STS's error code (`AccessDenied`).
+        code: String,
+        /// STS's message.
+        message: String,
+        /// For `AssumeRole`: where the credentials that asked came from.
+        with: Option<String>,
+    },
+    /// STS answered without a part of the credentials.
+    #[error("STS {action} answered without {field}{}", with_base(.with))]
+    StsIncomplete {
+        /// `AssumeRole` or `AssumeRoleWithWebIdentity`.
+        action: &'static str,
+        /// The missing element.
+        field: &'static str,
+        /// For `AssumeRole`: where the credentials that asked came from.
+        with: Option<String>,
+    },
+    /// AWS KMS answered with an error: its own words, then what to do.
+    #[error("{text}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The exception (`AccessDeniedException`, `InvalidCiphertextException`, ...).
+        code: String,
+        /// The whole message.
+        text: String,
+    },
+    /// A 2xx answer without a `Plaintext`.
+    #[error("AWS KMS answered without a Plaintext")]
+    NoPlaintext,
+    /// A plaintext that does not decode.
+    #[error("AWS KMS answered with a plaintext that is not base64")]
+    PlaintextNotBase64,
+}
+
+fn imds_outcome(imds: &Option<Box<AwsError>>) -> String {
+    match imds {
+        None => "AWS_EC2_METADATA_DISABLED is set".to_owned(),
+        Some(e) => format!("the instance metadata service {e} (not on EC2, or no network yet?)"),
+    }
+}
+
+fn with_base(with: &Option<String>) -> String {
+    with.as_ref().map(|w| format!(" (with {w})")).unwrap_or_default()
+}
+
+/// An AWS call, as [`AwsError::Http`] and [`AwsError::Signing`] name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AwsCall {
+    /// `TrentService.Decrypt`.
+    Kms,
+    /// STS `AssumeRole`.
+    AssumeRole {
+        /// The role's ARN.
+        role: String,
+    },
+    /// STS `AssumeRoleWithWebIdentity`.
+    AssumeRoleWithWebIdentity {
+        /// The role's ARN.
+        role: String,
+    },
+    /// The ECS/EKS container credentials endpoint.
+    ContainerEndpoint,
+}
+
+impl std::fmt::Display for AwsCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AwsCall::Kms => f.write_str("AWS KMS"),
+            AwsCall::AssumeRole { role } => write!(f, "STS AssumeRole of {role}"),
+            AwsCall::AssumeRoleWithWebIdentity { role } => {
+                write!(f, "STS AssumeRoleWithWebIdentity of {role}")
+            }
+            AwsCall::ContainerEndpoint => f.write_str("container credentials endpoint"),
+        }
+    }
+}
+
+/// Why a profile gives no credentials.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileProblem {
+    /// `role_arn` with `credential_source` or web identity instead of `source_profile`.
+    #[error("role_arn without source_profile (credential_source, web identity) is not supported")]
+    RoleWithoutSourceProfile,
+    /// More than a few `source_profile` hops (or a loop).
+    #[error("source_profile chain too long")]
+    ChainTooLong,
+    /// The `source_profile` is in no file.
+    #[error("its source_profile {name:?} does not exist")]
+    NoSourceProfile {
+        /// The profile named.
+        name: String,
+    },
+    /// An IAM Identity Center profile.
+    #[error("IAM Identity Center (SSO) profiles are not supported")]
+    Sso,
+}
+
+/// Why a `credential_process` gave no credentials (its output is never quoted).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProcessProblem {
+    /// It ran past the helper deadline.
+    #[error("did not finish within {secs} s and was stopped")]
+    TimedOut {
+        /// The deadline.
+        secs: u64,
+    },
+    /// It could not be started or waited for.
+    #[error("cannot run: {0}")]
+    CannotRun(#[source] Arc<std::io::Error>),
+    /// It failed.
+    #[error("failed ({0})")]
+    Failed(ExitStatus),
+    /// Its output is not JSON.
+    #[error("printed no JSON")]
+    NoJson,
+    /// Its JSON lacks a field.
+    #[error("printed no {0}")]
+    NoField(&'static str),
+}
+
+/// What the instance metadata service said instead of credentials.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImdsProblem {
+    /// IMDSv2's session token was refused.
+    #[error("refused an IMDSv2 session token: HTTP {status}")]
+    SessionTokenRefused {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The instance has no instance profile.
+    #[error("says this instance has no IAM role (instance profile)")]
+    NoInstanceProfile,
+    /// The role list is empty or an error.
+    #[error("named no instance role (HTTP {status})")]
+    RoleNotNamed {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The role's credentials were not given.
+    #[error("gave no credentials for role {role}: HTTP {status}")]
+    CredentialsRefused {
+        /// The instance role.
+        role: String,
+        /// The HTTP status.
+        status: u16,
+    },
+}
 
 const IMDS: &str = "http://169.254.169.254";
 const ECS_HOST: &str = "http://169.254.170.2";
@@ -51,12 +317,12 @@ struct Creds {
 /// assumed role, each fetched once.
 #[derive(Default)]
 pub(super) struct Aws {
-    base: Mutex<HashMap<String, Result<Creds, String>>>,
-    roles: Mutex<HashMap<(String, String), Result<Creds, String>>>,
+    base: Mutex<HashMap<String, Result<Creds, AwsError>>>,
+    roles: Mutex<HashMap<(String, String), Result<Creds, AwsError>>>,
 }
 
 /// The partition and region of a KMS key ARN, checked as sops checks it.
-fn parse_arn(arn: &str) -> Result<(&str, &str), String> {
+fn parse_arn(arn: &str) -> Result<(&str, &str), AwsError> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     // The partition and region become the endpoint's host name: only what
     // AWS uses, so a crafted ARN cannot point the signed request elsewhere.
@@ -75,9 +341,7 @@ fn parse_arn(arn: &str) -> Result<(&str, &str), String> {
     if ok {
         Ok((parts[1], parts[3]))
     } else {
-        Err(format!(
-            "{arn:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"
-        ))
+        Err(AwsError::BadArn { arn: arn.to_owned() })
     }
 }
 
@@ -105,11 +369,11 @@ impl Aws {
         context: &[(String, String)],
         aws_profile: &str,
         enc: &str,
-    ) -> Result<(Zeroizing<Vec<u8>>, String), String> {
+    ) -> Result<(Zeroizing<Vec<u8>>, String), AwsError> {
         let (partition, region) = parse_arn(arn)?;
         STANDARD
             .decode(enc.trim())
-            .map_err(|e| format!("the stanza's ciphertext is not base64: {e}"))?;
+            .map_err(AwsError::CiphertextNotBase64)?;
         let profile = if aws_profile.is_empty() {
             ctx.env.var("AWS_PROFILE").unwrap_or_default()
         } else {
@@ -142,14 +406,13 @@ impl Aws {
         let reply = signed(
             ctx,
             &creds,
-            "kms",
+            AwsCall::Kms,
             region,
             &url,
             &[("x-amz-target", "TrentService.Decrypt")],
             "application/x-amz-json-1.1",
             &body,
-        )
-        .map_err(|e| format!("AWS KMS: {e}"))?;
+        )?;
         if !reply.ok() {
             return Err(kms_error(&reply, &creds, arn, context));
         }
@@ -158,26 +421,34 @@ impl Aws {
             #[serde(rename = "Plaintext")]
             plaintext: Zeroizing<String>,
         }
-        let answer: Decrypted = reply.parse().ok_or("AWS KMS answered without a Plaintext")?;
+        let answer: Decrypted = reply.parse().ok_or(AwsError::NoPlaintext)?;
         Ok((
-            super::decode_share(&answer.plaintext, "AWS KMS")?,
+            super::decode_share(&answer.plaintext).ok_or(AwsError::PlaintextNotBase64)?,
             creds.source.clone(),
         ))
     }
 }
 
-/// A SigV4-signed POST.
+/// A SigV4-signed POST; `call` says which service signs (`kms`, `sts`) and names it in errors.
 #[allow(clippy::too_many_arguments)]
 fn signed(
     ctx: &Ctx,
     creds: &Creds,
-    service: &str,
+    call: AwsCall,
     region: &str,
     url: &str,
     extra: &[(&str, &str)],
     content_type: &str,
     body: &[u8],
-) -> Result<Reply, String> {
+) -> Result<Reply, AwsError> {
+    let service = match call {
+        AwsCall::Kms => "kms",
+        _ => "sts",
+    };
+    let unsigned = |e: &dyn std::fmt::Display| AwsError::Signing {
+        call: call.clone(),
+        detail: e.to_string(),
+    };
     let mut headers: Vec<(&str, &str)> = vec![("content-type", content_type)];
     headers.extend_from_slice(extra);
     let identity: Identity = Credentials::new(
@@ -195,24 +466,24 @@ fn signed(
         .time(SystemTime::now())
         .settings(SigningSettings::default())
         .build()
-        .map_err(|e| format!("cannot sign the request: {e}"))?
+        .map_err(|e| unsigned(&e))?
         .into();
     let signable = SignableRequest::new("POST", url, headers.iter().copied(), SignableBody::Bytes(body))
-        .map_err(|e| format!("cannot sign the request: {e}"))?;
-    let (instructions, _) = sign(signable, &params)
-        .map_err(|e| format!("cannot sign the request: {e}"))?
-        .into_parts();
+        .map_err(|e| unsigned(&e))?;
+    let (instructions, _) = sign(signable, &params).map_err(|e| unsigned(&e))?.into_parts();
     let signature: Vec<(String, Zeroizing<String>)> = instructions
         .headers()
         .map(|(k, v)| (k.to_owned(), Zeroizing::new(v.to_owned())))
         .collect();
     let mut all: Vec<(&str, &str)> = extra.to_vec();
     all.extend(signature.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    ctx.http.send("POST", url, &all, Body::Raw(content_type, body))
+    ctx.http
+        .send("POST", url, &all, Body::Raw(content_type, body))
+        .map_err(|source| AwsError::Http { call, source })
 }
 
 /// An AWS JSON-protocol error (`{"__type": "...#AccessDeniedException", "message": ...}`) in words.
-fn kms_error(reply: &Reply, creds: &Creds, arn: &str, context: &[(String, String)]) -> String {
+fn kms_error(reply: &Reply, creds: &Creds, arn: &str, context: &[(String, String)]) -> AwsError {
     let v = reply.json();
     // AWS KMS answers in JSON; a front end that refuses the request before
     // KMS sees it may answer in the query protocol's XML (moto does).
@@ -226,7 +497,7 @@ fn kms_error(reply: &Reply, creds: &Creds, arn: &str, context: &[(String, String
     let head = format!("AWS KMS answered HTTP {} {kind}: {message}", reply.status)
         .trim_end_matches([' ', ':'])
         .to_owned();
-    match kind.as_str() {
+    let text = match kind.as_str() {
         "AccessDeniedException" | "AccessDenied" => format!(
             "{head}; the principal of the credentials ({}) needs kms:Decrypt on {arn} (IAM policy and key policy)",
             creds.source
@@ -240,6 +511,11 @@ fn kms_error(reply: &Reply, creds: &Creds, arn: &str, context: &[(String, String
         "NotFoundException" => format!("{head}; no such key"),
         "DisabledException" => format!("{head}; the key is disabled"),
         _ => head,
+    };
+    AwsError::Refused {
+        status: reply.status,
+        code: kind,
+        text,
     }
 }
 
@@ -258,16 +534,31 @@ fn xml_tag(body: &str, tag: &str) -> Option<String> {
 }
 
 /// Credentials from an STS answer's `<Credentials>`.
-fn sts_credentials(reply: &Reply, action: &str, role: &str, source: String) -> Result<Creds, String> {
+fn sts_credentials(
+    reply: &Reply,
+    action: &'static str,
+    role: &str,
+    source: String,
+) -> Result<Creds, AwsError> {
     if !reply.ok() {
         let code = xml_tag(&reply.body, "Code").unwrap_or_default();
         let message = xml_tag(&reply.body, "Message").unwrap_or_default();
-        return Err(format!(
-            "STS {action} of {role} failed: HTTP {} {code}: {message}",
-            reply.status
-        ));
+        return Err(AwsError::StsRefused {
+            action,
+            role: role.to_owned(),
+            status: reply.status,
+            code,
+            message,
+            with: None,
+        });
     }
-    let get = |t: &str| xml_tag(&reply.body, t).ok_or_else(|| format!("STS {action} answered without {t}"));
+    let get = |field: &'static str| {
+        xml_tag(&reply.body, field).ok_or(AwsError::StsIncomplete {
+            action,
+            field,
+            with: None,
+        })
+    };
     Ok(Creds {
         key_id: get("AccessKeyId")?,
         secret: Zeroizing::new(get("SecretAccessKey")?),
@@ -287,7 +578,13 @@ fn session_name() -> String {
     name
 }
 
-fn assume_role(ctx: &Ctx, base: &Creds, role: &str, region: &str, partition: &str) -> Result<Creds, String> {
+fn assume_role(
+    ctx: &Ctx,
+    base: &Creds,
+    role: &str,
+    region: &str,
+    partition: &str,
+) -> Result<Creds, AwsError> {
     let session = session_name();
     let body = form_encode(&[
         ("Action", "AssumeRole"),
@@ -299,28 +596,36 @@ fn assume_role(ctx: &Ctx, base: &Creds, role: &str, region: &str, partition: &st
     let reply = signed(
         ctx,
         base,
-        "sts",
+        AwsCall::AssumeRole {
+            role: role.to_owned(),
+        },
         region,
         &url,
         &[],
         "application/x-www-form-urlencoded",
         body.as_bytes(),
-    )
-    .map_err(|e| format!("STS AssumeRole of {role}: {e}"))?;
+    )?;
     sts_credentials(
         &reply,
         "AssumeRole",
         role,
         format!("role {role} assumed with {}", base.source),
     )
-    .map_err(|e| format!("{e} (with {})", base.source))
+    .map_err(|mut e| {
+        if let AwsError::StsRefused { with, .. } | AwsError::StsIncomplete { with, .. } = &mut e {
+            *with = Some(base.source.clone());
+        }
+        e
+    })
 }
 
 /// The credential chain, for a named profile or (empty) the default chain.
-fn base_credentials(ctx: &Ctx, profile: &str, region: &str, partition: &str) -> Result<Creds, String> {
+fn base_credentials(ctx: &Ctx, profile: &str, region: &str, partition: &str) -> Result<Creds, AwsError> {
     if !profile.is_empty() {
-        return from_profile(ctx, profile, region, partition, 0)?
-            .ok_or_else(|| format!("AWS profile {profile:?} is not in {}", files_described(ctx)));
+        return from_profile(ctx, profile, region, partition, 0)?.ok_or_else(|| AwsError::NoSuchProfile {
+            profile: profile.to_owned(),
+            files: files_described(ctx),
+        });
     }
     if let (Some(id), Some(secret)) = (
         ctx.env.var("AWS_ACCESS_KEY_ID"),
@@ -352,17 +657,14 @@ fn base_credentials(ctx: &Ctx, profile: &str, region: &str, partition: &str) -> 
         .var("AWS_EC2_METADATA_DISABLED")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     {
-        return Err(format!(
-            "no AWS credentials: none in the environment or {}, and AWS_EC2_METADATA_DISABLED is set",
-            files_described(ctx)
-        ));
+        return Err(AwsError::NoCredentials {
+            files: files_described(ctx),
+            imds: None,
+        });
     }
-    imds(ctx).map_err(|e| {
-        format!(
-            "no AWS credentials: none in the environment or {}, and the instance metadata service {e} \
-             (not on EC2, or no network yet?)",
-            files_described(ctx)
-        )
+    imds(ctx).map_err(|e| AwsError::NoCredentials {
+        files: files_described(ctx),
+        imds: Some(Box::new(e)),
     })
 }
 
@@ -445,7 +747,7 @@ fn from_profile(
     region: &str,
     partition: &str,
     depth: usize,
-) -> Result<Option<Creds>, String> {
+) -> Result<Option<Creds>, AwsError> {
     let Some((s, origin)) = profile_settings(ctx, profile) else {
         return Ok(None);
     };
@@ -458,72 +760,73 @@ fn from_profile(
             source,
         }));
     }
+    let refused = |problem| AwsError::Profile {
+        profile: source.clone(),
+        problem,
+    };
     if let Some(role) = s.get("role_arn") {
         let Some(src) = s.get("source_profile") else {
-            return Err(format!(
-                "{source}: role_arn without source_profile (credential_source, web identity) is not supported"
-            ));
+            return Err(refused(ProfileProblem::RoleWithoutSourceProfile));
         };
         if depth > 4 {
-            return Err(format!("{source}: source_profile chain too long"));
+            return Err(refused(ProfileProblem::ChainTooLong));
         }
         let base = from_profile(ctx, src, region, partition, depth + 1)?
-            .ok_or_else(|| format!("{source}: its source_profile {src:?} does not exist"))?;
+            .ok_or_else(|| refused(ProfileProblem::NoSourceProfile { name: src.clone() }))?;
         return assume_role(ctx, &base, role, region, partition).map(Some);
     }
     if let Some(cmd) = s.get("credential_process") {
         return credential_process(cmd, &source).map(Some);
     }
     if s.keys().any(|k| k.starts_with("sso_")) {
-        return Err(format!(
-            "{source}: IAM Identity Center (SSO) profiles are not supported"
-        ));
+        return Err(refused(ProfileProblem::Sso));
     }
     // A profile with only settings (region, output) holds no credentials.
     Ok(None)
 }
 
 /// `credential_process`: a command printing `{"Version": 1, "AccessKeyId", ...}`.
-fn credential_process(cmd: &str, source: &str) -> Result<Creds, String> {
+fn credential_process(cmd: &str, source: &str) -> Result<Creds, AwsError> {
+    let failed = |problem| AwsError::CredentialProcess {
+        profile: source.to_owned(),
+        problem,
+    };
     let out = crate::process::run(
         std::process::Command::new("/bin/sh").arg("-c").arg(cmd),
         b"",
         super::HELPER_TIMEOUT,
     )
-    .map_err(|e| match e {
-        crate::process::RunError::TimedOut(t) => format!(
-            "{source}: credential_process did not finish within {} s and was stopped",
-            t.as_secs()
-        ),
-        crate::process::RunError::Spawn(e) | crate::process::RunError::Wait(e) => {
-            format!("{source}: credential_process cannot run: {e}")
-        }
+    .map_err(|e| {
+        failed(match e {
+            crate::process::RunError::TimedOut(t) => ProcessProblem::TimedOut { secs: t.as_secs() },
+            crate::process::RunError::Spawn(e) | crate::process::RunError::Wait(e) => {
+                ProcessProblem::CannotRun(Arc::new(e))
+            }
+        })
     })?;
     let text = Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
     if !out.status.success() {
-        return Err(format!("{source}: credential_process failed ({})", out.status));
+        return Err(failed(ProcessProblem::Failed(out.status)));
     }
-    let v: Value =
-        serde_json::from_str(&text).map_err(|_| format!("{source}: credential_process printed no JSON"))?;
+    let v: Value = serde_json::from_str(&text).map_err(|_| failed(ProcessProblem::NoJson))?;
+    let get = |field: &'static str| json_str(&v, field).ok_or_else(|| failed(ProcessProblem::NoField(field)));
     Ok(Creds {
-        key_id: json_str(&v, "AccessKeyId")
-            .ok_or_else(|| format!("{source}: credential_process printed no AccessKeyId"))?
-            .to_owned(),
-        secret: Zeroizing::new(
-            json_str(&v, "SecretAccessKey")
-                .ok_or_else(|| format!("{source}: credential_process printed no SecretAccessKey"))?
-                .to_owned(),
-        ),
+        key_id: get("AccessKeyId")?.to_owned(),
+        secret: Zeroizing::new(get("SecretAccessKey")?.to_owned()),
         session: json_str(&v, "SessionToken").map(|t| Zeroizing::new(t.to_owned())),
         source: format!("{source} (credential_process)"),
     })
 }
 
 /// `AssumeRoleWithWebIdentity` (unsigned) with the token file's JWT.
-fn web_identity(ctx: &Ctx, file: &str, role: &str, region: &str, partition: &str) -> Result<Creds, String> {
+fn web_identity(ctx: &Ctx, file: &str, role: &str, region: &str, partition: &str) -> Result<Creds, AwsError> {
     let token = std::fs::read_to_string(file)
         .map(Zeroizing::new)
-        .map_err(|e| format!("AWS_WEB_IDENTITY_TOKEN_FILE {file}: {e}"))?;
+        .map_err(|e| AwsError::TokenFile {
+            variable: "AWS_WEB_IDENTITY_TOKEN_FILE",
+            file: file.to_owned(),
+            source: Arc::new(e),
+        })?;
     let session = ctx.env.var("AWS_ROLE_SESSION_NAME").unwrap_or_else(session_name);
     let body = Zeroizing::new(form_encode(&[
         ("Action", "AssumeRoleWithWebIdentity"),
@@ -541,7 +844,12 @@ fn web_identity(ctx: &Ctx, file: &str, role: &str, region: &str, partition: &str
             &[],
             Body::Raw("application/x-www-form-urlencoded", body.as_bytes()),
         )
-        .map_err(|e| format!("STS AssumeRoleWithWebIdentity of {role}: {e}"))?;
+        .map_err(|source| AwsError::Http {
+            call: AwsCall::AssumeRoleWithWebIdentity {
+                role: role.to_owned(),
+            },
+            source,
+        })?;
     sts_credentials(
         &reply,
         "AssumeRoleWithWebIdentity",
@@ -551,9 +859,14 @@ fn web_identity(ctx: &Ctx, file: &str, role: &str, region: &str, partition: &str
 }
 
 /// The JSON credentials of the container endpoint or the instance metadata service.
-fn json_credentials(reply: &Reply, source: String) -> Result<Creds, String> {
+fn json_credentials(reply: &Reply, source: String) -> Result<Creds, AwsError> {
     let v = reply.json();
-    let get = |k: &str| json_str(&v, k).ok_or_else(|| format!("{source} answered without {k}"));
+    let get = |field: &'static str| {
+        json_str(&v, field).ok_or_else(|| AwsError::CredentialsIncomplete {
+            from: source.clone(),
+            field,
+        })
+    };
     Ok(Creds {
         key_id: get("AccessKeyId")?.to_owned(),
         secret: Zeroizing::new(get("SecretAccessKey")?.to_owned()),
@@ -588,7 +901,7 @@ fn container_endpoint_allowed(url: &str) -> bool {
 }
 
 /// ECS/EKS container credentials.
-fn container(ctx: &Ctx) -> Result<Creds, String> {
+fn container(ctx: &Ctx) -> Result<Creds, AwsError> {
     let url = match ctx.env.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
         Some(rel) => format!("{ECS_HOST}{rel}"),
         None => ctx
@@ -599,7 +912,11 @@ fn container(ctx: &Ctx) -> Result<Creds, String> {
     let auth = match ctx.env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
         Some(f) => Some(Zeroizing::new(
             std::fs::read_to_string(&f)
-                .map_err(|e| format!("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {f}: {e}"))?
+                .map_err(|e| AwsError::TokenFile {
+                    variable: "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                    file: f.clone(),
+                    source: Arc::new(e),
+                })?
                 .trim()
                 .to_owned(),
         )),
@@ -609,34 +926,34 @@ fn container(ctx: &Ctx) -> Result<Creds, String> {
             .map(Zeroizing::new),
     };
     if !container_endpoint_allowed(&url) {
-        return Err(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI must be https, or http on loopback or the ECS/EKS agent \
-             addresses (169.254.170.2, 169.254.170.23, fd00:ec2::23), as in the AWS SDKs"
-                .into(),
-        );
+        return Err(AwsError::ContainerEndpointRefused);
     }
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
     let reply = ctx
         .http
         .send("GET", &url, &headers, Body::Empty)
-        .map_err(|e| format!("container credentials endpoint: {e}"))?;
+        .map_err(|source| AwsError::Http {
+            call: AwsCall::ContainerEndpoint,
+            source,
+        })?;
     if !reply.ok() {
-        return Err(format!(
-            "container credentials endpoint answered HTTP {}",
-            reply.status
-        ));
+        return Err(AwsError::ContainerStatus { status: reply.status });
     }
     json_credentials(&reply, "container credentials".into())
 }
 
 /// The instance role's credentials through IMDSv2 (session token first).
-fn imds(ctx: &Ctx) -> Result<Creds, String> {
+fn imds(ctx: &Ctx) -> Result<Creds, AwsError> {
     let base = ctx
         .env
         .var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
         .unwrap_or_else(|| IMDS.to_owned());
     let base = base.trim_end_matches('/');
     let host = super::http::host_of(base).to_owned();
+    let said = |problem| AwsError::Imds {
+        host: host.clone(),
+        problem,
+    };
     let token = ctx
         .http
         .send(
@@ -645,40 +962,32 @@ fn imds(ctx: &Ctx) -> Result<Creds, String> {
             &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
             Body::Empty,
         )
-        .map_err(|e| format!("at {e}"))?;
+        .map_err(AwsError::ImdsHttp)?;
     if !token.ok() {
-        return Err(format!(
-            "at {host} refused an IMDSv2 session token: HTTP {}",
-            token.status
-        ));
+        return Err(said(ImdsProblem::SessionTokenRefused { status: token.status }));
     }
     let header = [("X-aws-ec2-metadata-token", token.body.trim())];
     let roles_url = format!("{base}/latest/meta-data/iam/security-credentials/");
     let roles = ctx
         .http
         .send("GET", &roles_url, &header, Body::Empty)
-        .map_err(|e| format!("at {e}"))?;
+        .map_err(AwsError::ImdsHttp)?;
     if roles.status == 404 {
-        return Err(format!(
-            "at {host} says this instance has no IAM role (instance profile)"
-        ));
+        return Err(said(ImdsProblem::NoInstanceProfile));
     }
     let role = roles.body.lines().next().unwrap_or("").trim().to_owned();
     if !roles.ok() || role.is_empty() {
-        return Err(format!(
-            "at {host} named no instance role (HTTP {})",
-            roles.status
-        ));
+        return Err(said(ImdsProblem::RoleNotNamed { status: roles.status }));
     }
     let reply = ctx
         .http
         .send("GET", &format!("{roles_url}{role}"), &header, Body::Empty)
-        .map_err(|e| format!("at {e}"))?;
+        .map_err(AwsError::ImdsHttp)?;
     if !reply.ok() {
-        return Err(format!(
-            "at {host} gave no credentials for role {role}: HTTP {}",
-            reply.status
-        ));
+        return Err(said(ImdsProblem::CredentialsRefused {
+            role,
+            status: reply.status,
+        }));
     }
     json_credentials(
         &reply,
@@ -689,6 +998,169 @@ fn imds(ctx: &Ctx) -> Result<Creds, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::kms::http::{Http, Transport};
+    use crate::keys::kms::{Env, Timeouts};
+
+    const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/k";
+
+    fn ctx(vars: &[(&str, &str)]) -> Ctx {
+        let env = Env::fixed(vars.iter().copied());
+        Ctx {
+            http: Http::new(Timeouts::from_env(&env)),
+            env,
+        }
+    }
+
+    fn refused(ctx: &Ctx, arn: &str, profile: &str) -> AwsError {
+        Aws::default()
+            .decrypt(ctx, arn, "", &[], profile, "AAAA")
+            .expect_err("refused")
+    }
+
+    #[test]
+    fn no_credentials_anywhere_is_its_own_refusal() {
+        let home = tempfile::tempdir().unwrap();
+        let home_s = home.path().to_str().unwrap();
+        let files = format!("{home_s}/.aws/credentials / {home_s}/.aws/config");
+        let err = refused(
+            &ctx(&[("HOME", home_s), ("AWS_EC2_METADATA_DISABLED", "true")]),
+            ARN,
+            "",
+        );
+        assert!(
+            matches!(err, AwsError::NoCredentials { imds: None, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no AWS credentials: none in the environment or {files}, and AWS_EC2_METADATA_DISABLED is set"
+            )
+        );
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let err = refused(
+            &ctx(&[("HOME", home_s), ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint)]),
+            ARN,
+            "",
+        );
+        let AwsError::NoCredentials { imds: Some(why), .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(
+            matches!(
+                &**why,
+                AwsError::ImdsHttp(HttpError::Transport {
+                    failure: Transport::ConnectionRefused,
+                    ..
+                })
+            ),
+            "{why:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no AWS credentials: none in the environment or {files}, and the instance metadata service \
+                 at 127.0.0.1:{port}: connection refused (not on EC2, or no network yet?)"
+            )
+        );
+    }
+
+    #[test]
+    fn refused_stanza_fields_and_profiles_are_told_apart() {
+        let err = refused(&ctx(&[]), "arn:aws:kms:eu-west-1.evil.com:1:key/k", "");
+        assert!(matches!(err, AwsError::BadArn { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            r#""arn:aws:kms:eu-west-1.evil.com:1:key/k" is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"#
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::write(
+            &config,
+            "[profile sso]\nsso_start_url = https://x\n\n[profile broken]\ncredential_process = exit 3\n\n\
+             [profile leaky]\ncredential_process = echo '{\"SecretAccessKey\": \"s3cr3t-value\"}'\n",
+        )
+        .unwrap();
+        let config_s = config.to_str().unwrap();
+        let missing = dir.path().join("credentials");
+        let ctx = ctx(&[
+            ("AWS_CONFIG_FILE", config_s),
+            ("AWS_SHARED_CREDENTIALS_FILE", missing.to_str().unwrap()),
+        ]);
+        let err = refused(&ctx, ARN, "sso");
+        assert!(
+            matches!(
+                err,
+                AwsError::Profile {
+                    problem: ProfileProblem::Sso,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("profile sso from {config_s}: IAM Identity Center (SSO) profiles are not supported")
+        );
+        let err = refused(&ctx, ARN, "broken");
+        assert!(
+            matches!(
+                &err,
+                AwsError::CredentialProcess {
+                    problem: ProcessProblem::Failed(status),
+                    ..
+                } if status.code() == Some(3)
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("profile broken from {config_s}: credential_process failed (exit status: 3)")
+        );
+        let err = refused(&ctx, ARN, "leaky");
+        assert!(
+            matches!(
+                err,
+                AwsError::CredentialProcess {
+                    problem: ProcessProblem::NoField("AccessKeyId"),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!format!("{err} {err:?}").contains("s3cr3t"), "{err:?}");
+        let err = refused(&ctx, ARN, "absent");
+        assert!(
+            matches!(&err, AwsError::NoSuchProfile { profile, .. } if profile == "absent"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn container_credentials_from_elsewhere_are_refused_before_asking() {
+        let home = tempfile::tempdir().unwrap();
+        let err = refused(
+            &ctx(&[
+                ("HOME", home.path().to_str().unwrap()),
+                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://creds.example.org/x"),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "secret-auth-token"),
+            ]),
+            ARN,
+            "",
+        );
+        assert!(matches!(err, AwsError::ContainerEndpointRefused), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("AWS_CONTAINER_CREDENTIALS_FULL_URI must be https")
+        );
+    }
 
     #[test]
     fn container_credentials_come_only_from_where_the_sdks_allow() {

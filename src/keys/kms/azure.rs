@@ -20,8 +20,8 @@
 //! picks a user-assigned identity), then the Azure CLI (`az account get-access-token`).
 
 use std::collections::HashMap;
-use std::process::Command;
-use std::sync::Mutex;
+use std::process::{Command, ExitStatus};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,8 +29,168 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::http::{Body, Reply, Target, host_of};
+use super::http::{Body, HttpError, OAuthError, Reply, Target, UrlError, host_of};
 use super::{Ctx, json_str};
+
+/// Why an `azure_kv` stanza was not opened. Never holds a token, a client
+/// secret or the plaintext.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AzureError {
+    /// The stanza's `enc` does not decode.
+    #[error("the stanza's ciphertext is not base64url: {0}")]
+    CiphertextNotBase64url(#[source] base64::DecodeError),
+    /// A URL a token or client credential would go to is refused (the
+    /// stanza's vault URL, or `AZURE_AUTHORITY_HOST`).
+    #[error("{what} {error}")]
+    BadUrl {
+        /// `Key Vault` or `AZURE_AUTHORITY_HOST`.
+        what: &'static str,
+        /// What is wrong with it.
+        #[source]
+        error: UrlError,
+    },
+    /// Plain `http` to another host than this machine: credentials only travel over TLS.
+    #[error("{what} {host} is not https: credentials are only sent over TLS")]
+    NotHttps {
+        /// `Key Vault` or `AZURE_AUTHORITY_HOST`.
+        what: &'static str,
+        /// `host[:port]`.
+        host: String,
+    },
+    /// No answer from an Azure endpoint, or its URL is refused.
+    #[error("{endpoint} {source}")]
+    Http {
+        /// Which endpoint.
+        endpoint: AzureEndpoint,
+        /// Why.
+        source: HttpError,
+    },
+    /// A vault outside Azure's known clouds named no token scope it may have.
+    #[error("Key Vault {host} answered HTTP {status} without a usable token scope: {problem}")]
+    UnusableChallenge {
+        /// The vault's `host[:port]`.
+        host: String,
+        /// The HTTP status of the unauthenticated request.
+        status: u16,
+        /// What is wrong with its challenge.
+        #[source]
+        problem: ChallengeProblem,
+    },
+    /// `DefaultAzureCredential`'s chain found nothing.
+    #[error(
+        "no Azure credentials: AZURE_CLIENT_SECRET and AZURE_FEDERATED_TOKEN_FILE are unset; \
+             managed identity: {managed_identity} (not on Azure, or no network yet?); Azure CLI: {cli}"
+    )]
+    NoCredentials {
+        /// Why managed identity gave no token.
+        #[source]
+        managed_identity: Box<AzureError>,
+        /// Why the Azure CLI gave none.
+        cli: CliProblem,
+    },
+    /// `AZURE_FEDERATED_TOKEN_FILE` cannot be read.
+    #[error("AZURE_FEDERATED_TOKEN_FILE {file}: {source}")]
+    FederatedTokenFile {
+        /// The file.
+        file: String,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// A token endpoint or managed identity gave no access token.
+    #[error("{what} gave no token: HTTP {status} {why}")]
+    TokenRefused {
+        /// The credential asked (`the client secret of application ...`).
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// The endpoint's OAuth error.
+        #[source]
+        why: OAuthError,
+    },
+    /// Key Vault answered with an error: its own words, then what to do.
+    #[error("{text}")]
+    Refused {
+        /// The HTTP status (403: no role or access policy; 404: no such key).
+        status: u16,
+        /// Key Vault's error code (`Forbidden`, `KeyNotFound`).
+        code: String,
+        /// The whole message.
+        text: String,
+    },
+    /// A 2xx answer without a `value`.
+    #[error("Key Vault answered without a value")]
+    NoValue,
+    /// A value that does not decode.
+    #[error("Key Vault answered with a value that is not base64url")]
+    ValueNotBase64url,
+}
+
+/// An Azure endpoint, as [`AzureError::Http`] names it before the failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AzureEndpoint {
+    /// The vault itself.
+    KeyVault,
+    /// Microsoft Entra's token endpoint (client secret, workload identity).
+    Entra,
+    /// App Service's `IDENTITY_ENDPOINT`.
+    IdentityEndpoint,
+    /// The instance metadata service (managed identity).
+    InstanceMetadata,
+}
+
+impl std::fmt::Display for AzureEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AzureEndpoint::KeyVault => "Key Vault:",
+            AzureEndpoint::Entra => "Microsoft Entra token endpoint",
+            AzureEndpoint::IdentityEndpoint => "IDENTITY_ENDPOINT",
+            AzureEndpoint::InstanceMetadata => "the instance metadata service",
+        })
+    }
+}
+
+/// Why a vault's `WWW-Authenticate` challenge gives no token scope.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChallengeProblem {
+    /// No `WWW-Authenticate` header.
+    #[error("it sent no WWW-Authenticate challenge")]
+    NoChallenge,
+    /// No Bearer challenge, or a malformed or ambiguous one.
+    #[error("its WWW-Authenticate header holds no (well-formed) Bearer challenge")]
+    NoBearer,
+    /// A Bearer challenge without `scope` or `resource`.
+    #[error("its Bearer challenge names no scope or resource")]
+    NoScope,
+    /// A scope that is not exactly one URL.
+    #[error("its Bearer challenge names a scope that is not one URL")]
+    NotOneUrl,
+    /// A token to another service than the vault's: refused.
+    #[error("its challenge asks for a token to {host}, which is not the vault's domain; refused")]
+    ForeignDomain {
+        /// The host the scope names.
+        host: String,
+    },
+}
+
+/// Why the Azure CLI gave no token.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CliProblem {
+    /// It ran past the helper deadline.
+    #[error("az did not finish within {secs} s")]
+    TimedOut {
+        /// The deadline.
+        secs: u64,
+    },
+    /// It could not be started (not installed) or waited for.
+    #[error("az cannot run ({0})")]
+    CannotRun(#[source] Arc<std::io::Error>),
+    /// It failed (most often: nobody is signed in).
+    #[error("az account get-access-token failed ({0}; run `az login`?)")]
+    Failed(ExitStatus),
+    /// Its output holds no token.
+    #[error("az printed no JSON with an accessToken")]
+    NoToken,
+}
 
 const API_VERSION: &str = "7.4";
 const AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -46,7 +206,7 @@ struct Token {
 /// Per-run state: tokens per scope, scopes learned per vault host.
 #[derive(Default)]
 pub(super) struct Azure {
-    tokens: Mutex<HashMap<String, Result<Token, String>>>,
+    tokens: Mutex<HashMap<String, Result<Token, AzureError>>>,
     scopes: Mutex<HashMap<String, String>>,
 }
 
@@ -68,13 +228,13 @@ fn known_scope(host: &str) -> Option<String> {
 
 /// A URL a bearer token or a client credential goes to: HTTPS, or plain
 /// HTTP to this machine (127.0.0.0/8, ::1, localhost; tests).
-fn credential_target(url: &str, what: &str) -> Result<Target, String> {
-    let target = Target::parse(url).map_err(|e| format!("{what} {e}"))?;
+fn credential_target(url: &str, what: &'static str) -> Result<Target, AzureError> {
+    let target = Target::parse(url).map_err(|error| AzureError::BadUrl { what, error })?;
     if target.scheme != "https" && !target.is_loopback() {
-        return Err(format!(
-            "{what} {} is not https: credentials are only sent over TLS",
-            host_of(url)
-        ));
+        return Err(AzureError::NotHttps {
+            what,
+            host: host_of(url).to_owned(),
+        });
     }
     Ok(target)
 }
@@ -168,24 +328,21 @@ fn bearer_params(header: &str) -> Option<HashMap<String, String>> {
 /// `resource="..."` + `/.default`), accepted only when it belongs to the
 /// vault's own domain: `vault_host` is the scope's host or ends with `.`
 /// and it, as the Azure SDKs' challenge policies check.
-fn challenge_scope(header: &str, vault_host: &str) -> Result<String, String> {
-    let params =
-        bearer_params(header).ok_or("its WWW-Authenticate header holds no (well-formed) Bearer challenge")?;
+fn challenge_scope(header: &str, vault_host: &str) -> Result<String, ChallengeProblem> {
+    let params = bearer_params(header).ok_or(ChallengeProblem::NoBearer)?;
     let scope = match (params.get("scope"), params.get("resource")) {
         (Some(scope), _) => scope.clone(),
         (None, Some(resource)) => format!("{}/.default", resource.trim_end_matches('/')),
-        (None, None) => return Err("its Bearer challenge names no scope or resource".to_owned()),
+        (None, None) => return Err(ChallengeProblem::NoScope),
     };
     let host = match Target::parse(&scope) {
         Ok(t) if !scope.contains(char::is_whitespace) => t.host,
-        _ => return Err("its Bearer challenge names a scope that is not one URL".to_owned()),
+        _ => return Err(ChallengeProblem::NotOneUrl),
     };
     if vault_host == host || vault_host.ends_with(&format!(".{host}")) {
         Ok(scope)
     } else {
-        Err(format!(
-            "its challenge asks for a token to {host}, which is not the vault's domain; refused"
-        ))
+        Err(ChallengeProblem::ForeignDomain { host })
     }
 }
 
@@ -212,10 +369,10 @@ impl Azure {
         name: &str,
         version: &str,
         enc: &str,
-    ) -> Result<(Zeroizing<Vec<u8>>, String), String> {
+    ) -> Result<(Zeroizing<Vec<u8>>, String), AzureError> {
         let ciphertext = URL_SAFE_NO_PAD
             .decode(enc.trim().trim_end_matches('='))
-            .map_err(|e| format!("the stanza's ciphertext is not base64url: {e}"))?;
+            .map_err(AzureError::CiphertextNotBase64url)?;
         let vault = vault_url.trim_end_matches('/');
         let url = format!("{vault}/keys/{name}/{version}/decrypt?api-version={API_VERSION}");
         // The host the request really goes to, parsed from the URL as sent.
@@ -232,17 +389,19 @@ impl Azure {
                 let reply = ctx
                     .http
                     .send("POST", &url, &[], Body::Json(&body))
-                    .map_err(|e| format!("Key Vault: {e}"))?;
+                    .map_err(|source| AzureError::Http {
+                        endpoint: AzureEndpoint::KeyVault,
+                        source,
+                    })?;
                 let scope = reply
                     .www_authenticate
                     .as_deref()
-                    .ok_or_else(|| "it sent no WWW-Authenticate challenge".to_owned())
+                    .ok_or(ChallengeProblem::NoChallenge)
                     .and_then(|h| challenge_scope(h, &target.host))
-                    .map_err(|why| {
-                        format!(
-                            "Key Vault {host} answered HTTP {} without a usable token scope: {why}",
-                            reply.status
-                        )
+                    .map_err(|problem| AzureError::UnusableChallenge {
+                        host: host.clone(),
+                        status: reply.status,
+                        problem,
                     })?;
                 self.scopes
                     .lock()
@@ -267,17 +426,18 @@ impl Azure {
                 &[("Authorization", auth.as_str())],
                 Body::Json(&body),
             )
-            .map_err(|e| format!("Key Vault: {e}"))?;
+            .map_err(|source| AzureError::Http {
+                endpoint: AzureEndpoint::KeyVault,
+                source,
+            })?;
         if !reply.ok() {
             return Err(vault_error(&reply, &token, vault, name));
         }
-        let answer = reply
-            .parse::<Decrypted>()
-            .ok_or("Key Vault answered without a value")?;
+        let answer = reply.parse::<Decrypted>().ok_or(AzureError::NoValue)?;
         let key = URL_SAFE_NO_PAD
             .decode(answer.value.trim_end_matches('='))
             .map(Zeroizing::new)
-            .map_err(|_| "Key Vault answered with a value that is not base64url")?;
+            .map_err(|_| AzureError::ValueNotBase64url)?;
         Ok((key, token.source))
     }
 }
@@ -305,7 +465,7 @@ fn principal(token: &Token) -> String {
 }
 
 /// A Key Vault error answer (`{"error": {"code", "message", "innererror"}}`) in words.
-fn vault_error(reply: &Reply, token: &Token, vault: &str, name: &str) -> String {
+fn vault_error(reply: &Reply, token: &Token, vault: &str, name: &str) -> AzureError {
     let v = reply.json();
     let err = v.get("error");
     let code = err.and_then(|e| json_str(e, "code")).unwrap_or("");
@@ -326,7 +486,7 @@ fn vault_error(reply: &Reply, token: &Token, vault: &str, name: &str) -> String 
     )
     .trim_end_matches([' ', ':'])
     .to_owned();
-    match reply.status {
+    let text = match reply.status {
         403 => format!(
             "{head}; {} needs the Key Vault Crypto User role (data action \
              Microsoft.KeyVault/vaults/keys/decrypt/action) on {vault}/keys/{name}, or an access policy \
@@ -336,14 +496,21 @@ fn vault_error(reply: &Reply, token: &Token, vault: &str, name: &str) -> String 
         401 => format!("{head}; the token of {} was not accepted", principal(token)),
         404 => format!("{head}; no such key or key version"),
         _ => head,
+    };
+    AzureError::Refused {
+        status: reply.status,
+        code: code.to_owned(),
+        text,
     }
 }
 
 /// The `access_token` of a Microsoft Entra token endpoint or managed identity answer.
-fn access_token(reply: &Reply, what: &str) -> Result<Zeroizing<String>, String> {
-    reply
-        .oauth_token()
-        .map_err(|why| format!("{what} gave no token: HTTP {} {why}", reply.status))
+fn access_token(reply: &Reply, what: &str) -> Result<Zeroizing<String>, AzureError> {
+    reply.oauth_token().map_err(|why| AzureError::TokenRefused {
+        what: what.to_owned(),
+        status: reply.status,
+        why,
+    })
 }
 
 /// Entra's client-credentials grant, the application proving itself with
@@ -356,7 +523,7 @@ fn client_credentials(
     proof: &[(&str, &str)],
     scope: &str,
     what: String,
-) -> Result<Token, String> {
+) -> Result<Token, AzureError> {
     let mut form = vec![("grant_type", "client_credentials"), ("client_id", client)];
     form.extend_from_slice(proof);
     form.push(("scope", scope));
@@ -368,7 +535,10 @@ fn client_credentials(
             &[],
             Body::Form(&form),
         )
-        .map_err(|e| format!("Microsoft Entra token endpoint {e}"))?;
+        .map_err(|source| AzureError::Http {
+            endpoint: AzureEndpoint::Entra,
+            source,
+        })?;
     Ok(Token {
         bearer: access_token(&reply, &what)?,
         source: what,
@@ -376,7 +546,7 @@ fn client_credentials(
 }
 
 /// The credential chain of `DefaultAzureCredential`, for one scope.
-fn token(ctx: &Ctx, scope: &str) -> Result<Token, String> {
+fn token(ctx: &Ctx, scope: &str) -> Result<Token, AzureError> {
     let env = |k: &str| ctx.env.var(k);
     let authority = env("AZURE_AUTHORITY_HOST").unwrap_or_else(|| AUTHORITY.to_owned());
     let authority = authority.trim_end_matches('/');
@@ -406,9 +576,12 @@ fn token(ctx: &Ctx, scope: &str) -> Result<Token, String> {
         env("AZURE_FEDERATED_TOKEN_FILE"),
     ) {
         authority_ok()?;
-        let assertion = std::fs::read_to_string(&file)
-            .map(Zeroizing::new)
-            .map_err(|e| format!("AZURE_FEDERATED_TOKEN_FILE {file}: {e}"))?;
+        let assertion = std::fs::read_to_string(&file).map(Zeroizing::new).map_err(|e| {
+            AzureError::FederatedTokenFile {
+                file: file.clone(),
+                source: Arc::new(e),
+            }
+        })?;
         let what = format!("workload identity of application {client} ({file})");
         let proof = [
             (
@@ -425,16 +598,14 @@ fn token(ctx: &Ctx, scope: &str) -> Result<Token, String> {
         Ok(t) => return Ok(t),
         Err(e) => e,
     };
-    azure_cli(ctx, resource).map_err(|cli| {
-        format!(
-            "no Azure credentials: AZURE_CLIENT_SECRET and AZURE_FEDERATED_TOKEN_FILE are unset; \
-             managed identity: {managed_err} (not on Azure, or no network yet?); Azure CLI: {cli}"
-        )
+    azure_cli(ctx, resource).map_err(|cli| AzureError::NoCredentials {
+        managed_identity: Box::new(managed_err),
+        cli,
     })
 }
 
 /// App Service's identity endpoint, else the instance metadata service.
-fn managed_identity(ctx: &Ctx, resource: &str) -> Result<Token, String> {
+fn managed_identity(ctx: &Ctx, resource: &str) -> Result<Token, AzureError> {
     let client = ctx.env.var("AZURE_CLIENT_ID");
     let mut query = format!("resource={}", super::http::percent_encode(resource));
     if let Some(c) = &client {
@@ -457,7 +628,10 @@ fn managed_identity(ctx: &Ctx, resource: &str) -> Result<Token, String> {
                 &[("X-IDENTITY-HEADER", header.as_str())],
                 Body::Empty,
             )
-            .map_err(|e| format!("IDENTITY_ENDPOINT {e}"))?;
+            .map_err(|source| AzureError::Http {
+                endpoint: AzureEndpoint::IdentityEndpoint,
+                source,
+            })?;
         let what = format!("{who} from IDENTITY_ENDPOINT");
         return Ok(Token {
             bearer: access_token(&reply, &what)?,
@@ -475,7 +649,10 @@ fn managed_identity(ctx: &Ctx, resource: &str) -> Result<Token, String> {
     let reply = ctx
         .http
         .send("GET", &url, &[("Metadata", "true")], Body::Empty)
-        .map_err(|e| format!("the instance metadata service {e}"))?;
+        .map_err(|source| AzureError::Http {
+            endpoint: AzureEndpoint::InstanceMetadata,
+            source,
+        })?;
     let what = format!("{who} from the instance metadata service {}", host_of(&host));
     Ok(Token {
         bearer: access_token(&reply, &what)?,
@@ -484,7 +661,7 @@ fn managed_identity(ctx: &Ctx, resource: &str) -> Result<Token, String> {
 }
 
 /// `az account get-access-token`, bounded in time like the HTTP sources.
-fn azure_cli(ctx: &Ctx, resource: &str) -> Result<Token, String> {
+fn azure_cli(ctx: &Ctx, resource: &str) -> Result<Token, CliProblem> {
     let mut cmd = Command::new("az");
     cmd.args([
         "account",
@@ -498,19 +675,15 @@ fn azure_cli(ctx: &Ctx, resource: &str) -> Result<Token, String> {
         cmd.args(["--tenant", &t]);
     }
     let out = crate::process::run(&mut cmd, b"", super::HELPER_TIMEOUT).map_err(|e| match e {
-        crate::process::RunError::TimedOut(t) => format!("az did not finish within {} s", t.as_secs()),
+        crate::process::RunError::TimedOut(t) => CliProblem::TimedOut { secs: t.as_secs() },
         crate::process::RunError::Spawn(e) | crate::process::RunError::Wait(e) => {
-            format!("az cannot run ({e})")
+            CliProblem::CannotRun(Arc::new(e))
         }
     })?;
-    let status = out.status;
-    if !status.success() {
-        return Err(format!(
-            "az account get-access-token failed ({status}; run `az login`?)"
-        ));
+    if !out.status.success() {
+        return Err(CliProblem::Failed(out.status));
     }
-    let token: CliToken = serde_json::from_slice(&out.stdout)
-        .map_err(|_| "az printed no JSON with an accessToken".to_owned())?;
+    let token: CliToken = serde_json::from_slice(&out.stdout).map_err(|_| CliProblem::NoToken)?;
     Ok(Token {
         bearer: token.access_token,
         source: "the Azure CLI's signed-in account".to_owned(),
@@ -520,6 +693,152 @@ fn azure_cli(ctx: &Ctx, resource: &str) -> Result<Token, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::kms::http::{Http, Transport, UrlProblem};
+    use crate::keys::kms::{Env, Timeouts};
+
+    fn ctx(vars: &[(&str, &str)]) -> Ctx {
+        let env = Env::fixed(vars.iter().copied());
+        Ctx {
+            http: Http::new(Timeouts::from_env(&env)),
+            env,
+        }
+    }
+
+    fn refused(ctx: &Ctx, vault_url: &str) -> AzureError {
+        Azure::default()
+            .decrypt(ctx, vault_url, "k", "v1", "AAEC")
+            .expect_err("refused")
+    }
+
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn no_credentials_anywhere_is_its_own_refusal() {
+        let port = closed_port();
+        let imds = format!("http://127.0.0.1:{port}");
+        let err = refused(
+            &ctx(&[("AZURE_POD_IDENTITY_AUTHORITY_HOST", &imds)]),
+            "https://acme.vault.azure.net",
+        );
+        let AzureError::NoCredentials { managed_identity, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(
+            matches!(
+                &**managed_identity,
+                AzureError::Http {
+                    endpoint: AzureEndpoint::InstanceMetadata,
+                    source: HttpError::Transport {
+                        failure: Transport::ConnectionRefused,
+                        ..
+                    }
+                }
+            ),
+            "{managed_identity:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "no Azure credentials: AZURE_CLIENT_SECRET and AZURE_FEDERATED_TOKEN_FILE are unset; \
+                 managed identity: the instance metadata service 127.0.0.1:{port}: connection refused \
+                 (not on Azure, or no network yet?); Azure CLI: "
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn credentials_are_not_sent_to_plain_http_or_user_information() {
+        let err = refused(&ctx(&[]), "http://acme.vault.azure.net");
+        assert!(
+            matches!(&err, AzureError::NotHttps { what: "Key Vault", host } if host == "acme.vault.azure.net"),
+            "{err:?}"
+        );
+        let err = refused(&ctx(&[]), "http://acme.vault.azure.net:1@127.0.0.1:1");
+        assert!(
+            matches!(
+                err,
+                AzureError::BadUrl {
+                    what: "Key Vault",
+                    error: UrlError {
+                        problem: UrlProblem::UserInformation,
+                        ..
+                    }
+                }
+            ),
+            "{err:?}"
+        );
+        let err = refused(
+            &ctx(&[
+                ("AZURE_TENANT_ID", "t"),
+                ("AZURE_CLIENT_ID", "c"),
+                ("AZURE_CLIENT_SECRET", "very-secret-value"),
+                ("AZURE_AUTHORITY_HOST", "http://login.example.com"),
+            ]),
+            "https://acme.vault.azure.net",
+        );
+        assert!(
+            matches!(
+                err,
+                AzureError::NotHttps {
+                    what: "AZURE_AUTHORITY_HOST",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "AZURE_AUTHORITY_HOST login.example.com is not https: credentials are only sent over TLS"
+        );
+        assert!(!format!("{err:?}").contains("very-secret-value"));
+    }
+
+    #[test]
+    fn a_vault_asking_for_another_services_token_is_refused_by_variant() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let mut reader = BufReader::new(conn);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\
+                      WWW-Authenticate: Bearer resource=\"https://management.azure.com\"\r\n\r\n",
+                );
+            }
+        });
+        let err = refused(&ctx(&[]), &format!("http://{addr}"));
+        assert!(
+            matches!(
+                &err,
+                AzureError::UnusableChallenge {
+                    status: 401,
+                    problem: ChallengeProblem::ForeignDomain { host },
+                    ..
+                } if host == "management.azure.com"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Key Vault {addr} answered HTTP 401 without a usable token scope: its challenge asks for a \
+                 token to management.azure.com, which is not the vault's domain; refused"
+            )
+        );
+    }
 
     #[test]
     fn scopes_follow_the_vaults_cloud() {
@@ -548,7 +867,8 @@ mod tests {
             "Key Vault",
         )
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(err.contains("user information"), "{err}");
         let t = credential_target("https://acme.vault.azure.net/keys/k/v", "Key Vault").unwrap();
         assert_eq!(
@@ -576,10 +896,12 @@ mod tests {
             "http://localhost.evil.com",
             "ftp://acme.vault.azure.net",
         ] {
-            let err = credential_target(bad, "Key Vault").err().unwrap();
+            let err = credential_target(bad, "Key Vault").err().unwrap().to_string();
             assert!(err.starts_with("Key Vault "), "{err}");
         }
-        let err = credential_target("http://acme.vault.azure.net/keys", "Key Vault").unwrap_err();
+        let err = credential_target("http://acme.vault.azure.net/keys", "Key Vault")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is not https"), "{err}");
     }
 
@@ -613,7 +935,7 @@ mod tests {
     fn a_challenge_for_another_service_is_refused() {
         // The PoC: a host asks for an Azure Resource Manager token.
         let h = r#"Bearer authorization="https://login.microsoftonline.com/t", resource="https://management.azure.com""#;
-        let err = challenge_scope(h, "127.0.0.1").unwrap_err();
+        let err = challenge_scope(h, "127.0.0.1").unwrap_err().to_string();
         assert!(
             err.contains("management.azure.com, which is not the vault's domain"),
             "{err}"
@@ -650,7 +972,7 @@ mod tests {
         assert!(challenge_scope(h, "a.vault.azure.net").is_err());
         let h = r#"Bearer authorization="https://login/t?scope=\"https://vault.azure.net\"""#;
         assert_eq!(
-            challenge_scope(h, "a.vault.azure.net").unwrap_err(),
+            challenge_scope(h, "a.vault.azure.net").unwrap_err().to_string(),
             "its Bearer challenge names no scope or resource"
         );
         // Only the Bearer challenge's parameters count.

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
@@ -51,7 +52,7 @@ impl Reply {
     /// An OAuth 2.0 token endpoint's answer (RFC 6749 §5): the access token,
     /// or what the endpoint said instead (`invalid_grant: description`), for
     /// the caller to put in its message.
-    pub fn oauth_token(&self) -> Result<Zeroizing<String>, String> {
+    pub fn oauth_token(&self) -> Result<Zeroizing<String>, OAuthError> {
         #[derive(serde::Deserialize)]
         struct Granted {
             access_token: Zeroizing<String>,
@@ -64,12 +65,177 @@ impl Reply {
         let v = self.json();
         let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
         Err(match (field("error"), field("error_description")) {
-            (Some(e), Some(d)) => format!("{e}: {}", d.lines().next().unwrap_or("")),
-            (Some(e), None) => e.to_owned(),
-            _ if self.ok() => "an answer without an access_token".to_owned(),
-            _ => "no OAuth error in the answer".to_owned(),
+            (Some(e), d) => OAuthError::Refused {
+                error: e.to_owned(),
+                description: d.map(|d| d.lines().next().unwrap_or("").to_owned()),
+            },
+            _ if self.ok() => OAuthError::NoAccessToken,
+            _ => OAuthError::Unexplained,
         })
     }
+}
+
+/// What a token endpoint said instead of an access token (RFC 6749 §5.2).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    /// An OAuth error answer: `invalid_grant: description` (first line).
+    #[error("{error}{}", .description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Refused {
+        /// The `error` code.
+        error: String,
+        /// The first line of `error_description`, if any.
+        description: Option<String>,
+    },
+    /// A 2xx answer that holds no `access_token`.
+    #[error("an answer without an access_token")]
+    NoAccessToken,
+    /// A failure without an OAuth error in it (an error page, an empty body).
+    #[error("no OAuth error in the answer")]
+    Unexplained,
+}
+
+/// What is wrong with a URL that [`Target::parse`] refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlProblem {
+    /// Not a URL at all.
+    #[error("not a valid URL")]
+    Invalid,
+    /// A relative URL, or one without a scheme or host part.
+    #[error("not an absolute http(s) URL")]
+    NotAbsolute,
+    /// `user:pass@host`: the host a message names must be the one asked,
+    /// and a password must never reach a message.
+    #[error("a URL with user information (user@host) is refused; credentials do not go in URLs")]
+    UserInformation,
+    /// Another scheme than `http` or `https`.
+    #[error("not an http(s) URL")]
+    NotHttp,
+    /// An empty host.
+    #[error("a URL without a host")]
+    NoHost,
+}
+
+/// A URL that is not sent to, named by its host only (never the whole URL).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{host}: {problem}")]
+pub struct UrlError {
+    /// `host[:port]` as [`host_of`] shows it.
+    pub host: String,
+    /// What is wrong.
+    #[source]
+    pub problem: UrlProblem,
+}
+
+/// Why no HTTP answer came back from a host.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Transport {
+    /// The name did not resolve within the connect timeout.
+    #[error("DNS lookup timed out after {} s (is the network up?)", .after.as_secs_f64())]
+    DnsTimeout {
+        /// The connect timeout.
+        after: Duration,
+    },
+    /// No connection within the connect timeout.
+    #[error("connection timed out after {} s (is the network up?)", .after.as_secs_f64())]
+    ConnectTimeout {
+        /// The connect timeout.
+        after: Duration,
+    },
+    /// Connected, but the exchange did not finish within the total timeout.
+    #[error("no answer within {} s, gave up", .within.as_secs_f64())]
+    NoAnswer {
+        /// The total timeout.
+        within: Duration,
+    },
+    /// The name does not resolve.
+    #[error("DNS lookup failed: host not found")]
+    HostNotFound,
+    /// Nothing listens there.
+    #[error("connection refused")]
+    ConnectionRefused,
+    /// The system's own connect timeout.
+    #[error("connection timed out (is the network up?)")]
+    ConnectionTimedOut,
+    /// No route to the host or its network.
+    #[error("{detail} (is the network up?)")]
+    NoRoute {
+        /// The system's words.
+        detail: String,
+    },
+    /// The connection failed otherwise.
+    #[error("connection failed")]
+    ConnectionFailed,
+    /// The TLS handshake failed (an untrusted certificate, a protocol mismatch).
+    #[error("TLS error: {detail}")]
+    Tls {
+        /// rustls's words.
+        detail: String,
+    },
+    /// Another I/O failure (an answer that is not UTF-8, a reset connection).
+    #[error("I/O error: {detail}")]
+    Io {
+        /// The system's words.
+        detail: String,
+    },
+    /// Anything else the HTTP client reports.
+    #[error("{detail}")]
+    Other {
+        /// The client's words.
+        detail: String,
+    },
+}
+
+impl Transport {
+    /// Whether the host counts as unreachable, not to be asked again in this run.
+    fn unreachable(&self) -> bool {
+        !matches!(
+            self,
+            Transport::Tls { .. } | Transport::Io { .. } | Transport::Other { .. }
+        )
+    }
+}
+
+/// Why [`Http::send`] has no answer: every HTTP status is an answer, so
+/// this is a refused URL or a failed exchange. Names the host, never the URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// The URL is refused before anything is sent.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The host failed earlier in this run and is not asked again.
+    #[error("{host} did not answer earlier in this run ({earlier})")]
+    NotAskedAgain {
+        /// `host[:port]`.
+        host: String,
+        /// How it failed then.
+        earlier: Transport,
+    },
+    /// The request could not be put together (a header value that is not allowed).
+    #[error("cannot build a request to {host}: {detail}")]
+    Request {
+        /// `host[:port]`.
+        host: String,
+        /// The client's words.
+        detail: String,
+    },
+    /// No answer came back.
+    #[error("{host}: {failure}")]
+    Transport {
+        /// `host[:port]`.
+        host: String,
+        /// Why.
+        #[source]
+        failure: Transport,
+    },
+    /// An answer began but could not be read whole.
+    #[error("{host}: reading the answer failed: {failure}")]
+    Reading {
+        /// `host[:port]`.
+        host: String,
+        /// Why.
+        #[source]
+        failure: Transport,
+    },
 }
 
 /// What to send.
@@ -91,7 +257,7 @@ pub(crate) struct Http {
     direct: ureq::Agent,
     timeouts: Timeouts,
     /// Hosts that did not answer, and why.
-    unreachable: Mutex<HashMap<String, String>>,
+    unreachable: Mutex<HashMap<String, Transport>>,
 }
 
 /// `host[:port]` of a URL, for messages and the unreachable list; user
@@ -116,20 +282,21 @@ pub(crate) struct Target {
 impl Target {
     /// Parses an absolute `http(s)` URL; refuses one with user information.
     /// Errors name at most the host, never the URL.
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let shown = host_of(url);
-        let uri: ureq::http::Uri = url.parse().map_err(|_| format!("{shown}: not a valid URL"))?;
+    pub fn parse(url: &str) -> Result<Target, UrlError> {
+        let refused = |problem| UrlError {
+            host: host_of(url).to_owned(),
+            problem,
+        };
+        let uri: ureq::http::Uri = url.parse().map_err(|_| refused(UrlProblem::Invalid))?;
         let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-            return Err(format!("{shown}: not an absolute http(s) URL"));
+            return Err(refused(UrlProblem::NotAbsolute));
         };
         if authority.as_str().contains('@') {
-            return Err(format!(
-                "{shown}: a URL with user information (user@host) is refused; credentials do not go in URLs"
-            ));
+            return Err(refused(UrlProblem::UserInformation));
         }
         let scheme = scheme.to_ascii_lowercase();
         if scheme != "https" && scheme != "http" {
-            return Err(format!("{shown}: not an http(s) URL"));
+            return Err(refused(UrlProblem::NotHttp));
         }
         let host = authority
             .host()
@@ -138,7 +305,7 @@ impl Target {
             .trim_end_matches('.')
             .to_ascii_lowercase();
         if host.is_empty() {
-            return Err(format!("{shown}: a URL without a host"));
+            return Err(refused(UrlProblem::NoHost));
         }
         Ok(Target {
             scheme,
@@ -232,11 +399,14 @@ impl Http {
         url: &str,
         headers: &[(&str, &str)],
         body: Body,
-    ) -> Result<Reply, String> {
+    ) -> Result<Reply, HttpError> {
         let target = Target::parse(url)?;
         let host = host_of(url).to_owned();
-        if let Some(why) = self.unreachable.lock().expect("not poisoned").get(&host) {
-            return Err(format!("{host} did not answer earlier in this run ({why})"));
+        if let Some(earlier) = self.unreachable.lock().expect("not poisoned").get(&host) {
+            return Err(HttpError::NotAskedAgain {
+                host,
+                earlier: earlier.clone(),
+            });
         }
         let mut req = ureq::http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
@@ -261,9 +431,10 @@ impl Http {
         if let Some(ct) = content_type {
             req = req.header("Content-Type", ct);
         }
-        let req = req
-            .body(bytes)
-            .map_err(|e| format!("cannot build a request to {host}: {e}"))?;
+        let req = req.body(bytes).map_err(|e| HttpError::Request {
+            host: host.clone(),
+            detail: e.to_string(),
+        })?;
         let agent = if target.goes_direct() {
             &self.direct
         } else {
@@ -273,14 +444,14 @@ impl Http {
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
-                let (why, remember) = self.describe(&e);
-                if remember {
+                let failure = self.describe(&e);
+                if failure.unreachable() {
                     self.unreachable
                         .lock()
                         .expect("not poisoned")
-                        .insert(host.clone(), why.clone());
+                        .insert(host.clone(), failure.clone());
                 }
-                return Err(format!("{host}: {why}"));
+                return Err(HttpError::Transport { host, failure });
             }
         };
         let status = resp.status().as_u16();
@@ -289,8 +460,10 @@ impl Http {
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = read_zeroizing(resp.body_mut())
-            .map_err(|e| format!("{host}: reading the answer failed: {}", self.describe(&e).0))?;
+        let body = read_zeroizing(resp.body_mut()).map_err(|e| HttpError::Reading {
+            failure: self.describe(&e),
+            host,
+        })?;
         Ok(Reply {
             status,
             body,
@@ -298,44 +471,42 @@ impl Http {
         })
     }
 
-    /// Words for a transport error, and whether the host counts as unreachable.
-    fn describe(&self, e: &ureq::Error) -> (String, bool) {
-        let secs = |d: std::time::Duration| format!("{} s", d.as_secs_f64());
+    /// What a transport error means, in words a person can act on.
+    fn describe(&self, e: &ureq::Error) -> Transport {
         match e {
-            ureq::Error::Timeout(ureq::Timeout::Resolve) => (
-                format!(
-                    "DNS lookup timed out after {} (is the network up?)",
-                    secs(self.timeouts.connect)
-                ),
-                true,
-            ),
-            ureq::Error::Timeout(ureq::Timeout::Connect) => (
-                format!(
-                    "connection timed out after {} (is the network up?)",
-                    secs(self.timeouts.connect)
-                ),
-                true,
-            ),
-            ureq::Error::Timeout(_) => (
-                format!("no answer within {}, gave up", secs(self.timeouts.total)),
-                true,
-            ),
-            ureq::Error::HostNotFound => ("DNS lookup failed: host not found".to_owned(), true),
+            ureq::Error::Timeout(ureq::Timeout::Resolve) => Transport::DnsTimeout {
+                after: self.timeouts.connect,
+            },
+            ureq::Error::Timeout(ureq::Timeout::Connect) => Transport::ConnectTimeout {
+                after: self.timeouts.connect,
+            },
+            ureq::Error::Timeout(_) => Transport::NoAnswer {
+                within: self.timeouts.total,
+            },
+            ureq::Error::HostNotFound => Transport::HostNotFound,
             ureq::Error::Io(io) => match io.kind() {
-                ErrorKind::ConnectionRefused => ("connection refused".to_owned(), true),
-                ErrorKind::TimedOut => ("connection timed out (is the network up?)".to_owned(), true),
-                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
-                    (format!("{io} (is the network up?)"), true)
-                }
+                ErrorKind::ConnectionRefused => Transport::ConnectionRefused,
+                ErrorKind::TimedOut => Transport::ConnectionTimedOut,
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => Transport::NoRoute {
+                    detail: io.to_string(),
+                },
                 // rustls reports handshake failures (an untrusted certificate) as I/O errors.
                 _ if io.to_string().contains("certificate") || io.kind() == ErrorKind::InvalidData => {
-                    (format!("TLS error: {io}"), false)
+                    Transport::Tls {
+                        detail: io.to_string(),
+                    }
                 }
-                _ => (format!("I/O error: {io}"), false),
+                _ => Transport::Io {
+                    detail: io.to_string(),
+                },
             },
-            ureq::Error::ConnectionFailed => ("connection failed".to_owned(), true),
-            ureq::Error::Tls(_) | ureq::Error::Rustls(_) => (format!("TLS error: {e}"), false),
-            other => (other.to_string(), false),
+            ureq::Error::ConnectionFailed => Transport::ConnectionFailed,
+            ureq::Error::Tls(_) | ureq::Error::Rustls(_) => Transport::Tls {
+                detail: e.to_string(),
+            },
+            other => Transport::Other {
+                detail: other.to_string(),
+            },
         }
     }
 }
@@ -530,10 +701,14 @@ mod tests {
         let t = Target::parse("http://[::1]:8200/v1").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", Some(8200)));
         // The PoC: the part before '@' is user information, not the host.
-        let err = Target::parse("http://acme.vault.azure.net:1@127.0.0.1:18091/keys").unwrap_err();
+        let err = Target::parse("http://acme.vault.azure.net:1@127.0.0.1:18091/keys")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("user information"), "{err}");
         assert!(err.starts_with("127.0.0.1:18091:"), "{err}");
-        let err = Target::parse("https://user:s3cret@vault.example.com/v1").unwrap_err();
+        let err = Target::parse("https://user:s3cret@vault.example.com/v1")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("s3cret") && !err.contains("user:"), "{err}");
         assert!(Target::parse("ftp://example.com/").is_err());
         assert!(Target::parse("/relative/path").is_err());
@@ -636,7 +811,8 @@ mod tests {
         let err = http
             .send("GET", "http://192.0.2.1/", &[], Body::Empty)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("connection refused"), "{err}");
     }
 
@@ -652,7 +828,8 @@ mod tests {
                 Body::Form(&[("client_secret", "s")]),
             )
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("user information"), "{err}");
         assert!(!err.contains("pw@") && !err.contains("acme"), "{err}");
     }
@@ -690,10 +867,18 @@ mod tests {
         let http = Http::new(short());
         let url = format!("http://{addr}/token");
         let start = Instant::now();
-        let err = http.send("GET", &url, &[], Body::Empty).err().unwrap();
+        let err = http
+            .send("GET", &url, &[], Body::Empty)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
         assert!(err.contains("no answer within 0.8 s"), "{err}");
-        let again = http.send("GET", &url, &[], Body::Empty).err().unwrap();
+        let again = http
+            .send("GET", &url, &[], Body::Empty)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(again.contains("did not answer earlier in this run"), "{again}");
         hold.join().unwrap();
     }
@@ -709,7 +894,111 @@ mod tests {
         let err = http
             .send("GET", &format!("http://127.0.0.1:{port}/"), &[], Body::Empty)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("connection refused"), "{err}");
+    }
+
+    #[test]
+    fn refusals_and_failures_are_told_apart_by_variant() {
+        let err = Target::parse("http://user:pw@127.0.0.1:1/").unwrap_err();
+        assert_eq!(
+            err,
+            UrlError {
+                host: "127.0.0.1:1".into(),
+                problem: UrlProblem::UserInformation
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "127.0.0.1:1: a URL with user information (user@host) is refused; credentials do not go in URLs"
+        );
+        let http = Http::new(short());
+        let err = http
+            .send("GET", "ftp://example.com/x", &[], Body::Empty)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                &err,
+                HttpError::Url(UrlError {
+                    problem: UrlProblem::NotHttp,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "example.com: not an http(s) URL");
+
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let url = format!("http://{host}/");
+        let err = http.send("GET", &url, &[], Body::Empty).err().unwrap();
+        assert_eq!(
+            err,
+            HttpError::Transport {
+                host: host.clone(),
+                failure: Transport::ConnectionRefused
+            }
+        );
+        assert_eq!(err.to_string(), format!("{host}: connection refused"));
+        let again = http.send("GET", &url, &[], Body::Empty).err().unwrap();
+        assert_eq!(
+            again,
+            HttpError::NotAskedAgain {
+                host: host.clone(),
+                earlier: Transport::ConnectionRefused
+            }
+        );
+        assert_eq!(
+            again.to_string(),
+            format!("{host} did not answer earlier in this run (connection refused)")
+        );
+    }
+
+    #[test]
+    fn oauth_refusals_keep_the_endpoints_words() {
+        let reply = |status, body: &str| Reply {
+            status,
+            body: Zeroizing::new(body.to_owned()),
+            www_authenticate: None,
+        };
+        let err = reply(
+            400,
+            r#"{"error": "invalid_grant", "error_description": "Invalid JWT.\nSecond line"}"#,
+        )
+        .oauth_token()
+        .unwrap_err();
+        assert_eq!(
+            err,
+            OAuthError::Refused {
+                error: "invalid_grant".into(),
+                description: Some("Invalid JWT.".into())
+            }
+        );
+        assert_eq!(err.to_string(), "invalid_grant: Invalid JWT.");
+        let err = reply(401, r#"{"error": "invalid_client"}"#)
+            .oauth_token()
+            .unwrap_err();
+        assert_eq!(err.to_string(), "invalid_client");
+        let err = reply(200, r#"{"token_type": "Bearer"}"#)
+            .oauth_token()
+            .unwrap_err();
+        assert_eq!(
+            (err.clone(), err.to_string()),
+            (
+                OAuthError::NoAccessToken,
+                "an answer without an access_token".into()
+            )
+        );
+        let err = reply(502, "<html>bad gateway</html>").oauth_token().unwrap_err();
+        assert_eq!(
+            (err.clone(), err.to_string()),
+            (OAuthError::Unexplained, "no OAuth error in the answer".into())
+        );
     }
 }

@@ -36,6 +36,46 @@ use zeroize::Zeroizing;
 use crate::log::{Logger, Priority};
 use crate::sops::metadata::Stanza;
 
+#[cfg(feature = "aws-kms")]
+pub use aws::{AwsCall, AwsError, ImdsProblem, ProcessProblem, ProfileProblem};
+#[cfg(feature = "azure-kv")]
+pub use azure::{AzureEndpoint, AzureError, ChallengeProblem, CliProblem};
+#[cfg(feature = "gcp-kms")]
+pub use gcp::{GcpEndpoint, GcpError, KeyProblem, SourceProblem};
+pub use http::{HttpError, OAuthError, Transport, UrlError, UrlProblem};
+#[cfg(feature = "vault")]
+pub use vault::{NoTokenFile, VaultError};
+
+/// Why a network stanza was not opened: one variant per key service (each
+/// with its own enum, so a caller can tell a missing credential from a
+/// refusal, an unreachable service or a refused stanza field), shown as the
+/// service's message. Never holds a token, a key or plaintext.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum KmsError {
+    /// A stanza of a key service this build was compiled without.
+    #[error("{kind} keys are not supported by this build")]
+    Unsupported {
+        /// The stanza's kind (`gcp_kms`, `hc_vault`, `kms`, `azure_kv`, `hckms`).
+        kind: &'static str,
+    },
+    /// Google Cloud KMS.
+    #[cfg(feature = "gcp-kms")]
+    #[error(transparent)]
+    Gcp(#[from] GcpError),
+    /// HashiCorp Vault transit.
+    #[cfg(feature = "vault")]
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// AWS KMS.
+    #[cfg(feature = "aws-kms")]
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// Azure Key Vault.
+    #[cfg(feature = "azure-kv")]
+    #[error(transparent)]
+    Azure(#[from] AzureError),
+}
+
 /// Where credentials and endpoints come from: the process environment, or a
 /// fixed set of variables (tests, embedding).
 #[derive(Clone, Default)]
@@ -167,12 +207,14 @@ impl Kms {
         })
     }
 
-    /// Opens one network stanza: the unwrapped data-key share, or a one-line
-    /// reason that names what failed and never holds a secret.
-    pub fn open(&self, stanza: &Stanza) -> Result<Zeroizing<Vec<u8>>, String> {
-        let result = match stanza {
+    /// Opens one network stanza: the unwrapped data-key share, or why not
+    /// (one line that names what failed and never holds a secret).
+    pub fn open(&self, stanza: &Stanza) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let result: Result<_, KmsError> = match stanza {
             #[cfg(feature = "gcp-kms")]
-            Stanza::GcpKms { resource_id, enc } => self.gcp.decrypt(self.ctx(), resource_id, enc),
+            Stanza::GcpKms { resource_id, enc } => {
+                self.gcp.decrypt(self.ctx(), resource_id, enc).map_err(Into::into)
+            }
             #[cfg(feature = "vault")]
             Stanza::HcVault {
                 address,
@@ -181,7 +223,8 @@ impl Kms {
                 enc,
             } => self
                 .vault
-                .decrypt(self.ctx(), address, engine_path, key_name, enc),
+                .decrypt(self.ctx(), address, engine_path, key_name, enc)
+                .map_err(Into::into),
             #[cfg(feature = "aws-kms")]
             Stanza::AwsKms {
                 arn,
@@ -189,21 +232,27 @@ impl Kms {
                 context,
                 aws_profile,
                 enc,
-            } => self.aws.decrypt(self.ctx(), arn, role, context, aws_profile, enc),
+            } => self
+                .aws
+                .decrypt(self.ctx(), arn, role, context, aws_profile, enc)
+                .map_err(Into::into),
             #[cfg(feature = "azure-kv")]
             Stanza::AzureKv {
                 vault_url,
                 name,
                 version,
                 enc,
-            } => self.azure.decrypt(self.ctx(), vault_url, name, version, enc),
-            other => return Err(format!("{} keys are not supported by this build", other.kind())),
+            } => self
+                .azure
+                .decrypt(self.ctx(), vault_url, name, version, enc)
+                .map_err(Into::into),
+            other => return Err(KmsError::Unsupported { kind: other.kind() }),
         };
         self.log(stanza, &result);
         result.map(|(share, _)| share)
     }
 
-    fn log(&self, stanza: &Stanza, result: &Result<(Zeroizing<Vec<u8>>, String), String>) {
+    fn log(&self, stanza: &Stanza, result: &Result<(Zeroizing<Vec<u8>>, String), KmsError>) {
         let logger = self.logger.get_or_init(Logger::from_env);
         let (source, resource) = (stanza.kind(), stanza.target());
         let (priority, message, outcome) = match result {
@@ -245,12 +294,14 @@ pub(crate) fn plain_url_path(s: &str) -> bool {
 /// An unwrapped data-key share as a service answers it, base64 (standard
 /// alphabet) in a zeroized string; decoded straight into a zeroized buffer.
 #[cfg_attr(not(feature = "kms"), allow(dead_code))]
-pub(crate) fn decode_share(b64: &str, service: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+/// `None` when it is not base64; base64's error is dropped on purpose, as it
+/// may quote a byte of the key.
+pub(crate) fn decode_share(b64: &str) -> Option<Zeroizing<Vec<u8>>> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
+        .ok()
         .map(Zeroizing::new)
-        .map_err(|_| format!("{service} answered with a plaintext that is not base64"))
 }
 
 /// A JSON field as text, for reading responses.
@@ -280,10 +331,155 @@ mod tests {
             enc: "e".into(),
         };
         assert_eq!(
-            kms.open(&huawei).err().as_deref(),
+            kms.open(&huawei).err().map(|e| e.to_string()).as_deref(),
             Some("hckms keys are not supported by this build")
         );
         assert!(kms.ctx.get().is_none(), "no HTTP client was built");
+    }
+
+    #[test]
+    fn an_unsupported_stanza_is_its_own_variant() {
+        let kms = Kms::with_env(Env::fixed::<&str, &str>([]));
+        let huawei = Stanza::HuaweiKms {
+            key_id: "k".into(),
+            enc: "e".into(),
+        };
+        let err = kms.open(&huawei).unwrap_err();
+        assert!(matches!(err, KmsError::Unsupported { kind: "hckms" }), "{err:?}");
+    }
+
+    /// A loopback port nothing listens on.
+    #[cfg(feature = "kms")]
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[cfg(feature = "kms")]
+    #[test]
+    fn each_service_says_which_refusal_happened() {
+        let home = tempfile::tempdir().unwrap();
+        let home = home.path().to_str().unwrap();
+        let gce = format!("127.0.0.1:{}", closed_port());
+        let azure_imds = format!("http://127.0.0.1:{}", closed_port());
+        let kms = Kms::with_env(Env::fixed([
+            ("HOME", home),
+            ("GCE_METADATA_HOST", &gce),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &azure_imds),
+            ("SOPS_HC_VAULT_ALLOWLIST", "http://127.0.0.1:1"),
+        ]));
+        let open = |stanza: Stanza| kms.open(&stanza).unwrap_err();
+
+        // Missing credentials.
+        let err = open(Stanza::GcpKms {
+            resource_id: "projects/p/locations/global/keyRings/r/cryptoKeys/k".into(),
+            enc: "AAAA".into(),
+        });
+        assert!(
+            matches!(err, KmsError::Gcp(GcpError::NoCredentials { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("no Google credentials: "), "{err}");
+        let err = open(Stanza::HcVault {
+            address: "http://127.0.0.1:1".into(),
+            engine_path: "transit".into(),
+            key_name: "k".into(),
+            enc: "vault:v1:AAAA".into(),
+        });
+        assert!(
+            matches!(
+                err,
+                KmsError::Vault(VaultError::NoToken(NoTokenFile::Unreadable { .. }))
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "no Vault token: VAULT_TOKEN is unset and {home}/.vault-token cannot be read: "
+            )),
+            "{err}"
+        );
+        let err = open(Stanza::AwsKms {
+            arn: "arn:aws:kms:eu-west-1:111122223333:key/k".into(),
+            role: String::new(),
+            context: Vec::new(),
+            aws_profile: String::new(),
+            enc: "AAAA".into(),
+        });
+        assert!(
+            matches!(err, KmsError::Aws(AwsError::NoCredentials { imds: None, .. })),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no AWS credentials: none in the environment or {home}/.aws/credentials / \
+                 {home}/.aws/config, and AWS_EC2_METADATA_DISABLED is set"
+            )
+        );
+        let err = open(Stanza::AzureKv {
+            vault_url: "https://acme.vault.azure.net".into(),
+            name: "k".into(),
+            version: "v".into(),
+            enc: "AAEC".into(),
+        });
+        assert!(
+            matches!(err, KmsError::Azure(AzureError::NoCredentials { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("no Azure credentials: "), "{err}");
+
+        // Refused stanza fields: nothing is asked.
+        let err = open(Stanza::GcpKms {
+            resource_id: "projects/p/../k".into(),
+            enc: "AAAA".into(),
+        });
+        assert!(
+            matches!(err, KmsError::Gcp(GcpError::BadResourceId { .. })),
+            "{err:?}"
+        );
+        let err = open(Stanza::HcVault {
+            address: "https://vault.elsewhere.example".into(),
+            engine_path: "transit".into(),
+            key_name: "k".into(),
+            enc: "vault:v1:AAAA".into(),
+        });
+        assert!(
+            matches!(err, KmsError::Vault(VaultError::NotAllowed { .. })),
+            "{err:?}"
+        );
+        let err = open(Stanza::AwsKms {
+            arn: "arn:aws:kms:eu-west-1.evil.example:1:key/k".into(),
+            role: String::new(),
+            context: Vec::new(),
+            aws_profile: String::new(),
+            enc: "AAAA".into(),
+        });
+        assert!(matches!(err, KmsError::Aws(AwsError::BadArn { .. })), "{err:?}");
+        let err = open(Stanza::AzureKv {
+            vault_url: "http://acme.vault.azure.net".into(),
+            name: "k".into(),
+            version: "v".into(),
+            enc: "AAEC".into(),
+        });
+        assert!(
+            matches!(
+                err,
+                KmsError::Azure(AzureError::NotHttps {
+                    what: "Key Vault",
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "Key Vault acme.vault.azure.net is not https: credentials are only sent over TLS"
+        );
     }
 
     #[test]

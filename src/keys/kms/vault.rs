@@ -14,20 +14,107 @@
 //! sops's semantics: `all` (the default, as in sops), `none`, or
 //! comma-separated address prefixes (`https://vault.example.org`).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::http::{Body, Http, Reply};
+use super::http::{Body, Http, HttpError, Reply};
 use super::{Ctx, Timeouts};
+
+/// Why an `hc_vault` stanza was not opened. Never holds the token.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum VaultError {
+    /// Neither the stanza nor `VAULT_ADDR` names a Vault.
+    #[error("the stanza names no vault_address and VAULT_ADDR is unset")]
+    NoAddress,
+    /// `SOPS_HC_VAULT_ALLOWLIST` has an empty entry (`a,,b`): refused rather
+    /// than read as "everything".
+    #[error("SOPS_HC_VAULT_ALLOWLIST's entry {index} is empty")]
+    AllowlistEntryEmpty {
+        /// 1-based.
+        index: usize,
+    },
+    /// The stanza's address is not in `SOPS_HC_VAULT_ALLOWLIST`; nothing was sent.
+    #[error(
+        "{address} is not in SOPS_HC_VAULT_ALLOWLIST; the token was not sent (add the address to the list if this Vault is yours)"
+    )]
+    NotAllowed {
+        /// The Vault address, as the stanza (or `VAULT_ADDR`) gives it.
+        address: String,
+    },
+    /// The stanza's engine path or key name would change which endpoint is asked.
+    #[error("engine_path {engine_path:?} or key_name {key_name:?} is not a plain Vault path")]
+    NotPlainPath {
+        /// As the stanza gives it.
+        engine_path: String,
+        /// As the stanza gives it.
+        key_name: String,
+    },
+    /// Neither `VAULT_TOKEN` nor `~/.vault-token` holds a token.
+    #[error("no Vault token: VAULT_TOKEN is unset and {0}")]
+    NoToken(#[source] NoTokenFile),
+    /// `VAULT_CACERT` cannot be read.
+    #[error("VAULT_CACERT {path}: {source}")]
+    CaCertUnreadable {
+        /// The file it names.
+        path: String,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+    /// `VAULT_CACERT` names a file without a certificate.
+    #[error("VAULT_CACERT {path} holds no PEM certificate")]
+    CaCertEmpty {
+        /// The file it names.
+        path: String,
+    },
+    /// No answer from Vault, or its address is not a URL requests go to.
+    #[error("Vault: {0}")]
+    Http(#[from] HttpError),
+    /// Vault answered with an error status: its own `errors`, then what to do.
+    #[error("{text}")]
+    Refused {
+        /// The HTTP status (403: the token lacks a policy; 503: sealed or standby).
+        status: u16,
+        /// The whole message, with Vault's own words.
+        text: String,
+    },
+    /// A 2xx answer without `data.plaintext`.
+    #[error("Vault answered without data.plaintext")]
+    NoPlaintext,
+    /// A plaintext that does not decode.
+    #[error("Vault answered with a plaintext that is not base64")]
+    PlaintextNotBase64,
+}
+
+/// Why `~/.vault-token` gave no token.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NoTokenFile {
+    /// There is no home directory to look in.
+    #[error("there is no HOME for ~/.vault-token")]
+    NoHome,
+    /// The file is empty.
+    #[error("{} is empty", .path.display())]
+    Empty {
+        /// `~/.vault-token`.
+        path: std::path::PathBuf,
+    },
+    /// The file cannot be read (most often: it does not exist).
+    #[error("{} cannot be read: {source}", .path.display())]
+    Unreadable {
+        /// `~/.vault-token`.
+        path: std::path::PathBuf,
+        /// Why.
+        source: Arc<std::io::Error>,
+    },
+}
 
 /// Per-run state: the token (read once) and, with `VAULT_CACERT`, a client
 /// that trusts that CA only.
 #[derive(Default)]
 pub(super) struct Vault {
-    token: OnceLock<Result<(Zeroizing<String>, String), String>>,
-    ca_client: OnceLock<Result<Option<Http>, String>>,
+    token: OnceLock<Result<(Zeroizing<String>, String), VaultError>>,
+    ca_client: OnceLock<Result<Option<Http>, VaultError>>,
 }
 
 impl Vault {
@@ -39,20 +126,18 @@ impl Vault {
         engine_path: &str,
         key_name: &str,
         enc: &str,
-    ) -> Result<(Zeroizing<Vec<u8>>, String), String> {
+    ) -> Result<(Zeroizing<Vec<u8>>, String), VaultError> {
         let address = match address.trim_end_matches('/') {
-            "" => ctx
-                .env
-                .var("VAULT_ADDR")
-                .ok_or("the stanza names no vault_address and VAULT_ADDR is unset")?,
+            "" => ctx.env.var("VAULT_ADDR").ok_or(VaultError::NoAddress)?,
             a => a.to_owned(),
         };
         check_allowed(ctx, &address)?;
         let engine = engine_path.trim_matches('/');
         if !super::plain_url_path(engine) || !super::plain_url_path(key_name) || key_name.contains('/') {
-            return Err(format!(
-                "engine_path {engine_path:?} or key_name {key_name:?} is not a plain Vault path"
-            ));
+            return Err(VaultError::NotPlainPath {
+                engine_path: engine_path.to_owned(),
+                key_name: key_name.to_owned(),
+            });
         }
         let (token, origin) = self
             .token
@@ -70,14 +155,12 @@ impl Vault {
             headers.push(("X-Vault-Namespace", ns));
         }
         let url = format!("{address}/v1/{engine}/decrypt/{key_name}");
-        let reply = http
-            .send(
-                "POST",
-                &url,
-                &headers,
-                Body::Json(&json!({ "ciphertext": enc.trim() })),
-            )
-            .map_err(|e| format!("Vault: {e}"))?;
+        let reply = http.send(
+            "POST",
+            &url,
+            &headers,
+            Body::Json(&json!({ "ciphertext": enc.trim() })),
+        )?;
         if !reply.ok() {
             return Err(vault_error(http, &reply, &address, &headers, engine, key_name));
         }
@@ -89,9 +172,9 @@ impl Vault {
         struct Plaintext {
             plaintext: Zeroizing<String>,
         }
-        let answer: Decrypted = reply.parse().ok_or("Vault answered without data.plaintext")?;
+        let answer: Decrypted = reply.parse().ok_or(VaultError::NoPlaintext)?;
         Ok((
-            super::decode_share(&answer.data.plaintext, "Vault")?,
+            super::decode_share(&answer.data.plaintext).ok_or(VaultError::PlaintextNotBase64)?,
             format!("token from {origin}"),
         ))
     }
@@ -99,7 +182,7 @@ impl Vault {
 
 /// Refuses an address `SOPS_HC_VAULT_ALLOWLIST` does not allow, before any
 /// token is read or sent.
-fn check_allowed(ctx: &Ctx, address: &str) -> Result<(), String> {
+fn check_allowed(ctx: &Ctx, address: &str) -> Result<(), VaultError> {
     let Some(list) = ctx.env.var("SOPS_HC_VAULT_ALLOWLIST") else {
         return Ok(());
     };
@@ -118,7 +201,7 @@ fn check_allowed(ctx: &Ctx, address: &str) -> Result<(), String> {
             for (i, entry) in list.split(',').enumerate() {
                 let entry = entry.trim();
                 if entry.is_empty() {
-                    return Err(format!("SOPS_HC_VAULT_ALLOWLIST's entry {} is empty", i + 1));
+                    return Err(VaultError::AllowlistEntryEmpty { index: i + 1 });
                 }
                 prefixes.push(with_slash(entry));
             }
@@ -129,41 +212,41 @@ fn check_allowed(ctx: &Ctx, address: &str) -> Result<(), String> {
     if allowed {
         Ok(())
     } else {
-        Err(format!(
-            "{address} is not in SOPS_HC_VAULT_ALLOWLIST; the token was not sent (add the address to the list if this Vault is yours)"
-        ))
+        Err(VaultError::NotAllowed {
+            address: address.to_owned(),
+        })
     }
 }
 
 /// `VAULT_TOKEN`, else `~/.vault-token`.
-fn token(ctx: &Ctx) -> Result<(Zeroizing<String>, String), String> {
+fn token(ctx: &Ctx) -> Result<(Zeroizing<String>, String), VaultError> {
     if let Some(t) = ctx.env.var("VAULT_TOKEN") {
         return Ok((Zeroizing::new(t), "VAULT_TOKEN".to_owned()));
     }
     let Some(path) = ctx.env.home().map(|h| h.join(".vault-token")) else {
-        return Err("no Vault token: VAULT_TOKEN is unset and there is no HOME for ~/.vault-token".into());
+        return Err(VaultError::NoToken(NoTokenFile::NoHome));
     };
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => {
             Ok((Zeroizing::new(t.trim().to_owned()), path.display().to_string()))
         }
-        Ok(_) => Err(format!(
-            "no Vault token: VAULT_TOKEN is unset and {} is empty",
-            path.display()
-        )),
-        Err(e) => Err(format!(
-            "no Vault token: VAULT_TOKEN is unset and {} cannot be read: {e}",
-            path.display()
-        )),
+        Ok(_) => Err(VaultError::NoToken(NoTokenFile::Empty { path })),
+        Err(e) => Err(VaultError::NoToken(NoTokenFile::Unreadable {
+            path,
+            source: Arc::new(e),
+        })),
     }
 }
 
 /// A client trusting only `VAULT_CACERT`'s certificates, if it is set.
-fn ca_client(ctx: &Ctx) -> Result<Option<Http>, String> {
+fn ca_client(ctx: &Ctx) -> Result<Option<Http>, VaultError> {
     let Some(path) = ctx.env.var("VAULT_CACERT") else {
         return Ok(None);
     };
-    let pem = std::fs::read(&path).map_err(|e| format!("VAULT_CACERT {path}: {e}"))?;
+    let pem = std::fs::read(&path).map_err(|e| VaultError::CaCertUnreadable {
+        path: path.clone(),
+        source: Arc::new(e),
+    })?;
     let certs: Vec<_> = ureq::tls::parse_pem(&pem)
         .filter_map(|item| match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
@@ -171,7 +254,7 @@ fn ca_client(ctx: &Ctx) -> Result<Option<Http>, String> {
         })
         .collect();
     if certs.is_empty() {
-        return Err(format!("VAULT_CACERT {path} holds no PEM certificate"));
+        return Err(VaultError::CaCertEmpty { path });
     }
     Ok(Some(Http::with_roots(Timeouts::from_env(&ctx.env), &certs)))
 }
@@ -185,7 +268,7 @@ fn vault_error(
     headers: &[(&str, &str)],
     engine: &str,
     key_name: &str,
-) -> String {
+) -> VaultError {
     let v = reply.json();
     let errors = v
         .get("errors")
@@ -195,7 +278,7 @@ fn vault_error(
     let head = format!("Vault answered HTTP {}: {errors}", reply.status)
         .trim_end_matches([' ', ':'])
         .to_owned();
-    match reply.status {
+    let text = match reply.status {
         403 => {
             let who = http
                 .send(
@@ -230,5 +313,120 @@ fn vault_error(
         }
         503 => format!("{head} (sealed or on standby?)"),
         _ => head,
+    };
+    VaultError::Refused {
+        status: reply.status,
+        text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::kms::Env;
+    use crate::keys::kms::http::{Transport, UrlError, UrlProblem};
+
+    fn ctx(vars: &[(&str, &str)]) -> Ctx {
+        let env = Env::fixed(vars.iter().copied());
+        Ctx {
+            http: Http::new(Timeouts::from_env(&env)),
+            env,
+        }
+    }
+
+    fn open(ctx: &Ctx, address: &str, engine: &str, key: &str) -> VaultError {
+        Vault::default()
+            .decrypt(ctx, address, engine, key, "vault:v1:AAAA")
+            .expect_err("refused")
+    }
+
+    #[test]
+    fn an_address_outside_the_allowlist_is_refused_before_the_token_is_read() {
+        let ctx = ctx(&[
+            ("SOPS_HC_VAULT_ALLOWLIST", "https://vault.example.org"),
+            ("VAULT_TOKEN", "hvs.secret-token"),
+        ]);
+        let err = open(&ctx, "http://127.0.0.1:1/", "transit", "k");
+        assert!(
+            matches!(&err, VaultError::NotAllowed { address } if address == "http://127.0.0.1:1"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "http://127.0.0.1:1 is not in SOPS_HC_VAULT_ALLOWLIST; the token was not sent \
+             (add the address to the list if this Vault is yours)"
+        );
+        let ctx = self::ctx(&[("SOPS_HC_VAULT_ALLOWLIST", "https://a,,https://b")]);
+        let err = open(&ctx, "https://a", "transit", "k");
+        assert!(
+            matches!(err, VaultError::AllowlistEntryEmpty { index: 2 }),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "SOPS_HC_VAULT_ALLOWLIST's entry 2 is empty");
+    }
+
+    #[test]
+    fn stanza_fields_that_would_change_the_endpoint_are_refused() {
+        let ctx = ctx(&[("VAULT_TOKEN", "hvs.secret-token")]);
+        let err = open(&ctx, "http://127.0.0.1:1", "transit", "../sys/k");
+        assert!(matches!(err, VaultError::NotPlainPath { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            r#"engine_path "transit" or key_name "../sys/k" is not a plain Vault path"#
+        );
+        let err = open(&ctx, "", "transit", "k");
+        assert!(matches!(err, VaultError::NoAddress), "{err:?}");
+    }
+
+    #[test]
+    fn a_missing_token_and_an_unreachable_vault_are_told_apart() {
+        let err = open(&ctx(&[]), "http://127.0.0.1:1", "transit", "k");
+        assert!(matches!(err, VaultError::NoToken(NoTokenFile::NoHome)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "no Vault token: VAULT_TOKEN is unset and there is no HOME for ~/.vault-token"
+        );
+        let home = tempfile::tempdir().unwrap();
+        let ctx = ctx(&[("HOME", home.path().to_str().unwrap())]);
+        let err = open(&ctx, "http://127.0.0.1:1", "transit", "k");
+        assert!(
+            matches!(&err, VaultError::NoToken(NoTokenFile::Unreadable { path, .. }) if path.ends_with(".vault-token")),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("cannot be read"), "{err}");
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ctx = self::ctx(&[("VAULT_TOKEN", "hvs.secret-token")]);
+        let err = open(&ctx, &format!("http://127.0.0.1:{port}"), "transit", "k");
+        assert!(
+            matches!(
+                &err,
+                VaultError::Http(HttpError::Transport {
+                    failure: Transport::ConnectionRefused,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("Vault: 127.0.0.1:{port}: connection refused")
+        );
+        assert!(!err.to_string().contains("secret-token"));
+        let err = open(&ctx, "http://user:pw@127.0.0.1:1", "transit", "k");
+        assert!(
+            matches!(
+                &err,
+                VaultError::Http(HttpError::Url(UrlError {
+                    problem: UrlProblem::UserInformation,
+                    ..
+                }))
+            ),
+            "{err:?}"
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! That is Linux; on macOS, [`ensure`] and [`unmount`] are the RAM disk's
 //! (`ramdisk.rs`), with this module's error and outcome types.
 
-use std::path::{Path, PathBuf};
+#[cfg(target_os = "linux")]
+use std::path::Path;
+use std::path::PathBuf;
 
 #[cfg(target_os = "linux")]
 use nix::mount::{MsFlags, mount};
@@ -47,6 +49,7 @@ pub enum MountError {
         source: nix::errno::Errno,
     },
     /// The kernel refused the mount.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     #[error("cannot mount {fstype} at {path}: {source}")]
     Mount {
         /// `ramfs` or `tmpfs`.
@@ -95,6 +98,7 @@ pub enum MountError {
     #[error("{0}")]
     RamDisk(#[from] super::ramdisk::RamDiskError),
     /// umount failed.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     #[error("cannot unmount {path} again: {source}")]
     Unmount {
         /// The mount point.
@@ -111,6 +115,7 @@ pub enum Mounted {
     /// Mounted now.
     Fresh,
     /// tmpfs mounted without `noswap`: the kernel refused the option.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     TmpfsWithoutNoswap,
 }
 

@@ -622,4 +622,66 @@ mod tests {
         unmount_with(&fake.tools(), &dir).unwrap();
         assert_eq!(fake.calls().len(), 4);
     }
+
+    /// Unmounts the stand-in filesystem however the test ends.
+    struct Unmount(PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn a_fresh_disk_is_owned_root_keys_0751_marked_found_again_and_detached_on_unmount() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root: this test must run there"
+            );
+            return;
+        }
+        // The fake mount mounts a real tmpfs on the target (its sixth
+        // argument), standing in for the HFS RAM disk.
+        let fake = Fake::new(&|name| match name {
+            "mount" => r#"exec mount -t tmpfs -o mode=0700 none "$6""#.into(),
+            other => working(other),
+        });
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("secrets.d");
+        let _guard = Unmount(dir.clone());
+        let hfs = |_: &OwnedFd| Ok("hfs".to_owned());
+        let got = ensure_with(&fake.tools(), &dir, Some(4242), hfs).unwrap();
+        assert!(matches!(got, Mounted::Fresh));
+        let st = nix::sys::stat::stat(&dir).unwrap();
+        let parent = nix::sys::stat::stat(root.path()).unwrap();
+        assert_ne!(
+            st.st_dev, parent.st_dev,
+            "the owner went onto the mounted filesystem"
+        );
+        assert_eq!((st.st_uid, st.st_gid, st.st_mode & 0o7777), (0, 4242, 0o751));
+        let marker = nix::sys::stat::lstat(&dir.join(MARKER)).unwrap();
+        assert_eq!((marker.st_uid, marker.st_mode & 0o7777), (0, 0o444));
+        assert_eq!(
+            fake.calls(),
+            [
+                ATTACH,
+                NEWFS,
+                format!(
+                    "mount -t hfs -o nobrowse,nodev,nosuid,noexec,-m=0751 /dev/disk7 {}",
+                    dir.display()
+                )
+                .as_str()
+            ]
+        );
+
+        // The next run finds it and attaches nothing.
+        let again = ensure_with(&fake.tools(), &dir, Some(4242), hfs).unwrap();
+        assert!(matches!(again, Mounted::AlreadyThere));
+        assert_eq!(fake.calls().len(), 3);
+
+        // A failed run detaches the disk it attached.
+        unmount_with(&fake.tools(), &dir).unwrap();
+        assert_eq!(fake.calls().last().unwrap(), "hdiutil detach /dev/disk7");
+    }
 }

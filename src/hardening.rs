@@ -11,13 +11,19 @@
 //! asks systemd to restart units. It keeps the capabilities those steps need
 //! and drops the rest from every set, the bounding set included, so that no
 //! helper it starts (systemctl) regains them on exec.
+//!
+//! Both of the Linux-only pieces (`PR_SET_DUMPABLE` and capability sets) are
+//! built on Linux alone. macOS has neither: there the core size limit is all
+//! that stops a dump, and root keeps root's powers for the whole run.
 
+#[cfg(target_os = "linux")]
 use caps::{CapSet, Capability, CapsHashSet};
 
 /// Capabilities kept between the mount and the swap: writing the generation
 /// (`CHOWN`, `FOWNER`, `DAC_OVERRIDE`), unmounting again what this run mounted
 /// if it fails before the swap (`SYS_ADMIN`), and dropping the rest later
 /// (`SETPCAP`, which the bounding set needs).
+#[cfg(target_os = "linux")]
 pub const AFTER_MOUNT: &[Capability] = &[
     Capability::CAP_CHOWN,
     Capability::CAP_FOWNER,
@@ -28,6 +34,7 @@ pub const AFTER_MOUNT: &[Capability] = &[
 
 /// Capabilities kept after the swap: links at custom paths in other users'
 /// directories, owned by the secret's owner.
+#[cfg(target_os = "linux")]
 pub const AFTER_SWAP: &[Capability] = &[
     Capability::CAP_CHOWN,
     Capability::CAP_FOWNER,
@@ -39,12 +46,15 @@ pub const AFTER_SWAP: &[Capability] = &[
 pub fn forbid_core_dumps() -> Result<(), nix::Error> {
     use nix::sys::resource::{Resource, setrlimit};
     setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
-    nix::sys::prctl::set_dumpable(false)
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_dumpable(false)?;
+    Ok(())
 }
 
 /// Keeps only `keep` in the effective, permitted and inheritable sets and in
 /// the bounding set; clears the ambient set. Does nothing for a process that
 /// is not root (user mode has nothing to drop).
+#[cfg(target_os = "linux")]
 pub fn drop_capabilities(keep: &[Capability]) -> Result<(), caps::errors::CapsError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
@@ -72,7 +82,7 @@ pub fn drop_capabilities(keep: &[Capability]) -> Result<(), caps::errors::CapsEr
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

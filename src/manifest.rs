@@ -447,7 +447,11 @@ pub fn expand_runtime_dir(path: &str, runtime_dir: &str) -> String {
 /// Longest path the kernel takes, counting the terminating NUL (PATH_MAX).
 const PATH_MAX: usize = nix::libc::PATH_MAX as usize;
 /// Longest file name, one path component (NAME_MAX).
+#[cfg(target_os = "linux")]
 const NAME_MAX: usize = nix::libc::NAME_MAX as usize;
+/// macOS's NAME_MAX (sys/syslimits.h), which the libc crate does not export there.
+#[cfg(not(target_os = "linux"))]
+const NAME_MAX: usize = 255;
 
 /// The start of a long string, for error messages that must stay readable.
 fn shortened(s: &str) -> String {

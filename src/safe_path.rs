@@ -298,7 +298,11 @@ fn walk(path: &Path, trust: Trust, missing: Missing, final_link: FinalLink) -> R
                 let Missing::Create(mode) = missing else {
                     unreachable!()
                 };
-                match mkdirat(&fd, part.as_os_str(), Mode::from_bits_truncate(mode)) {
+                match mkdirat(
+                    &fd,
+                    part.as_os_str(),
+                    Mode::from_bits_truncate(mode as nix::sys::stat::mode_t),
+                ) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(io("create", here, e)),
                 }
@@ -453,8 +457,13 @@ pub fn open_or_create(path: &Path, trust: Trust, mode: u32) -> Result<File, Open
     };
     let dir = open_dir(parent, trust, Missing::Create(0o755))?;
     let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    let fd = openat(&dir.fd, name, flags, Mode::from_bits_truncate(mode))
-        .map_err(|e| io("open", dir.path.join(name), e))?;
+    let fd = openat(
+        &dir.fd,
+        name,
+        flags,
+        Mode::from_bits_truncate(mode as nix::sys::stat::mode_t),
+    )
+    .map_err(|e| io("open", dir.path.join(name), e))?;
     let st = fstat(&fd).map_err(|e| io("inspect", dir.path.join(name), e))?;
     if kind(&st) != SFlag::S_IFREG {
         return Err(OpenError::NotRegular {

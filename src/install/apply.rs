@@ -10,6 +10,7 @@ use super::item::{Item, Kind};
 use super::report::{Failed, LogLine, Report};
 use super::state::{self, DigestKey};
 use super::{links, mount};
+#[cfg(target_os = "linux")]
 use crate::hardening;
 use crate::manifest::Manifest;
 use crate::safe_path::{Missing, Trust};
@@ -39,6 +40,7 @@ pub(super) fn apply(
             ));
         }
         // The mount was the step that needed most of root's powers.
+        #[cfg(target_os = "linux")]
         if let Err(e) = hardening::drop_capabilities(hardening::AFTER_MOUNT) {
             report.log.push(LogLine::warning(format!(
                 "could not drop capabilities after mounting: {e}"
@@ -66,6 +68,7 @@ pub(super) fn apply(
         ));
     }
     let next = swapped?;
+    #[cfg(target_os = "linux")]
     if !manifest.user_mode
         && let Err(e) = hardening::drop_capabilities(hardening::AFTER_SWAP)
     {

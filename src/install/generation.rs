@@ -233,7 +233,8 @@ impl Generation {
             fchown(&fd, Some(Uid::from_raw(ids.uid)), Some(Gid::from_raw(ids.gid)))
                 .map_err(sys("chown", || format!("{relative} to {}:{}", ids.uid, ids.gid)))?;
         }
-        fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(sys("chmod", || relative.to_owned()))?;
+        fchmod(&fd, Mode::from_bits_truncate(mode as nix::sys::stat::mode_t))
+            .map_err(sys("chmod", || relative.to_owned()))?;
         let mut file = std::fs::File::from(fd);
         file.write_all(content).map_err(|source| WriteError::Write {
             what: relative.to_owned(),

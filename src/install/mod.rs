@@ -22,6 +22,7 @@ pub(crate) mod links;
 pub mod lock;
 pub(crate) mod mount;
 pub(crate) mod owners;
+pub(crate) mod ramdisk;
 pub mod report;
 pub mod state;
 

@@ -1,17 +1,32 @@
 //! The secrets filesystem: a ramfs (never swapped) or, on request, a tmpfs
 //! with `noswap`, mounted `nodev,nosuid,noexec` and owned `root:keys 0751`.
+//! That is Linux; on macOS, [`ensure`] and [`unmount`] are the RAM disk's
+//! (`ramdisk.rs`), with this module's error and outcome types.
 
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+#[cfg(target_os = "linux")]
+use std::path::Path;
+use std::path::PathBuf;
 
+#[cfg(target_os = "linux")]
 use nix::mount::{MsFlags, mount};
+#[cfg(target_os = "linux")]
 use nix::sys::stat::{Mode, fchmod};
+#[cfg(target_os = "linux")]
 use nix::sys::statfs::{FsType, TMPFS_MAGIC, fstatfs};
+#[cfg(target_os = "linux")]
 use nix::unistd::{Gid, Uid, fchown};
+#[cfg(target_os = "linux")]
+use std::os::fd::AsRawFd;
 
-use crate::safe_path::{self, Missing, Trust};
+use crate::safe_path;
+#[cfg(target_os = "linux")]
+use crate::safe_path::{Missing, Trust};
+
+#[cfg(target_os = "macos")]
+pub use super::ramdisk::{ensure, unmount};
 
 /// ramfs's magic number (linux/magic.h); `nix` names tmpfs's but not this one.
+#[cfg(target_os = "linux")]
 const RAMFS_MAGIC: FsType = FsType(0x858458f6);
 
 /// Why the secrets filesystem could not be set up (or taken down again).
@@ -34,6 +49,7 @@ pub enum MountError {
         source: nix::errno::Errno,
     },
     /// The kernel refused the mount.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     #[error("cannot mount {fstype} at {path}: {source}")]
     Mount {
         /// `ramfs` or `tmpfs`.
@@ -70,7 +86,19 @@ pub enum MountError {
         /// Why.
         source: nix::errno::Errno,
     },
+    /// The marker file could not be created on a fresh RAM disk (macOS).
+    #[error("cannot mark {path} as the secrets filesystem: {source}")]
+    Marker {
+        /// The mount point.
+        path: PathBuf,
+        /// Why.
+        source: nix::errno::Errno,
+    },
+    /// The RAM disk could not be set up or detached (macOS).
+    #[error("{0}")]
+    RamDisk(#[from] super::ramdisk::RamDiskError),
     /// umount failed.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     #[error("cannot unmount {path} again: {source}")]
     Unmount {
         /// The mount point.
@@ -87,11 +115,13 @@ pub enum Mounted {
     /// Mounted now.
     Fresh,
     /// tmpfs mounted without `noswap`: the kernel refused the option.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     TmpfsWithoutNoswap,
 }
 
 /// Whether `dir` is itself a mount point (its device differs from its parent's,
 /// or it is the root of its filesystem as /proc/self/mountinfo lists it).
+#[cfg(target_os = "linux")]
 fn is_mount_point(dir: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
@@ -108,6 +138,7 @@ fn is_mount_point(dir: &Path) -> bool {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
+#[cfg(target_os = "linux")]
 fn unescape_mountinfo(s: &str) -> String {
     let mut out = String::new();
     let mut chars = s.chars().peekable();
@@ -136,6 +167,7 @@ fn unescape_mountinfo(s: &str) -> String {
 /// entry, not the path), and owner and mode are set through a descriptor
 /// opened after the mount: they land on the new filesystem, never on a
 /// directory beneath it.
+#[cfg(target_os = "linux")]
 pub fn ensure(dir: &Path, keys_gid: u32, use_tmpfs: bool) -> Result<Mounted, MountError> {
     let path = || dir.to_path_buf();
     let opened = safe_path::open_real_dir(dir, Trust::invoker(), Missing::Create(0o755))
@@ -196,6 +228,7 @@ pub fn ensure(dir: &Path, keys_gid: u32, use_tmpfs: bool) -> Result<Mounted, Mou
 /// Unmounts what this run mounted at `dir` (after a failure before the swap).
 /// Nothing of the run holds a file open there by then; if something else
 /// does, the filesystem is detached so that the one below shows again.
+#[cfg(target_os = "linux")]
 pub fn unmount(dir: &Path) -> Result<(), MountError> {
     use nix::mount::{MntFlags, umount2};
     let failed = |source| MountError::Unmount {
@@ -211,7 +244,7 @@ pub fn unmount(dir: &Path) -> Result<(), MountError> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

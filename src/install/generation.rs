@@ -178,7 +178,7 @@ impl Generation {
             None => st.st_uid == nix::unistd::geteuid().as_raw(),
         };
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
-            || st.st_mode & 0o7777 != mode
+            || st.st_mode & 0o7777 != mode as nix::libc::mode_t
             || !same_owner
             || u64::try_from(st.st_size) != Ok(content.len() as u64)
         {

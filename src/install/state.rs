@@ -6,10 +6,13 @@
 //! nowhere. Each generation keeps that in a small root-only file; it holds
 //! names, paths and unit names, never a secret.
 //!
-//! It also lets an unchanged re-run skip reading every live copy: for each
-//! file it keeps the mode, owner and a keyed digest (HMAC-SHA-256, truncated
-//! to 128 bits) of the content, so the next run compares what it is about to
-//! write with the record instead of with the files. The key is random, made
+//! It also lets the diff tell what changed (change lines, restarts, dry runs)
+//! without reading every live copy: for each file it keeps the mode, owner
+//! and a keyed digest (HMAC-SHA-256, truncated to 128 bits) of the content,
+//! so the next run compares what it is about to write with the record. (The
+//! write stage still reads the live copy of each unchanged file before it
+//! hard-links it into the next generation: the record says what was written,
+//! not what is there now.) The key is random, made
 //! when a mount's first recorded generation is written and carried from
 //! record to record; it lives in the record itself, a root-only file on the
 //! secrets mount, so the digests tell nothing that the reader of the record,

@@ -120,5 +120,11 @@ fn run(
     }
     let next = apply::apply(manifest, &plan.items, plan.keys_gid, &live.digest_key, report)?;
     let late = aftercare::aftercare(manifest, opts, &plan.items, &live, &requests, next, report);
+    // The process ends soon: the live record (names, paths, units, digests;
+    // no secret) is left to the kernel rather than freed entry by entry. The
+    // digest key is wiped as usual.
+    let Live { state, digest_key, .. } = live;
+    drop(digest_key);
+    std::mem::forget(state);
     plan.finish(late)
 }

@@ -212,8 +212,8 @@ const PATH_FLAGS: OFlag = OFlag::O_PATH.union(OFlag::O_NOFOLLOW).union(OFlag::O_
 /// no owner to check); read-only, because the walk needs a descriptor for the
 /// `*at` calls and `O_SEARCH` (search permission only) exists only since
 /// macOS 13, so a directory the invoker can search but not read is refused
-/// there (root reads every directory; in user mode it is the user's own
-/// paths). `O_NONBLOCK` so that a FIFO does not wait for a writer before it is
+/// there when not run as root (user mode, the build-time checks; root reads
+/// every directory). `O_NONBLOCK` so that a FIFO does not wait for a writer before it is
 /// refused, `O_NOCTTY` so that a terminal is not adopted; a device is opened
 /// before it is refused (only root can make one, so no other user can plant one).
 #[cfg(target_os = "macos")]

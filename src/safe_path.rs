@@ -213,9 +213,10 @@ const PATH_FLAGS: OFlag = OFlag::O_PATH.union(OFlag::O_NOFOLLOW).union(OFlag::O_
 /// `*at` calls and `O_SEARCH` (search permission only) exists only since
 /// macOS 13, so a directory the invoker can search but not read is refused
 /// there when not run as root (user mode, the build-time checks; root reads
-/// every directory). `O_NONBLOCK` so that a FIFO does not wait for a writer before it is
-/// refused, `O_NOCTTY` so that a terminal is not adopted; a device is opened
-/// before it is refused (only root can make one, so no other user can plant one).
+/// every directory). `O_NONBLOCK` so that a FIFO does not wait for a writer
+/// before it is refused, `O_NOCTTY` so that a terminal is not adopted; a
+/// device is opened before it is refused (only root can make one, so no other
+/// user can plant one).
 #[cfg(target_os = "macos")]
 const PATH_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::from_bits_retain(nix::libc::O_SYMLINK))
@@ -321,10 +322,10 @@ fn same_object(a: &FileStat, b: &FileStat) -> bool {
 
 /// A path walked down to its final object, which is not a symlink.
 struct Walked {
-    /// `O_PATH` descriptor of the final object.
+    /// Descriptor of the final object (`O_PATH` on Linux, see [`PATH_FLAGS`]).
     obj: OwnedFd,
     st: FileStat,
-    /// `O_PATH` descriptor of the directory holding it, and its name there
+    /// Descriptor of the directory holding it, and its name there
     /// (`None` for `/` itself or the working directory).
     parent: Option<(OwnedFd, OsString)>,
     /// The path as resolved, for messages.
@@ -458,7 +459,7 @@ fn finish_dir(walked: Walked) -> Result<Dir, OpenError> {
             kind: kind_name(&walked.st),
         });
     }
-    // "." of the O_PATH descriptor: the same directory, now readable.
+    // "." of the walk's descriptor: the same directory, now surely readable.
     let fd =
         openat(&walked.obj, ".", DIR_FLAGS, Mode::empty()).map_err(|e| io("open", walked.path.clone(), e))?;
     Ok(Dir {

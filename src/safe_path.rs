@@ -30,8 +30,17 @@
 //!
 //! On NixOS the legitimate links are root's: `/run/secrets`, the store paths
 //! of sops files, `/etc/ssh` keys; they keep working.
+//!
+//! macOS has no `O_PATH`; two small functions stand in for it there
+//! (`open_component`, `read_link`, and the flags they use): each object is
+//! opened read-only with `O_SYMLINK`, so a link is opened as itself and its
+//! owner read from it, and its target is read by name in the directory the
+//! walk holds, then the name is checked to be that same link still. What
+//! differs is said at each. What was run: the Linux tests of this module and
+//! `tests/hostile_paths.rs`, and a type check of the macOS code (`.ci/run`);
+//! not run: anything on a Mac.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
@@ -194,7 +203,26 @@ pub enum Missing {
     Create(u32),
 }
 
+/// How the walk opens each object: on Linux `O_PATH`, which neither reads
+/// the object nor follows a final link, so it has no side effect whatever it is.
+#[cfg(target_os = "linux")]
 const PATH_FLAGS: OFlag = OFlag::O_PATH.union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
+/// macOS has no `O_PATH`. `O_SYMLINK` opens a final link as itself (it would
+/// otherwise be followed, or with `O_NOFOLLOW` fail with `ELOOP`, which gives
+/// no owner to check); read-only, because the walk needs a descriptor for the
+/// `*at` calls and `O_SEARCH` (search permission only) exists only since
+/// macOS 13, so a directory the invoker can search but not read is refused
+/// there when not run as root (user mode, the build-time checks; root reads
+/// every directory). `O_NONBLOCK` so that a FIFO does not wait for a writer
+/// before it is refused, `O_NOCTTY` so that a terminal is not adopted; a
+/// device is opened before it is refused (only root can make one, so no other
+/// user can plant one).
+#[cfg(target_os = "macos")]
+const PATH_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::from_bits_retain(nix::libc::O_SYMLINK))
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_NOCTTY)
+    .union(OFlag::O_CLOEXEC);
 const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC)
@@ -242,12 +270,62 @@ enum FinalLink {
     Refuse,
 }
 
+/// Opens `name` in `dir` as itself, a symlink included, for [`walk`].
+#[cfg(target_os = "linux")]
+fn open_component(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
+    // O_DIRECTORY first: only then does the kernel trigger an automount
+    // (autofs, systemd .automount) on the component; anything but a
+    // directory, a symlink included, answers ENOTDIR and is opened as itself.
+    match openat(dir, name, PATH_FLAGS | OFlag::O_DIRECTORY, Mode::empty()) {
+        Err(Errno::ENOTDIR) => openat(dir, name, PATH_FLAGS, Mode::empty()),
+        other => other,
+    }
+}
+
+/// Opens `name` in `dir` as itself, a symlink included, for [`walk`]. macOS
+/// triggers its automounts on any lookup, so one open does.
+#[cfg(target_os = "macos")]
+fn open_component(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
+    openat(dir, name, PATH_FLAGS, Mode::empty())
+}
+
+/// The target of the link `link` (stat `link_st`), found as `name` in `dir`.
+/// On Linux it is read from the `O_PATH` descriptor itself: the very link
+/// whose owner was checked.
+#[cfg(target_os = "linux")]
+fn read_link(link: &OwnedFd, _link_st: &FileStat, _dir: &OwnedFd, _name: &OsStr) -> nix::Result<OsString> {
+    readlinkat(link, "")
+}
+
+/// The target of the link `link` (stat `link_st`), found as `name` in `dir`.
+/// macOS reads a link by name only (`freadlink` exists from macOS 13 on, and
+/// `readlinkat` takes no empty name), so the name is read in the directory
+/// the walk holds open and then looked up again: if it is no longer the link
+/// whose owner was checked, the walk stops. What remains is a swap and a swap
+/// back between the two calls, which needs a user who may rename that link:
+/// in a sticky directory (`/tmp`) only its owner, who is trusted, or the
+/// directory's owner; elsewhere anyone who can write to the directory.
+#[cfg(target_os = "macos")]
+fn read_link(_link: &OwnedFd, link_st: &FileStat, dir: &OwnedFd, name: &OsStr) -> nix::Result<OsString> {
+    let target = readlinkat(dir, name)?;
+    let now = nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if !same_object(&now, link_st) {
+        return Err(Errno::EAGAIN);
+    }
+    Ok(target)
+}
+
+/// Whether two stats are of the same file.
+fn same_object(a: &FileStat, b: &FileStat) -> bool {
+    (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+}
+
 /// A path walked down to its final object, which is not a symlink.
 struct Walked {
-    /// `O_PATH` descriptor of the final object.
+    /// Descriptor of the final object (`O_PATH` on Linux, see [`PATH_FLAGS`]).
     obj: OwnedFd,
     st: FileStat,
-    /// `O_PATH` descriptor of the directory holding it, and its name there
+    /// Descriptor of the directory holding it, and its name there
     /// (`None` for `/` itself or the working directory).
     parent: Option<(OwnedFd, OsString)>,
     /// The path as resolved, for messages.
@@ -280,19 +358,7 @@ fn walk(path: &Path, trust: Trust, missing: Missing, final_link: FinalLink) -> R
             });
         }
         let here = shown.join(&part);
-        // O_DIRECTORY first: only then does the kernel trigger an automount
-        // (autofs, systemd .automount) on the component; anything but a
-        // directory, a symlink included, answers ENOTDIR and is opened as itself.
-        let opened = match openat(
-            &fd,
-            part.as_os_str(),
-            PATH_FLAGS | OFlag::O_DIRECTORY,
-            Mode::empty(),
-        ) {
-            Err(Errno::ENOTDIR) => openat(&fd, part.as_os_str(), PATH_FLAGS, Mode::empty()),
-            other => other,
-        };
-        let obj = match opened {
+        let obj = match open_component(&fd, part.as_os_str()) {
             Ok(obj) => obj,
             Err(Errno::ENOENT) if matches!(missing, Missing::Create(_)) && creations <= MAX_LINKS => {
                 let Missing::Create(mode) = missing else {
@@ -332,8 +398,8 @@ fn walk(path: &Path, trust: Trust, missing: Missing, final_link: FinalLink) -> R
                     path: path.to_owned(),
                 });
             }
-            // The target of the very link whose owner was checked.
-            let target = readlinkat(&obj, "").map_err(|e| io("read the link", here.clone(), e))?;
+            let target = read_link(&obj, &obj_st, &fd, part.as_os_str())
+                .map_err(|e| io("read the link", here.clone(), e))?;
             let target = PathBuf::from(target);
             if target.as_os_str().is_empty() {
                 return Err(io("follow the empty link", here, Errno::ENOENT));
@@ -393,7 +459,7 @@ fn finish_dir(walked: Walked) -> Result<Dir, OpenError> {
             kind: kind_name(&walked.st),
         });
     }
-    // "." of the O_PATH descriptor: the same directory, now readable.
+    // "." of the walk's descriptor: the same directory, now surely readable.
     let fd =
         openat(&walked.obj, ".", DIR_FLAGS, Mode::empty()).map_err(|e| io("open", walked.path.clone(), e))?;
     Ok(Dir {
@@ -434,7 +500,7 @@ pub fn open_file(path: &Path, trust: Trust) -> Result<File, OpenError> {
     let fd = openat(parent, name.as_os_str(), FILE_FLAGS, Mode::empty())
         .map_err(|e| io("open", walked.path.clone(), e))?;
     let st = fstat(&fd).map_err(|e| io("inspect", walked.path.clone(), e))?;
-    if (st.st_dev, st.st_ino) != (walked.st.st_dev, walked.st.st_ino) || kind(&st) != SFlag::S_IFREG {
+    if !same_object(&st, &walked.st) || kind(&st) != SFlag::S_IFREG {
         return Err(OpenError::NotRegular {
             path: walked.path,
             kind: "a file that was replaced while it was opened",
@@ -571,6 +637,21 @@ mod tests {
         let err = open_or_create(&dir.path().join("run/other.lock"), Trust::invoker(), 0o600).unwrap_err();
         assert!(err.to_string().contains("other.lock"), "{err}");
         assert!(!elsewhere.exists());
+    }
+
+    #[test]
+    fn an_object_is_known_by_its_inode_not_its_name() {
+        // What both the final open of a file and (on macOS) the second look at
+        // a link rely on to notice a swap.
+        let dir = tempfile::tempdir().unwrap();
+        let stat = |name: &str| nix::sys::stat::lstat(&dir.path().join(name)).unwrap();
+        symlink("a", dir.path().join("link")).unwrap();
+        let before = stat("link");
+        std::fs::hard_link(dir.path().join("link"), dir.path().join("same")).unwrap();
+        assert!(same_object(&before, &stat("same")));
+        symlink("b", dir.path().join("other")).unwrap();
+        std::fs::rename(dir.path().join("other"), dir.path().join("link")).unwrap();
+        assert!(!same_object(&before, &stat("link")));
     }
 
     #[test]

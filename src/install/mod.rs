@@ -123,7 +123,9 @@ fn run(
     // The process ends soon: the live record (names, paths, units, digests;
     // no secret) is left to the kernel rather than freed entry by entry. The
     // digest key is wiped as usual.
-    let Live { state, digest_key, .. } = live;
+    let Live {
+        state, digest_key, ..
+    } = live;
     drop(digest_key);
     std::mem::forget(state);
     plan.finish(late)

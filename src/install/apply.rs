@@ -25,6 +25,8 @@ pub(super) fn apply(
     report: &mut Report,
 ) -> Result<u64, Failed> {
     let mount = &manifest.secrets_mount_point;
+    // On macOS both branches below set it.
+    #[cfg_attr(target_os = "macos", allow(unused_assignments))]
     let mut mounted_now = false;
     if manifest.user_mode {
         // On Linux `%r` is the user's runtime directory, a tmpfs. On macOS it

@@ -444,6 +444,60 @@ pub fn expand_runtime_dir(path: &str, runtime_dir: &str) -> String {
         .join("%")
 }
 
+/// Why macOS's per-user temporary directory cannot stand for `%r`.
+#[derive(Debug, thiserror::Error)]
+pub enum DarwinTempDirError {
+    /// `confstr` gave no value.
+    #[error("confstr(_CS_DARWIN_USER_TEMP_DIR) failed: {0}")]
+    Confstr(nix::errno::Errno),
+    /// The value is not an absolute path in UTF-8.
+    #[error("confstr(_CS_DARWIN_USER_TEMP_DIR) gave {0:?}, which is not an absolute path")]
+    NotAPath(String),
+}
+
+/// `%r` from the value of `DARWIN_USER_TEMP_DIR` (`/var/folders/xy/.../T/`,
+/// as `getconf DARWIN_USER_TEMP_DIR` prints it): blanks and newlines at the
+/// end and then one trailing `/` are dropped, as sops-nix's installer does
+/// with `getconf`'s output, so that `%r/secrets.d` names the same directory
+/// for both installers.
+pub fn runtime_dir_from_darwin_temp_dir(value: &[u8]) -> Result<String, DarwinTempDirError> {
+    let text = String::from_utf8(value.to_vec())
+        .map_err(|e| DarwinTempDirError::NotAPath(String::from_utf8_lossy(e.as_bytes()).into_owned()))?;
+    let trimmed = text.trim_end_matches([' ', '\t', '\n']);
+    let dir = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    if !dir.starts_with('/') || dir.contains('\0') {
+        return Err(DarwinTempDirError::NotAPath(text));
+    }
+    Ok(dir.to_owned())
+}
+
+/// `%r` on macOS when `$XDG_RUNTIME_DIR` is not set (launchd, which starts
+/// home-manager's agent, sets no such variable): the user's temporary
+/// directory, which sops-nix's installer uses there instead.
+#[cfg(target_os = "macos")]
+pub fn darwin_user_temp_dir() -> Result<String, DarwinTempDirError> {
+    let mut buf = [0u8; PATH_MAX];
+    nix::errno::Errno::clear();
+    // SAFETY: confstr writes at most `buf.len()` bytes, its NUL included, into `buf`.
+    let needed = unsafe {
+        nix::libc::confstr(
+            nix::libc::_CS_DARWIN_USER_TEMP_DIR,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if needed == 0 {
+        return Err(DarwinTempDirError::Confstr(nix::errno::Errno::last()));
+    }
+    // `needed` counts the NUL; more than the buffer means it was cut short.
+    if needed > buf.len() {
+        return Err(DarwinTempDirError::NotAPath(format!(
+            "a value of {needed} bytes, longer than PATH_MAX"
+        )));
+    }
+    runtime_dir_from_darwin_temp_dir(&buf[..needed - 1])
+}
+
 /// Longest path the kernel takes, counting the terminating NUL (PATH_MAX).
 const PATH_MAX: usize = nix::libc::PATH_MAX as usize;
 /// Longest file name, one path component (NAME_MAX).
@@ -519,9 +573,18 @@ impl Manifest {
                 _ => p,
             }
         };
+        #[cfg(not(target_os = "macos"))]
         if user_mode && runtime_dir.is_none() {
             problems.push(
                 "userMode is set but $XDG_RUNTIME_DIR is not, so `%r` in paths cannot be expanded".into(),
+            );
+        }
+        #[cfg(target_os = "macos")]
+        if user_mode && runtime_dir.is_none() {
+            problems.push(
+                "userMode is set but neither $XDG_RUNTIME_DIR nor the user's temporary directory \
+                 (confstr _CS_DARWIN_USER_TEMP_DIR) is known, so `%r` in paths cannot be expanded"
+                    .into(),
             );
         }
 
@@ -1038,5 +1101,61 @@ mod tests {
             "/run/user/1000/secrets"
         );
         assert_eq!(expand_runtime_dir("%%r/x", "/run/user/1000"), "%r/x");
+    }
+
+    #[test]
+    fn the_darwin_temp_dir_loses_its_trailing_slash_as_in_sops_nix() {
+        let temp = "/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T";
+        for printed in [
+            format!("{temp}/"),
+            format!("{temp}/\n"),
+            format!("{temp}/ \t\n"),
+            temp.to_owned(),
+        ] {
+            assert_eq!(
+                runtime_dir_from_darwin_temp_dir(printed.as_bytes()).unwrap(),
+                temp,
+                "{printed:?}"
+            );
+        }
+        // Only one slash goes, as with sops-nix's TrimSuffix.
+        assert_eq!(
+            runtime_dir_from_darwin_temp_dir(b"/var/folders/x/T//").unwrap(),
+            "/var/folders/x/T/"
+        );
+        let dir = runtime_dir_from_darwin_temp_dir(format!("{temp}/").as_bytes()).unwrap();
+        assert_eq!(
+            expand_runtime_dir("%r/secrets.d", &dir),
+            format!("{temp}/secrets.d")
+        );
+    }
+
+    #[test]
+    fn a_darwin_temp_dir_that_is_not_an_absolute_path_is_refused() {
+        for bad in [
+            &b""[..],
+            b"/",
+            b"\n",
+            b"T/",
+            b"relative/T/",
+            b"/var/\xff/T/",
+            b"/var/\0x/T/",
+        ] {
+            let err = runtime_dir_from_darwin_temp_dir(bad).unwrap_err();
+            assert!(matches!(err, DarwinTempDirError::NotAPath(_)), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn user_mode_without_a_runtime_dir_names_what_is_missing() {
+        let (_, problems) = Manifest::parse(
+            br#"{"secretsMountPoint":"%r/s.d","symlinkPath":"%r/s","userMode":true}"#,
+            None,
+        )
+        .unwrap();
+        assert!(
+            problems.iter().any(|p| p.contains("$XDG_RUNTIME_DIR")),
+            "{problems:?}"
+        );
     }
 }

@@ -61,6 +61,11 @@ pub fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
     let runtime_dir = std::env::var("XDG_RUNTIME_DIR")
         .ok()
         .or_else(|| (check_mode != CheckMode::Off).then(String::new));
+    // launchd, which starts home-manager's agent on macOS, sets no
+    // $XDG_RUNTIME_DIR: `%r` is then the user's temporary directory, as for
+    // sops-nix there. Without either, a user-mode manifest is refused.
+    #[cfg(target_os = "macos")]
+    let runtime_dir = runtime_dir.or_else(|| sops_install_secrets::manifest::darwin_user_temp_dir().ok());
     // Like every path the manifest names: no other user's symlink, a regular file only.
     let trust = match check_mode {
         CheckMode::Off => Trust::invoker(),

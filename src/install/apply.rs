@@ -13,6 +13,7 @@ use super::{links, mount};
 #[cfg(target_os = "linux")]
 use crate::hardening;
 use crate::manifest::Manifest;
+#[cfg(not(target_os = "macos"))]
 use crate::safe_path::{Missing, Trust};
 
 /// Mounts, writes and swaps; returns the number of the generation now live.
@@ -24,12 +25,25 @@ pub(super) fn apply(
     report: &mut Report,
 ) -> Result<u64, Failed> {
     let mount = &manifest.secrets_mount_point;
+    // On macOS both branches below set it.
+    #[cfg_attr(target_os = "macos", allow(unused_assignments))]
     let mut mounted_now = false;
     if manifest.user_mode {
-        let dir = crate::safe_path::open_dir(mount, Trust::invoker(), Missing::Create(0o755))
-            .map_err(|e| Failed::one(format!("secretsMountPoint {}: {e}", mount.display())))?;
-        nix::sys::stat::fchmod(&dir.fd, nix::sys::stat::Mode::from_bits_truncate(0o751))
-            .map_err(|e| Failed::one(format!("cannot chmod {}: {e}", mount.display())))?;
+        // On Linux `%r` is the user's runtime directory, a tmpfs. On macOS it
+        // is the user's temporary directory, on disk, so the plaintext needs
+        // a RAM disk there too, as sops-nix mounts one in user mode.
+        #[cfg(target_os = "macos")]
+        {
+            let mounted = super::ramdisk::ensure_user(mount).map_err(|e| Failed::one(e.to_string()))?;
+            mounted_now = !matches!(mounted, mount::Mounted::AlreadyThere);
+        }
+        #[cfg(not(target_os = "macos"))]
+        {
+            let dir = crate::safe_path::open_dir(mount, Trust::invoker(), Missing::Create(0o755))
+                .map_err(|e| Failed::one(format!("secretsMountPoint {}: {e}", mount.display())))?;
+            nix::sys::stat::fchmod(&dir.fd, nix::sys::stat::Mode::from_bits_truncate(0o751))
+                .map_err(|e| Failed::one(format!("cannot chmod {}: {e}", mount.display())))?;
+        }
     } else {
         let mounted =
             mount::ensure(mount, keys_gid, manifest.use_tmpfs).map_err(|e| Failed::one(e.to_string()))?;

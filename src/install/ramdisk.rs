@@ -104,7 +104,8 @@ pub enum RamDiskError {
 }
 
 /// Where the tools are. On macOS they are at fixed system paths, never looked
-/// up on `PATH`: the installer runs as root.
+/// up on `PATH`: the installer runs as root (or, in user mode, as the user,
+/// whose `PATH` is not what decides where plaintext goes either).
 pub struct Tools {
     /// `hdiutil`: attaches and detaches disk images.
     pub hdiutil: PathBuf,
@@ -344,12 +345,26 @@ pub fn unmount_with(tools: &Tools, dir: &Path) -> Result<(), MountError> {
     }
 }
 
+/// `statfs`'s filesystem type name (`f_fstypename`), as [`ensure_with`] reads it.
+#[cfg(target_os = "macos")]
+fn fs_type_name(fd: &OwnedFd) -> Result<String, Errno> {
+    nix::sys::statfs::fstatfs(fd).map(|s| s.filesystem_type_name().to_owned())
+}
+
 /// The installer's mount on macOS ([`super::mount::ensure`] on Linux).
 /// `useTmpfs` has no meaning there (there is no tmpfs either), as in sops-nix.
 #[cfg(target_os = "macos")]
 pub fn ensure(dir: &Path, keys_gid: u32, _use_tmpfs: bool) -> Result<Mounted, MountError> {
-    let fs_type = |fd: &OwnedFd| nix::sys::statfs::fstatfs(fd).map(|s| s.filesystem_type_name().to_owned());
-    ensure_with(&Tools::system(), dir, Some(keys_gid), fs_type)
+    ensure_with(&Tools::system(), dir, Some(keys_gid), fs_type_name)
+}
+
+/// The mount in user mode (home-manager's agent): a RAM disk as in system
+/// mode, since macOS's per-user temporary directory, where `%r` points, is on
+/// disk; sops-nix mounts one there too. The disk's root stays the user's, who
+/// mounted it (`0751`); nothing is chowned.
+#[cfg(target_os = "macos")]
+pub fn ensure_user(dir: &Path) -> Result<Mounted, MountError> {
+    ensure_with(&Tools::system(), dir, None, fs_type_name)
 }
 
 /// Detaches the RAM disk this run mounted at `dir`.
@@ -632,6 +647,9 @@ mod tests {
         }
     }
 
+    /// The tests that attach a disk share [`ATTACHED`]; they take turns.
+    static ATTACHING: Mutex<()> = Mutex::new(());
+
     #[test]
     fn a_fresh_disk_is_owned_root_keys_0751_marked_found_again_and_detached_on_unmount() {
         if !nix::unistd::geteuid().is_root() {
@@ -641,6 +659,7 @@ mod tests {
             );
             return;
         }
+        let _turn = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
         // The fake mount mounts a real tmpfs on the target (its sixth
         // argument), standing in for the HFS RAM disk.
         let fake = Fake::new(&|name| match name {
@@ -681,6 +700,40 @@ mod tests {
         assert_eq!(fake.calls().len(), 3);
 
         // A failed run detaches the disk it attached.
+        unmount_with(&fake.tools(), &dir).unwrap();
+        assert_eq!(fake.calls().last().unwrap(), "hdiutil detach /dev/disk7");
+    }
+
+    #[test]
+    fn in_user_mode_the_disk_keeps_the_mounting_users_owner_and_gets_0751_and_the_marker() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root: this test must run there"
+            );
+            return;
+        }
+        let _turn = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
+        // The stand-in filesystem's root belongs to 4243:4244, as a RAM disk
+        // a user mounts belongs to that user; with no `keys` group given,
+        // that owner must stay.
+        let fake = Fake::new(&|name| match name {
+            "mount" => r#"exec mount -t tmpfs -o mode=0700,uid=4243,gid=4244 none "$6""#.into(),
+            other => working(other),
+        });
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("secrets.d");
+        let _guard = Unmount(dir.clone());
+        let hfs = |_: &OwnedFd| Ok("hfs".to_owned());
+        let got = ensure_with(&fake.tools(), &dir, None, hfs).unwrap();
+        assert!(matches!(got, Mounted::Fresh));
+        let st = nix::sys::stat::stat(&dir).unwrap();
+        let parent = nix::sys::stat::stat(root.path()).unwrap();
+        assert_ne!(st.st_dev, parent.st_dev, "the disk is mounted");
+        assert_eq!((st.st_uid, st.st_gid, st.st_mode & 0o7777), (4243, 4244, 0o751));
+        assert!(nix::sys::stat::lstat(&dir.join(MARKER)).is_ok());
+        let again = ensure_with(&fake.tools(), &dir, None, hfs).unwrap();
+        assert!(matches!(again, Mounted::AlreadyThere));
         unmount_with(&fake.tools(), &dir).unwrap();
         assert_eq!(fake.calls().last().unwrap(), "hdiutil detach /dev/disk7");
     }

@@ -1,7 +1,8 @@
 # The home-manager module: sops-nix's home-manager options, for one user.
 #
 # Secrets are installed in user mode: generations under
-# $XDG_RUNTIME_DIR/secrets.d (`%r` in paths stands for $XDG_RUNTIME_DIR), a
+# $XDG_RUNTIME_DIR/secrets.d (`%r` in paths stands for $XDG_RUNTIME_DIR; on
+# macOS for `getconf DARWIN_USER_TEMP_DIR`, on a RAM disk the installer mounts), a
 # symlink to the live one (by default ~/.config/sops-nix/secrets), no mount and
 # no chown. On Linux the systemd user unit sops-nix.service installs them at
 # login, and every home-manager activation restarts it so that changed secrets
@@ -40,7 +41,7 @@ let
           description = ''
             Where the secret can be read. If it differs from the default, a
             symlink to the secret is made there. `%r` stands for
-            $XDG_RUNTIME_DIR, `%%` for `%`.
+            $XDG_RUNTIME_DIR (on macOS for `getconf DARWIN_USER_TEMP_DIR`), `%%` for `%`.
           '';
         };
       };
@@ -158,7 +159,8 @@ in
       defaultText = lib.literalExpression ''"''${config.xdg.configHome}/sops-nix/secrets"'';
       description = ''
         The symlink to the live generation of secrets: the directory where
-        secrets are found. `%r` stands for $XDG_RUNTIME_DIR.
+        secrets are found. `%r` stands for $XDG_RUNTIME_DIR (on macOS for
+        `getconf DARWIN_USER_TEMP_DIR`).
       '';
     };
 
@@ -167,7 +169,9 @@ in
       default = "%r/secrets.d";
       description = ''
         The directory holding the generations of decrypted secrets. `%r` stands
-        for $XDG_RUNTIME_DIR, which is a tmpfs private to the user.
+        for $XDG_RUNTIME_DIR, which is a tmpfs private to the user (on macOS for
+        `getconf DARWIN_USER_TEMP_DIR`, which is on disk: the installer mounts a
+        RAM disk here).
       '';
     };
 

@@ -30,7 +30,8 @@
   ageKeyFile ? null,
   ageSshKeyPaths ? [ ],
   useTmpfs ? false,
-  # home-manager: `%r` in paths is $XDG_RUNTIME_DIR, no mount, no chown.
+  # home-manager: `%r` in paths is $XDG_RUNTIME_DIR (macOS: DARWIN_USER_TEMP_DIR,
+  # on a RAM disk the installer mounts), no mount on Linux, no chown.
   userMode ? false,
   # sops.log: which of "keyImport" and "secretChanges" the installer reports.
   log ? [

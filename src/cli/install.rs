@@ -58,14 +58,17 @@ pub fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
     let manifest_path = PathBuf::from(manifest_path.ok_or_else(|| UsageError("no manifest given".into()))?);
     // Check modes run at build time, where there is no user session: like
     // sops-nix, `%r` then expands to nothing.
-    let runtime_dir = std::env::var("XDG_RUNTIME_DIR")
-        .ok()
-        .or_else(|| (check_mode != CheckMode::Off).then(String::new));
-    // launchd, which starts home-manager's agent on macOS, sets no
-    // $XDG_RUNTIME_DIR: `%r` is then the user's temporary directory, as for
-    // sops-nix there. Without either, a user-mode manifest is refused.
+    #[cfg(not(target_os = "macos"))]
+    let session_dir = std::env::var("XDG_RUNTIME_DIR").ok();
+    // On macOS `%r` is the user's temporary directory (DARWIN_USER_TEMP_DIR),
+    // as sops-nix has it there, so both installers agree on the paths;
+    // launchd sets no $XDG_RUNTIME_DIR, which is only a fallback.
     #[cfg(target_os = "macos")]
-    let runtime_dir = runtime_dir.or_else(|| sops_install_secrets::manifest::darwin_user_temp_dir().ok());
+    let session_dir = sops_install_secrets::manifest::darwin_user_temp_dir()
+        .ok()
+        .or_else(|| std::env::var("XDG_RUNTIME_DIR").ok());
+    // Without either, a user-mode manifest is refused.
+    let runtime_dir = session_dir.or_else(|| (check_mode != CheckMode::Off).then(String::new));
     // Like every path the manifest names: no other user's symlink, a regular file only.
     let trust = match check_mode {
         CheckMode::Off => Trust::invoker(),

@@ -1865,3 +1865,61 @@ fn an_unchanged_secret_is_linked_into_the_next_generation_and_a_changed_one_writ
         );
     });
 }
+
+/// Problems of many files come in the manifest's order, the same every run
+/// (whatever order files are worked on), and every good file's values are
+/// installed once the broken ones are gone.
+#[test]
+fn problems_of_many_files_come_in_the_manifests_order_every_run() {
+    isolated(|env| {
+        let missing = s(&env.path("no-such-file.yaml"));
+        let secrets = vec![
+            env.secret("ok_yaml", "app.yaml", "app/db_password"),
+            env.secret("tampered_secret", "tampered.yaml", "app/db_password"),
+            env.secret("ok_json", "app.json", ""),
+            env.secret_from("missing_file", &missing, "app/db_password"),
+            env.secret("foreign", "other_key.yaml", "other"),
+            env.secret("ok_v2", "app_v2.yaml", "app/db_password"),
+            env.secret("missing_key", "app_v2.yaml", "no/such/key"),
+            env.secret("ok_env", "app.env", ""),
+        ];
+        let bad = env.manifest(secrets);
+        let order = ["tampered_secret", "missing_file", "foreign", "missing_key"];
+        let mut first: Option<String> = None;
+        for _ in 0..5 {
+            let run = assert_refused(env, &bad, &order);
+            let at: Vec<usize> = order
+                .iter()
+                .map(|n| run.stderr.find(&format!("{n:?}")).unwrap())
+                .collect();
+            assert!(
+                at.windows(2).all(|w| w[0] < w[1]),
+                "out of order:\n{}",
+                run.stderr
+            );
+            // Each run's manifest has its own file name, on the first line only.
+            let problems = run.stderr.split_once('\n').unwrap().1.to_owned();
+            match &first {
+                None => first = Some(problems),
+                Some(f) => assert_eq!(f, &problems, "the report changed between runs"),
+            }
+        }
+        // The same files without the broken ones install every value.
+        let good = env.manifest(vec![
+            env.secret("ok_yaml", "app.yaml", "app/db_password"),
+            env.secret("ok_json", "app.json", ""),
+            env.secret("ok_v2", "app_v2.yaml", "app/db_password"),
+            env.secret("ok_env", "app.env", ""),
+            env.secret("blob", "blob.bin", ""),
+        ]);
+        env.install(&good);
+        assert_content(&env.link.join("ok_yaml"), &expected("app.db_password"));
+        assert_content(&env.link.join("ok_v2"), &expected("app_v2.db_password"));
+        for name in ["ok_json", "ok_env", "blob"] {
+            assert!(
+                !fs::read(env.link.join(name)).unwrap().is_empty(),
+                "{name} is empty"
+            );
+        }
+    });
+}

@@ -73,6 +73,8 @@ pub struct Generation {
     dir_ids: Option<Ids>,
     /// The live generation, whose unchanged files are linked rather than written.
     previous: Option<OwnedFd>,
+    /// Where live copies are read to be compared (wiped on drop).
+    scratch: std::cell::RefCell<Zeroizing<Vec<u8>>>,
     files_written: usize,
 }
 
@@ -137,6 +139,7 @@ impl Generation {
             dir,
             dir_ids,
             previous,
+            scratch: Default::default(),
             files_written: 0,
         })
     }
@@ -184,12 +187,7 @@ impl Generation {
         {
             return false;
         }
-        // One byte more than expected, so that a copy that grew meanwhile shows.
-        let mut live = Zeroizing::new(Vec::with_capacity(content.len() + 1));
-        let read = std::fs::File::from(fd)
-            .take(content.len() as u64 + 1)
-            .read_to_end(&mut live);
-        if read.is_err() || live.as_slice() != content {
+        if !same_bytes(std::fs::File::from(fd), content, &mut self.scratch.borrow_mut()) {
             return false;
         }
         linkat(old_parent, file, parent, file, AtFlags::empty()).is_ok()
@@ -246,6 +244,32 @@ impl Generation {
     }
 }
 
+/// Whether `live` holds exactly `content`, read in pieces of at most 64 KiB
+/// (a large secret is not held twice) into `scratch`, which its owner wipes.
+fn same_bytes(mut live: impl Read, content: &[u8], scratch: &mut Zeroizing<Vec<u8>>) -> bool {
+    const PIECE: usize = 64 * 1024;
+    // Made once at its full size: growing it would free an unwiped copy.
+    if scratch.len() < PIECE {
+        **scratch = vec![0; PIECE];
+    }
+    // One byte more than expected, so that a longer copy shows in one read.
+    let buf = &mut scratch[..(content.len() + 1).min(PIECE)];
+    let mut seen = 0;
+    loop {
+        match live.read(buf) {
+            Ok(0) => return seen == content.len(),
+            Ok(n) => {
+                if content.get(seen..seen + n) != Some(&buf[..n]) {
+                    return false;
+                }
+                seen += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Test builds can be told to die after writing some files, to prove that a
 /// crash mid-install leaves a usable tree. Release builds ignore the variable.
 fn crash_point(files_written: usize) {
@@ -278,6 +302,29 @@ mod tests {
             Generation::create(dir.path(), 1, None, None),
             Err(WriteError::Sys { action: "create", .. })
         ));
+    }
+
+    #[test]
+    fn bytes_are_compared_in_pieces_to_the_end() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut scratch = Zeroizing::new(Vec::new());
+        assert!(same_bytes(&big[..], &big, &mut scratch));
+        assert_eq!(scratch.len(), 64 * 1024, "read in pieces");
+        assert!(same_bytes(&b""[..], b"", &mut scratch));
+        let mut changed = big.clone();
+        changed[150_000] ^= 1;
+        assert!(
+            !same_bytes(&changed[..], &big, &mut scratch),
+            "a byte in a later piece differs"
+        );
+        assert!(!same_bytes(&big[..199_999], &big, &mut scratch), "shorter");
+        let mut longer = big.clone();
+        longer.push(0);
+        assert!(!same_bytes(&longer[..], &big, &mut scratch), "longer");
+        assert!(
+            !same_bytes(&b"ab"[..], b"a", &mut scratch),
+            "longer than a small value"
+        );
     }
 
     fn ino(path: &Path) -> u64 {

@@ -92,7 +92,7 @@ pub(super) fn gather<'m>(
 
     let mut item_problems = Problems::default();
     // Owners first: an unknown user is cheaper to report than a decryption.
-    let ids_for = |owner, group| -> Result<Option<Ids>, String> {
+    let ids_for = |owner, group| -> Result<Option<Ids>, IdsError> {
         if manifest.user_mode {
             return Ok(None);
         }
@@ -449,12 +449,49 @@ pub(super) fn secret_names(manifest: &Manifest, users: &[usize]) -> String {
         .join(", ")
 }
 
-fn resolve_ids(owner: &crate::manifest::Owner, group: &crate::manifest::Owner) -> Result<Ids, String> {
+/// Why an item's owner could not be resolved: its user, its group, or both.
+#[derive(Debug, thiserror::Error)]
+enum IdsError {
+    /// One of the two.
+    #[error(transparent)]
+    One(owners::OwnerError),
+    /// Both.
+    #[error("{0}; {1}")]
+    Both(owners::OwnerError, owners::OwnerError),
+}
+
+fn resolve_ids(owner: &crate::manifest::Owner, group: &crate::manifest::Owner) -> Result<Ids, IdsError> {
     let uid = owners::uid(owner);
     let gid = owners::gid(group);
     match (uid, gid) {
         (Ok(uid), Ok(gid)) => Ok(Ids { uid, gid }),
-        (Err(a), Err(b)) => Err(format!("{a}; {b}")),
-        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        (Err(a), Err(b)) => Err(IdsError::Both(a, b)),
+        (Err(e), _) | (_, Err(e)) => Err(IdsError::One(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Owner;
+
+    #[test]
+    fn an_unknown_user_and_group_are_both_told() {
+        let user = Owner::Name("no-such-user-sis-test".into());
+        let group = Owner::Name("no-such-group-sis-test".into());
+        let err = resolve_ids(&user, &group).unwrap_err();
+        assert!(matches!(err, IdsError::Both(..)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "user \"no-such-user-sis-test\" does not exist on this host (create it, or set owner to an \
+             existing user); group \"no-such-group-sis-test\" does not exist on this host (create it, or \
+             set group to an existing group)"
+        );
+        let err = resolve_ids(&Owner::Id(0), &group).unwrap_err();
+        assert!(
+            matches!(err, IdsError::One(owners::OwnerError::NoGroup(_))),
+            "{err:?}"
+        );
+        assert!(resolve_ids(&Owner::Id(0), &Owner::Id(0)).is_ok());
     }
 }

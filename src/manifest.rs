@@ -626,44 +626,34 @@ impl Manifest {
                 }
             };
             note_duplicate(&mut seen, &name, i, "secret", &mut bad);
-            let name = name.filter(|n| fits_below(&link_path, n, &mut bad));
-            let path = checked_path(s.path.map(&expand), &mut bad);
-            let owner = checked(Owner::parse("owner", "uid", s.owner, s.uid.as_ref()), &mut bad);
-            let group = checked(Owner::parse("group", "gid", s.group, s.gid.as_ref()), &mut bad);
-            let restart_units = Units::parse("restartUnits", s.restart_units, &mut bad);
-            let reload_units = Units::parse("reloadUnits", s.reload_units, &mut bad);
-            if let (
-                Some(name),
-                Some(format),
-                Some(mode),
-                Some(sops_file),
-                Some(path),
-                Some(owner),
-                Some(group),
-                Some(restart_units),
-                Some(reload_units),
-            ) = (
+            let shared = Shared::check(
                 name,
-                format,
-                mode,
-                sops_file,
-                path,
-                owner,
-                group,
-                restart_units,
-                reload_units,
-            ) {
+                &link_path,
+                RawShared {
+                    path: s.path.map(&expand),
+                    owner: s.owner,
+                    uid: s.uid,
+                    group: s.group,
+                    gid: s.gid,
+                    restart_units: s.restart_units,
+                    reload_units: s.reload_units,
+                },
+                &mut bad,
+            );
+            if let (Some(shared), Some(format), Some(mode), Some(sops_file)) =
+                (shared, format, mode, sops_file)
+            {
                 secrets.push(Secret {
-                    path: path.unwrap_or_else(|| link_path.join(name.as_str())),
-                    name,
+                    name: shared.name,
                     key: s.key.unwrap_or_default(),
-                    owner,
-                    group,
+                    path: shared.path,
+                    owner: shared.owner,
+                    group: shared.group,
                     sops_file,
                     format,
                     mode,
-                    restart_units,
-                    reload_units,
+                    restart_units: shared.restart_units,
+                    reload_units: shared.reload_units,
                     credential: s.credential.unwrap_or(false),
                 });
             }
@@ -695,41 +685,30 @@ impl Manifest {
             };
             let mode = checked_mode(t.mode.as_deref(), &mut bad);
             note_duplicate(&mut seen_templates, &name, i, "template", &mut bad);
-            let rendered = link_path.join("rendered");
-            let name = name.filter(|n| fits_below(&rendered, n, &mut bad));
-            let path = checked_path(t.path.map(&expand), &mut bad);
-            let owner = checked(Owner::parse("owner", "uid", t.owner, t.uid.as_ref()), &mut bad);
-            let group = checked(Owner::parse("group", "gid", t.group, t.gid.as_ref()), &mut bad);
-            let restart_units = Units::parse("restartUnits", t.restart_units, &mut bad);
-            let reload_units = Units::parse("reloadUnits", t.reload_units, &mut bad);
-            if let (
-                Some(name),
-                Some(source),
-                Some(mode),
-                Some(path),
-                Some(owner),
-                Some(group),
-                Some(restart_units),
-                Some(reload_units),
-            ) = (
+            let shared = Shared::check(
                 name,
-                source,
-                mode,
-                path,
-                owner,
-                group,
-                restart_units,
-                reload_units,
-            ) {
+                &link_path.join("rendered"),
+                RawShared {
+                    path: t.path.map(&expand),
+                    owner: t.owner,
+                    uid: t.uid,
+                    group: t.group,
+                    gid: t.gid,
+                    restart_units: t.restart_units,
+                    reload_units: t.reload_units,
+                },
+                &mut bad,
+            );
+            if let (Some(shared), Some(source), Some(mode)) = (shared, source, mode) {
                 templates.push(Template {
-                    path: path.unwrap_or_else(|| rendered.join(name.as_str())),
-                    name,
+                    name: shared.name,
                     source,
-                    owner,
-                    group,
+                    path: shared.path,
+                    owner: shared.owner,
+                    group: shared.group,
                     mode,
-                    restart_units,
-                    reload_units,
+                    restart_units: shared.restart_units,
+                    reload_units: shared.reload_units,
                 });
             }
         }
@@ -860,6 +839,52 @@ fn fits_below(dir: &Path, name: &Name, bad: &mut impl FnMut(String)) -> bool {
             false
         }
         None => true,
+    }
+}
+
+/// The fields of a secret or a template that mean the same for both, as read.
+struct RawShared {
+    /// `path`, `%r` already expanded.
+    path: Option<String>,
+    owner: Option<String>,
+    uid: Option<serde_json::Number>,
+    group: Option<String>,
+    gid: Option<serde_json::Number>,
+    restart_units: Option<Vec<String>>,
+    reload_units: Option<Vec<String>>,
+}
+
+/// Those fields checked.
+struct Shared {
+    name: Name,
+    /// The custom path, or the default one below the item's directory.
+    path: PathBuf,
+    owner: Owner,
+    group: Owner,
+    restart_units: Units,
+    reload_units: Units,
+}
+
+impl Shared {
+    /// Checks every field (each problem goes to `bad`, in this order: the
+    /// name's length below `dir`, path, owner, group, units); `None` if any failed.
+    fn check(name: Option<Name>, dir: &Path, raw: RawShared, bad: &mut impl FnMut(String)) -> Option<Shared> {
+        let name = name.filter(|n| fits_below(dir, n, bad));
+        let path = checked_path(raw.path, bad);
+        let owner = checked(Owner::parse("owner", "uid", raw.owner, raw.uid.as_ref()), bad);
+        let group = checked(Owner::parse("group", "gid", raw.group, raw.gid.as_ref()), bad);
+        let restart_units = Units::parse("restartUnits", raw.restart_units, bad);
+        let reload_units = Units::parse("reloadUnits", raw.reload_units, bad);
+        let (name, path, owner, group, restart_units, reload_units) =
+            (name?, path?, owner?, group?, restart_units?, reload_units?);
+        Some(Shared {
+            path: path.unwrap_or_else(|| dir.join(name.as_str())),
+            name,
+            owner,
+            group,
+            restart_units,
+            reload_units,
+        })
     }
 }
 

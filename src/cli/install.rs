@@ -115,7 +115,6 @@ pub fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
     // The process ends here: the manifest (names, paths, units, template
     // texts; no secret) is left to the kernel rather than freed entry by entry.
     std::mem::forget(manifest);
-    drop(bytes);
     // Warnings, change lines and "installed generation N" are told on every
     // outcome: a failed run may still have installed, or seen why it failed.
     let report = &outcome.report;

@@ -647,16 +647,23 @@ mod tests {
         }
     }
 
+    /// Whether this test can run (as root); under `CI` it must, so not being
+    /// root fails there instead of skipping.
+    fn as_root() -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        assert!(
+            root || std::env::var_os("CI").is_none(),
+            "CI runs as root: this test must run there"
+        );
+        root
+    }
+
     /// The tests that attach a disk share [`ATTACHED`]; they take turns.
     static ATTACHING: Mutex<()> = Mutex::new(());
 
     #[test]
     fn a_fresh_disk_is_owned_root_keys_0751_marked_found_again_and_detached_on_unmount() {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI runs as root: this test must run there"
-            );
+        if !as_root() {
             return;
         }
         let _turn = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
@@ -706,11 +713,7 @@ mod tests {
 
     #[test]
     fn in_user_mode_the_disk_keeps_the_mounting_users_owner_and_gets_0751_and_the_marker() {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI runs as root: this test must run there"
-            );
+        if !as_root() {
             return;
         }
         let _turn = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());

@@ -802,23 +802,11 @@ mod tests {
 
     #[test]
     fn a_vault_asking_for_another_services_token_is_refused_by_variant() {
-        use std::io::{BufRead, BufReader, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let mut reader = BufReader::new(conn);
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                let _ = reader.get_mut().write_all(
-                    b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\
-                      WWW-Authenticate: Bearer resource=\"https://management.azure.com\"\r\n\r\n",
-                );
-            }
-        });
+        let addr = super::super::http::serve(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\
+              WWW-Authenticate: Bearer resource=\"https://management.azure.com\"\r\n\r\n"
+                .to_vec(),
+        );
         let err = refused(&ctx(&[]), &format!("http://{addr}"));
         assert!(
             matches!(

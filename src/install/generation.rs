@@ -263,6 +263,11 @@ fn same_bytes(mut live: impl Read, content: &[u8], scratch: &mut Zeroizing<Vec<u
                     return false;
                 }
                 seen += n;
+                // A short read of a regular file is its end: a secret is
+                // compared in one read, not one more to see nothing follows.
+                if n < buf.len() && seen == content.len() {
+                    return true;
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return false,
@@ -325,6 +330,34 @@ mod tests {
             !same_bytes(&b"ab"[..], b"a", &mut scratch),
             "longer than a small value"
         );
+    }
+
+    #[test]
+    fn a_small_value_is_compared_in_one_read() {
+        struct Counting<'a>(&'a [u8], usize);
+        impl Read for Counting<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.1 += 1;
+                self.0.read(buf)
+            }
+        }
+        let mut scratch = Zeroizing::new(Vec::new());
+        let mut live = Counting(b"value", 0);
+        assert!(same_bytes(&mut live, b"value", &mut scratch));
+        assert_eq!(live.1, 1, "a short read is the end of a regular file");
+        let mut live = Counting(b"valuE", 0);
+        assert!(!same_bytes(&mut live, b"value", &mut scratch));
+        // A reader that stops short before the end is read on.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(2);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        assert!(same_bytes(Trickle(b"value"), b"value", &mut scratch));
+        assert!(!same_bytes(Trickle(b"valu"), b"value", &mut scratch));
+        assert!(!same_bytes(Trickle(b"value!"), b"value", &mut scratch));
     }
 
     fn ino(path: &Path) -> u64 {

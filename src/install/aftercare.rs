@@ -37,10 +37,16 @@ pub(super) fn aftercare(
     }
     let trusted_uid = nix::unistd::getuid().as_raw();
     for item in items {
+        // Most items live at their default place: told without making its path.
+        let at_default = item
+            .path
+            .strip_prefix(&manifest.symlink_path)
+            .is_ok_and(|rest| rest == Path::new(&*item.relative()));
+        if at_default {
+            continue;
+        }
         let default = item.under_link(&manifest.symlink_path);
-        if item.path != default
-            && let Err(e) =
-                links::link_at(item.path, &default, item.ids, trusted_uid).map_err(|e| e.to_string())
+        if let Err(e) = links::link_at(item.path, &default, item.ids, trusted_uid).map_err(|e| e.to_string())
         {
             late.push(format!("{:?}: {e}", item.name.as_str()));
         }
@@ -85,7 +91,7 @@ fn credentials(manifest: &Manifest, items: &[Item<'_>], live: &Live, late: &mut 
         }
     }
     let still: HashSet<&str> = credential.iter().map(|i| i.name.as_str()).collect();
-    for (name, entry) in &live.state.secrets {
+    for (name, entry) in &live.record().secrets {
         if entry.credential && !still.contains(name.as_str()) {
             let target = manifest.symlink_path.join(name);
             if let Err(e) = links::remove_link_if(&manifest.credstore_dir.join(name), &target, 0) {
@@ -105,8 +111,12 @@ fn stale_links(
     late: &mut Vec<String>,
 ) {
     for kind in Kind::ALL {
+        let record = kind.record(live.record());
+        if record.is_empty() {
+            continue;
+        }
         let paths_in_use: HashSet<&Path> = items.iter().filter(|i| i.kind == kind).map(|i| i.path).collect();
-        for (name, entry) in kind.record(&live.state) {
+        for (name, entry) in record {
             let target = kind.under_link(&manifest.symlink_path, name);
             if entry.path != target && !paths_in_use.contains(entry.path.as_path()) {
                 match links::remove_link_if(&entry.path, &target, trusted_uid) {

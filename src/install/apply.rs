@@ -6,9 +6,9 @@
 //! reachable.
 
 use super::generation::{Generation, Ids};
-use super::item::{Item, Kind};
+use super::item::Item;
 use super::report::{Failed, LogLine, Report};
-use super::state::{self, DigestKey};
+use super::state;
 use super::{links, mount};
 #[cfg(target_os = "linux")]
 use crate::hardening;
@@ -21,7 +21,7 @@ pub(super) fn apply(
     manifest: &Manifest,
     items: &[Item<'_>],
     keys_gid: u32,
-    digest_key: &DigestKey,
+    record: &[u8],
     report: &mut Report,
 ) -> Result<u64, Failed> {
     let mount = &manifest.secrets_mount_point;
@@ -61,7 +61,7 @@ pub(super) fn apply(
             )));
         }
     }
-    let swapped = write_and_swap(manifest, items, keys_gid, digest_key);
+    let swapped = write_and_swap(manifest, items, keys_gid, record);
     // A filesystem this run mounted goes again if the run failed before the
     // swap: it would hide the live generation the link still points into.
     if mounted_now && swapped.is_err() {
@@ -101,7 +101,7 @@ fn write_and_swap(
     manifest: &Manifest,
     items: &[Item<'_>],
     keys_gid: u32,
-    digest_key: &DigestKey,
+    record: &[u8],
 ) -> Result<u64, Failed> {
     let mount = &manifest.secrets_mount_point;
     let live = links::live_generation(mount, &manifest.symlink_path).unwrap_or(0);
@@ -120,16 +120,9 @@ fn write_and_swap(
                 .write_file(&item.relative(), item.ids, item.mode.0, item.bytes.as_bytes())
                 .map_err(|e| format!("{}: {e}", item.shown()))?;
         }
-        let of = |kind| {
-            items
-                .iter()
-                .filter(move |i| i.kind == kind)
-                .map(|i| (i.name.as_str(), i.entry()))
-        };
-        let record = state::record_json(digest_key, of(Kind::Secret), of(Kind::Template));
         let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
         generation
-            .write_file(state::FILE, root, 0o400, &record)
+            .write_file(state::FILE, root, 0o400, record)
             .map_err(|e| e.to_string())?;
         Ok::<(), String>(())
     })();

@@ -5,6 +5,8 @@
 //!
 //! With a record written by this version (digests, modes, owners) nothing
 //! live is read; otherwise each live copy is read and its metadata compared.
+//! A record that comes out byte for byte as the live one means no change at
+//! all, and the live one is not even parsed.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -41,7 +43,8 @@ pub(super) fn diff(
         }
         by_kind.push((kind, of_kind, changes));
     }
-    for (_, of_kind, changes) in &by_kind {
+    let any_changed = |c: &Changes| !c.added.is_empty() || !c.modified.is_empty();
+    for (_, of_kind, changes) in by_kind.iter().filter(|(_, _, c)| any_changed(c)) {
         let changed: HashSet<&str> = changes
             .added
             .iter()
@@ -54,8 +57,12 @@ pub(super) fn diff(
     }
     // A service whose secret disappeared must notice too.
     for (kind, of_kind, _) in &by_kind {
+        let record = kind.record(live.record());
+        if record.is_empty() {
+            continue;
+        }
         let current: HashSet<&str> = of_kind.iter().map(|i| i.name.as_str()).collect();
-        for (name, entry) in kind.record(&live.state) {
+        for (name, entry) in record {
             if !current.contains(name.as_str()) {
                 requests.add(&entry.restart_units, &entry.reload_units);
             }
@@ -72,8 +79,11 @@ fn compare(
     compare_owner: bool,
     report: &mut Report,
 ) -> Changes {
+    if live.same_record {
+        return Changes::default();
+    }
     if live.recorded {
-        return compare_with_record(items, kind.record(&live.state), compare_owner);
+        return compare_with_record(items, kind.record(live.record()), compare_owner);
     }
     let mut changes = Changes::default();
     let base = match kind.subdir() {

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::generation::Ids;
 use super::item::Kind;
-use super::state::{DigestKey, State};
+use super::state::{self, DigestKey, State};
 use crate::manifest::{Manifest, Mode};
 use crate::plaintext::Plaintext;
 use crate::safe_path::{OpenError, Trust};
@@ -23,28 +23,83 @@ pub(super) struct Live {
     pub(super) root: PathBuf,
     /// Whether there is a live generation at all (at boot there is none).
     pub(super) exists: bool,
-    /// Its record (empty if it has none).
-    pub(super) state: State,
+    /// Its record's entries: empty if it has none, and also once the record
+    /// this run makes is the same as the live one (see [`Live::compare_record`]).
+    state: State,
+    /// The live record's bytes, until [`Live::compare_record`] has seen them.
+    unread: Option<Zeroizing<Vec<u8>>>,
     /// Whether the record has digests to compare with.
     pub(super) recorded: bool,
+    /// Whether this run's record is byte for byte the live one: nothing changed.
+    pub(super) same_record: bool,
     /// The key of the digests: the record's, or a new one.
     pub(super) digest_key: DigestKey,
     user_mode: bool,
 }
 
 impl Live {
-    /// Looks at the live generation of `manifest`.
+    /// Looks at the live generation of `manifest`. A record made by this
+    /// version gives its key at once and is parsed only if this run's record
+    /// turns out different; any other is parsed now.
     pub(super) fn load(manifest: &Manifest) -> Live {
-        let state = State::load(&manifest.symlink_path);
-        let key = state.key();
+        Live::at(&manifest.symlink_path, manifest.user_mode)
+    }
+
+    fn at(root: &Path, user_mode: bool) -> Live {
+        let bytes = state::read(root);
+        let (state, unread, key) = match bytes.as_deref().map(|b| (state::key_at_start(b), b)) {
+            Some((Some(key), _)) => (State::default(), bytes, Some(key)),
+            Some((None, b)) => {
+                let state = State::parse(b);
+                let key = state.key();
+                (state, None, key)
+            }
+            None => (State::default(), None, None),
+        };
         Live {
-            root: manifest.symlink_path.clone(),
-            exists: manifest.symlink_path.exists(),
+            root: root.to_path_buf(),
+            exists: root.exists(),
             recorded: key.is_some(),
+            same_record: false,
             digest_key: key.unwrap_or_else(DigestKey::fresh),
             state,
-            user_mode: manifest.user_mode,
+            unread,
+            user_mode,
         }
+    }
+
+    /// Compares the record this run will write with the live one. The same
+    /// bytes mean the same names, paths, units, digests, modes and owners:
+    /// nothing to tell, restart or clean up, and the live record's entries are
+    /// never parsed. Otherwise they are parsed for the diff.
+    pub(super) fn compare_record(&mut self, record: &[u8]) {
+        let Some(bytes) = self.unread.take() else {
+            return;
+        };
+        if bytes.as_slice() == record {
+            self.same_record = true;
+            return;
+        }
+        self.state = State::parse(&bytes);
+        // A record whose start was whole but whose entries are not is no record.
+        self.recorded = self.state.key().is_some();
+    }
+
+    /// The live record's entries (see [`Live::state`]).
+    pub(super) fn record(&self) -> &State {
+        debug_assert!(self.unread.is_none(), "the record is compared before it is used");
+        &self.state
+    }
+
+    /// Done with: the digest key is wiped; the parsed record (names, paths,
+    /// units, digests; no secret) is left to the kernel, the process ending
+    /// soon, rather than freed entry by entry.
+    pub(super) fn leave(self) {
+        let Live {
+            state, digest_key, ..
+        } = self;
+        drop(digest_key);
+        std::mem::forget(state);
     }
 
     /// The live copy of a failed item, kept with its bytes, owner and mode.
@@ -101,5 +156,84 @@ pub(super) fn files_under(dir: &Path, prefix: &str, out: &mut Vec<String>) {
         } else {
             out.push(rel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::install::state::{EntryRef, FILE, record_json};
+
+    fn record(key: &DigestKey, names: &[&str]) -> Vec<u8> {
+        let entry = EntryRef {
+            path: Path::new("/run/secrets/x"),
+            restart_units: &[],
+            reload_units: &[],
+            credential: false,
+            digest: "d",
+            mode: 0o400,
+            uid: Some(0),
+            gid: Some(0),
+        };
+        record_json(key, names.iter().map(|n| (*n, entry.clone())), [])
+    }
+
+    fn live_with(bytes: &[u8]) -> (tempfile::TempDir, Live) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), bytes).unwrap();
+        let live = Live::at(dir.path(), false);
+        (dir, live)
+    }
+
+    #[test]
+    fn a_record_made_again_byte_for_byte_is_never_parsed() {
+        let key = DigestKey::fresh();
+        let old = record(&key, &["a", "b"]);
+        let (_dir, mut live) = live_with(&old);
+        assert!(live.recorded);
+        assert_eq!(
+            live.digest_key.digest(b"x"),
+            key.digest(b"x"),
+            "the key is the record's"
+        );
+        live.compare_record(&old);
+        assert!(live.same_record);
+        assert!(live.record().secrets.is_empty(), "nothing left to act on");
+    }
+
+    #[test]
+    fn a_different_record_is_parsed_for_the_diff() {
+        let key = DigestKey::fresh();
+        let (_dir, mut live) = live_with(&record(&key, &["a", "b"]));
+        live.compare_record(&record(&key, &["a"]));
+        assert!(!live.same_record);
+        assert!(live.recorded);
+        let names: Vec<&String> = live.record().secrets.keys().collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_record_whose_entries_are_broken_is_no_record() {
+        let key = DigestKey::fresh();
+        let mut broken = record(&key, &["a"]);
+        broken.truncate(broken.len() - 5);
+        let (_dir, mut live) = live_with(&broken);
+        live.compare_record(&record(&key, &["a"]));
+        assert!(!live.same_record);
+        assert!(!live.recorded, "the diff reads the live copies instead");
+        assert!(live.record().secrets.is_empty());
+    }
+
+    #[test]
+    fn a_record_without_its_key_first_is_parsed_at_once() {
+        let older = br#"{"secrets":{"a":{"path":"/run/secrets/a","restartUnits":[],"reloadUnits":[]}},"templates":{}}"#;
+        let (_dir, mut live) = live_with(older);
+        assert!(!live.recorded);
+        assert!(live.record().secrets.contains_key("a"));
+        live.compare_record(older);
+        assert!(
+            !live.same_record,
+            "only a record with a key is compared by its bytes"
+        );
     }
 }

@@ -4,8 +4,9 @@
 //! plan::gather   identities, owners, each sops file decrypted once, values, template texts
 //!                (any problem: report all, touch nothing)
 //! lock           one run per mount from here on (dry runs only read and take none)
-//! Live::load     the live generation's record and digest key
+//! Live::load     the live generation's digest key (its record parsed later, if at all)
 //! plan::settle   failed items keep their live copy (keep-previous); templates rendered
+//! Plan::record   this run's record, compared with the live one: the same bytes, nothing changed
 //! diff           changes against the record (or the live files) → change lines, units
 //!                (dry run: hand the units over as dry-activation lists and stop)
 //! apply          mount, drop capabilities, write generation N+1, swap the link
@@ -98,8 +99,10 @@ fn run(
         let lock = lock::acquire(&manifest.secrets_mount_point, opts.lock_wait);
         Some(lock.map_err(|e| Failed::one(e.to_string()))?)
     };
-    let live = Live::load(manifest);
+    let mut live = Live::load(manifest);
     let plan = plan::settle(gathered, manifest, &live);
+    let record = plan.record(&live.digest_key);
+    live.compare_record(&record);
     let requests = diff::diff(
         &plan.items,
         &live,
@@ -118,15 +121,8 @@ fn run(
         }
         return Ok(());
     }
-    let next = apply::apply(manifest, &plan.items, plan.keys_gid, &live.digest_key, report)?;
+    let next = apply::apply(manifest, &plan.items, plan.keys_gid, &record, report)?;
     let late = aftercare::aftercare(manifest, opts, &plan.items, &live, &requests, next, report);
-    // The process ends soon: the live record (names, paths, units, digests;
-    // no secret) is left to the kernel rather than freed entry by entry. The
-    // digest key is wiped as usual.
-    let Live {
-        state, digest_key, ..
-    } = live;
-    drop(digest_key);
-    std::mem::forget(state);
+    live.leave();
     plan.finish(late)
 }

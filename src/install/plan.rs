@@ -17,6 +17,7 @@ use super::generation::Ids;
 use super::item::{Item, Kind, Origin};
 use super::live::Live;
 use super::report::{LogLine, Problem, Problems, Report};
+use super::state::{self, DigestKey};
 use super::{Failed, Options, owners};
 use crate::keys::Keyring;
 use crate::keys::pgp::GnupgHome;
@@ -62,6 +63,17 @@ pub(super) struct Plan<'m> {
 }
 
 impl Plan<'_> {
+    /// The record of the generation these items make (see [`state`]).
+    pub(super) fn record(&self, key: &DigestKey) -> Vec<u8> {
+        let of = |kind| {
+            self.items
+                .iter()
+                .filter(move |i| i.kind == kind)
+                .map(|i| (i.name.as_str(), i.entry()))
+        };
+        state::record_json(key, of(Kind::Secret), of(Kind::Template))
+    }
+
     /// How the run ends once installed: failed if any item failed (it kept its
     /// previous copy or is missing) or a step after the swap went wrong, so
     /// that the unit is marked failed and the operator sees what is stale.

@@ -126,11 +126,12 @@ impl State {
     /// The live generation's record; empty if there is none (first run, or
     /// a generation written by sops-nix).
     pub fn load(live_root: &Path) -> State {
-        // Walked like every input: the live link is ours, a link planted by another user is not followed.
-        crate::safe_path::read(&live_root.join(FILE), crate::safe_path::Trust::invoker())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        read(live_root).map(|b| State::parse(&b)).unwrap_or_default()
+    }
+
+    /// A record's entries; empty if `bytes` are not a record.
+    pub fn parse(bytes: &[u8]) -> State {
+        serde_json::from_slice(bytes).unwrap_or_default()
     }
 
     /// The record's digest key, if it has one.
@@ -152,10 +153,28 @@ impl State {
     }
 }
 
+/// The bytes of the live generation's record, if it has one. They are wiped
+/// on drop: they hold the digest key.
+pub fn read(live_root: &Path) -> Option<Zeroizing<Vec<u8>>> {
+    // Walked like every input: the live link is ours, a link planted by another user is not followed.
+    crate::safe_path::read(&live_root.join(FILE), crate::safe_path::Trust::invoker())
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// The digest key at the start of a record written by [`record_json`], read
+/// without parsing the entries that follow it: a run whose record comes out
+/// byte for byte as the live one need not parse the live one at all.
+pub fn key_at_start(record: &[u8]) -> Option<DigestKey> {
+    let rest = record.strip_prefix(br#"{"digestKey":""#)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    DigestKey::from_text(std::str::from_utf8(&rest[..end]).ok()?)
+}
+
 /// An [`Entry`] borrowed from what was installed: the record of a generation
 /// of many secrets is written without copying every name, path and unit list
 /// into owned maps first. Serialises exactly as [`Entry`] does.
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EntryRef<'a> {
     /// See [`Entry::path`].
@@ -272,6 +291,21 @@ mod tests {
         want.templates.insert("t".into(), owned(None));
         assert_eq!(State::load(dir.path()), want);
         assert_eq!(json, want.to_json());
+    }
+
+    #[test]
+    fn the_key_is_read_from_the_start_of_a_record_without_its_entries() {
+        let key = DigestKey::fresh();
+        let json = record_json(&key, [], []);
+        let found = key_at_start(&json).expect("a record made here starts with its key");
+        assert_eq!(found.digest(b"x"), key.digest(b"x"));
+        assert_eq!(State::parse(&json).key().unwrap().digest(b"x"), key.digest(b"x"));
+        // Anything else is left to the full parse.
+        let old = br#"{"secrets":{},"templates":{},"digestKey":"AAAA"}"#;
+        assert!(key_at_start(old).is_none());
+        assert!(key_at_start(br#"{"digestKey":"short"}"#).is_none());
+        assert!(key_at_start(br#"{"digestKey":"#).is_none());
+        assert!(key_at_start(b"").is_none());
     }
 
     #[test]

@@ -15,12 +15,16 @@
 //! another run has open would let a third run lock a fresh inode.
 
 use std::ffi::OsString;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+
+/// The holder's pid is written padded to this width (pids have at most 7 digits).
+const PID_WIDTH: usize = 10;
 
 /// How long a run waits for another one by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -109,7 +113,7 @@ pub fn acquire(mount: &Path, wait: Duration) -> Result<MountLock, LockError> {
     };
     let started = Instant::now();
     let mut file = open()?;
-    let mut lock = loop {
+    let lock = loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => break lock,
             Err((f, Errno::EWOULDBLOCK)) => {
@@ -127,11 +131,19 @@ pub fn acquire(mount: &Path, wait: Duration) -> Result<MountLock, LockError> {
             Err((_, source)) => return Err(LockError::Flock { path, source }),
         }
     };
-    // Who holds it, for a run that has to wait. Best effort: the lock works without it.
-    let _ = lock
-        .set_len(0)
-        .and_then(|()| lock.rewind())
-        .and_then(|()| writeln!(&mut *lock, "{}", std::process::id()));
+    // Who holds it, for a run that has to wait. Best effort: the lock works
+    // without it. Written over the last holder's line at a fixed width rather
+    // than after truncating: where the lock file sits on a disk, truncating
+    // costs a journal commit on every run.
+    let line = format!("{:<PID_WIDTH$}\n", std::process::id());
+    let _ = lock.write_all_at(line.as_bytes(), 0).and_then(|()| {
+        let longer = lock.metadata()?.len() > line.len() as u64;
+        if longer {
+            lock.set_len(line.len() as u64)
+        } else {
+            Ok(())
+        }
+    });
     Ok(MountLock { _lock: lock, path })
 }
 
@@ -174,6 +186,23 @@ mod tests {
         assert!(msg.contains("secrets.d.lock"), "{msg}");
         drop(first);
         acquire(&mount, Duration::from_millis(300)).expect("free again once dropped");
+    }
+
+    #[test]
+    fn the_holder_is_written_over_whatever_an_earlier_holder_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("m");
+        let me = format!("pid {}", std::process::id());
+        for earlier in ["1\n", "4194304\n", "12345678901234567890\n", ""] {
+            std::fs::write(lock_path(&mount), earlier).unwrap();
+            let lock = acquire(&mount, Duration::ZERO).unwrap();
+            let file = std::fs::File::open(lock.path()).unwrap();
+            assert_eq!(holder(&file), me, "after {earlier:?}");
+            assert_eq!(
+                std::fs::metadata(lock.path()).unwrap().len(),
+                PID_WIDTH as u64 + 1
+            );
+        }
     }
 
     #[test]

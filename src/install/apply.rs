@@ -114,10 +114,19 @@ fn write_and_swap(
     let previous = (live > 0).then_some(live);
     let mut generation =
         Generation::create(mount, next, dir_ids, previous).map_err(|e| Failed::one(e.to_string()))?;
-    let written = (|| {
+    let written = std::thread::scope(|scope| {
+        let told = compare_live_copies(scope, &generation, items);
         for item in items {
+            // No verdict (no live generation, or the thread is gone): compared here.
+            let same = told.as_ref().map(|rx| rx.recv().unwrap_or(false));
             generation
-                .write_file(&item.relative(), item.ids, item.mode.0, item.bytes.as_bytes())
+                .write_file_told(
+                    &item.relative(),
+                    item.ids,
+                    item.mode.0,
+                    item.bytes.as_bytes(),
+                    same,
+                )
                 .map_err(|e| format!("{}: {e}", item.shown()))?;
         }
         let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
@@ -125,7 +134,7 @@ fn write_and_swap(
             .write_file(state::FILE, root, 0o400, record)
             .map_err(|e| e.to_string())?;
         Ok::<(), String>(())
-    })();
+    });
     let path = generation.path().to_path_buf();
     // Closes the generation's directory fd, so that its filesystem can be unmounted.
     drop(generation);
@@ -139,4 +148,34 @@ fn write_and_swap(
         Failed(vec![e.to_string().into(), removed()])
     })?;
     Ok(next)
+}
+
+/// How many verdicts the comparing thread may be ahead of the writer.
+const AHEAD: usize = 256;
+
+/// Starts a thread that reads the live copy of each item in turn and says
+/// whether it is the same (bytes, owner, mode) as what is about to be
+/// written, so that reading the live generation and linking into the next
+/// one overlap. The verdicts come in the items' order; `None` when there is
+/// no live generation or no thread could be started. A writer that stops
+/// early drops the receiver, and the thread stops at its next verdict.
+fn compare_live_copies<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    generation: &Generation,
+    items: &'s [Item<'_>],
+) -> Option<std::sync::mpsc::Receiver<bool>> {
+    let mut copies = generation.live_copies()?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD);
+    std::thread::Builder::new()
+        .name("live-copies".into())
+        .spawn_scoped(scope, move || {
+            for item in items {
+                let same = copies.matches(&item.relative(), item.ids, item.mode.0, item.bytes.as_bytes());
+                if tx.send(same).is_err() {
+                    return;
+                }
+            }
+        })
+        .ok()?;
+    Some(rx)
 }

@@ -11,7 +11,9 @@
 //! been read and compared: an unchanged re-run creates no inode, allocates no
 //! page and leaves the next prune only names to remove. A live copy changed
 //! behind the installer's back (content, owner or mode) is never linked; the
-//! file is written afresh.
+//! file is written afresh. The comparing can run on a second thread
+//! ([`LiveCopies`]) while this one links and writes, the verdicts coming in
+//! the files' order.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -145,9 +147,11 @@ impl Generation {
     }
 
     /// Links `file` (in `parent`, at `relative`) from the live generation if
-    /// the live copy is a regular file with exactly `content`, `ids` and
-    /// `mode`. Any doubt (missing, different, unreadable) says no, and the
+    /// `live_matches` says its live copy has exactly the bytes, owner and mode
+    /// to be written, or, when it was not told, if [`live_copy_matches`] finds
+    /// so now. Any doubt (missing, different, unreadable) says no, and the
     /// caller writes the file.
+    #[allow(clippy::too_many_arguments)]
     fn link_unchanged(
         &self,
         relative: &[&str],
@@ -156,41 +160,38 @@ impl Generation {
         ids: Option<Ids>,
         mode: u32,
         content: &[u8],
+        live_matches: Option<bool>,
     ) -> bool {
         let Some(previous) = &self.previous else {
             return false;
         };
-        let mut holder: Option<OwnedFd> = None;
-        for part in relative {
-            let at = holder.as_ref().map_or(previous.as_fd(), |fd| fd.as_fd());
-            match open_dir(at, part) {
-                Ok(fd) => holder = Some(fd),
-                Err(_) => return false,
-            }
-        }
-        let old_parent = holder.as_ref().map_or(previous.as_fd(), |fd| fd.as_fd());
-        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-        let Ok(fd) = openat(old_parent, file, flags, Mode::empty()) else {
+        let Some(old_parent) = open_parent(previous.as_fd(), relative) else {
             return false;
         };
-        let Ok(st) = fstat(&fd) else {
-            return false;
+        let old_parent = old_parent.as_ref().map_or(previous.as_fd(), |fd| fd.as_fd());
+        let same = match live_matches {
+            Some(told) => told,
+            None => live_copy_matches(
+                old_parent,
+                file,
+                ids,
+                mode,
+                content,
+                &mut self.scratch.borrow_mut(),
+            ),
         };
-        let same_owner = match ids {
-            Some(ids) => st.st_uid == ids.uid && st.st_gid == ids.gid,
-            None => st.st_uid == nix::unistd::geteuid().as_raw(),
-        };
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
-            || st.st_mode & 0o7777 != mode as nix::libc::mode_t
-            || !same_owner
-            || u64::try_from(st.st_size) != Ok(content.len() as u64)
-        {
-            return false;
-        }
-        if !same_bytes(std::fs::File::from(fd), content, &mut self.scratch.borrow_mut()) {
-            return false;
-        }
-        linkat(old_parent, file, parent, file, AtFlags::empty()).is_ok()
+        same && linkat(old_parent, file, parent, file, AtFlags::empty()).is_ok()
+    }
+
+    /// A second handle on the live generation, for comparing its copies on
+    /// another thread while this one writes ([`LiveCopies::matches`]); `None`
+    /// when there is no live generation to link from.
+    pub fn live_copies(&self) -> Option<LiveCopies> {
+        let dir = self.previous.as_ref()?.try_clone().ok()?;
+        Some(LiveCopies {
+            dir,
+            scratch: Zeroizing::new(Vec::new()),
+        })
     }
 
     /// The generation directory.
@@ -207,6 +208,20 @@ impl Generation {
         mode: u32,
         content: &[u8],
     ) -> Result<(), WriteError> {
+        self.write_file_told(relative, ids, mode, content, None)
+    }
+
+    /// [`Generation::write_file`], told by `live_matches` (from
+    /// [`LiveCopies::matches`]) whether the live copy is the same, so that it
+    /// is linked without being read again here.
+    pub fn write_file_told(
+        &mut self,
+        relative: &str,
+        ids: Option<Ids>,
+        mode: u32,
+        content: &[u8],
+        live_matches: Option<bool>,
+    ) -> Result<(), WriteError> {
         let mut parts: Vec<&str> = relative.split('/').collect();
         let file = parts.pop().expect("split yields at least one part");
         let mut holder: Option<OwnedFd> = None;
@@ -215,7 +230,7 @@ impl Generation {
             holder = Some(make_dir(parent, part, self.dir_ids)?);
         }
         let parent = holder.as_ref().map_or(self.dir.as_fd(), |fd| fd.as_fd());
-        if self.link_unchanged(&parts, file, parent, ids, mode, content) {
+        if self.link_unchanged(&parts, file, parent, ids, mode, content, live_matches) {
             self.files_written += 1;
             crash_point(self.files_written);
             return Ok(());
@@ -242,6 +257,67 @@ impl Generation {
         crash_point(self.files_written);
         Ok(())
     }
+}
+
+/// The live generation, seen from a thread that compares its copies with
+/// what is about to be written.
+pub struct LiveCopies {
+    dir: OwnedFd,
+    /// Where live copies are read (wiped on drop).
+    scratch: Zeroizing<Vec<u8>>,
+}
+
+impl LiveCopies {
+    /// Whether the live copy of `relative` is a regular file with exactly
+    /// `content`, `ids` and `mode`.
+    pub fn matches(&mut self, relative: &str, ids: Option<Ids>, mode: u32, content: &[u8]) -> bool {
+        let mut parts: Vec<&str> = relative.split('/').collect();
+        let file = parts.pop().expect("split yields at least one part");
+        let Some(parent) = open_parent(self.dir.as_fd(), &parts) else {
+            return false;
+        };
+        let parent = parent.as_ref().map_or(self.dir.as_fd(), |fd| fd.as_fd());
+        live_copy_matches(parent, file, ids, mode, content, &mut self.scratch)
+    }
+}
+
+/// The directory `parts` below `top`, opened without following links:
+/// `Some(None)` is `top` itself, `None` a part that is missing or no directory.
+fn open_parent(top: BorrowedFd<'_>, parts: &[&str]) -> Option<Option<OwnedFd>> {
+    let mut holder: Option<OwnedFd> = None;
+    for part in parts {
+        let at = holder.as_ref().map_or(top, |fd| fd.as_fd());
+        holder = Some(open_dir(at, part).ok()?);
+    }
+    Some(holder)
+}
+
+/// Whether `file` in `parent` (the live generation) is a regular file with
+/// exactly `content`, `ids` (the caller's own uid when `None`) and `mode`.
+fn live_copy_matches(
+    parent: BorrowedFd<'_>,
+    file: &str,
+    ids: Option<Ids>,
+    mode: u32,
+    content: &[u8],
+    scratch: &mut Zeroizing<Vec<u8>>,
+) -> bool {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let Ok(fd) = openat(parent, file, flags, Mode::empty()) else {
+        return false;
+    };
+    let Ok(st) = fstat(&fd) else {
+        return false;
+    };
+    let same_owner = match ids {
+        Some(ids) => st.st_uid == ids.uid && st.st_gid == ids.gid,
+        None => st.st_uid == nix::unistd::geteuid().as_raw(),
+    };
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+        && st.st_mode & 0o7777 == mode as nix::libc::mode_t
+        && same_owner
+        && u64::try_from(st.st_size) == Ok(content.len() as u64)
+        && same_bytes(std::fs::File::from(fd), content, scratch)
 }
 
 /// Whether `live` holds exactly `content`, read in pieces of at most 64 KiB
@@ -422,6 +498,45 @@ mod tests {
             0o400,
             "the live copy's mode was not touched"
         );
+    }
+
+    #[test]
+    fn live_copies_are_compared_apart_and_the_writer_follows_the_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut one = Generation::create(dir.path(), 1, None, None).unwrap();
+        assert!(one.live_copies().is_none(), "nothing to link from");
+        for (name, bytes) in [("same", &b"value"[..]), ("nested/same", b"v"), ("mode", b"m")] {
+            one.write_file(name, None, 0o400, bytes).unwrap();
+        }
+        drop(one);
+        let mut two = Generation::create(dir.path(), 2, None, Some(1)).unwrap();
+        let mut copies = two.live_copies().expect("a live generation");
+        assert!(copies.matches("same", None, 0o400, b"value"));
+        assert!(copies.matches("nested/same", None, 0o400, b"v"));
+        assert!(!copies.matches("same", None, 0o400, b"other"));
+        assert!(!copies.matches("same", None, 0o400, b"valu"));
+        assert!(!copies.matches("mode", None, 0o440, b"m"));
+        assert!(!copies.matches("missing", None, 0o400, b"m"));
+        assert!(!copies.matches("nested/missing/x", None, 0o400, b"m"));
+        assert!(
+            !copies.matches("same/x", None, 0o400, b"m"),
+            "a file is no directory"
+        );
+        let other_owner = Some(Ids {
+            uid: nix::unistd::geteuid().as_raw() + 1,
+            gid: 0,
+        });
+        assert!(!copies.matches("same", other_owner, 0o400, b"value"));
+        // Told the same: linked without a second look; told different: written.
+        two.write_file_told("same", None, 0o400, b"value", Some(true))
+            .unwrap();
+        two.write_file_told("nested/same", None, 0o400, b"v", Some(false))
+            .unwrap();
+        drop(two);
+        let (g1, g2) = (dir.path().join("1"), dir.path().join("2"));
+        assert_eq!(ino(&g1.join("same")), ino(&g2.join("same")));
+        assert_ne!(ino(&g1.join("nested/same")), ino(&g2.join("nested/same")));
+        assert_eq!(std::fs::read(g2.join("nested/same")).unwrap(), b"v");
     }
 
     #[test]

@@ -998,17 +998,12 @@ fn imds(ctx: &Ctx) -> Result<Creds, AwsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::kms::http::{Http, Transport};
-    use crate::keys::kms::{Env, Timeouts};
+    use crate::keys::kms::http::Transport;
 
     const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/k";
 
     fn ctx(vars: &[(&str, &str)]) -> Ctx {
-        let env = Env::fixed(vars.iter().copied());
-        Ctx {
-            http: Http::new(Timeouts::from_env(&env)),
-            env,
-        }
+        Ctx::with_vars(vars)
     }
 
     fn refused(ctx: &Ctx, arn: &str, profile: &str) -> AwsError {

@@ -693,29 +693,16 @@ fn azure_cli(ctx: &Ctx, resource: &str) -> Result<Token, CliProblem> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::kms::http::{Http, Transport, UrlProblem};
-    use crate::keys::kms::{Env, Timeouts};
+    use crate::keys::kms::http::{Transport, UrlProblem, closed_port};
 
     fn ctx(vars: &[(&str, &str)]) -> Ctx {
-        let env = Env::fixed(vars.iter().copied());
-        Ctx {
-            http: Http::new(Timeouts::from_env(&env)),
-            env,
-        }
+        Ctx::with_vars(vars)
     }
 
     fn refused(ctx: &Ctx, vault_url: &str) -> AzureError {
         Azure::default()
             .decrypt(ctx, vault_url, "k", "v1", "AAEC")
             .expect_err("refused")
-    }
-
-    fn closed_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
     }
 
     #[test]

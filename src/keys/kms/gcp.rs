@@ -815,17 +815,12 @@ fn kms_error(ctx: &Ctx, reply: &Reply, token: &Token, resource_id: &str) -> GcpE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::kms::http::{Http, Transport};
-    use crate::keys::kms::{Env, Timeouts};
+    use crate::keys::kms::http::Transport;
 
     const KEY: &str = "projects/p/locations/global/keyRings/r/cryptoKeys/k";
 
     fn ctx(vars: &[(&str, &str)]) -> Ctx {
-        let env = Env::fixed(vars.iter().copied());
-        Ctx {
-            http: Http::new(Timeouts::from_env(&env)),
-            env,
-        }
+        Ctx::with_vars(vars)
     }
 
     fn refused(gcp: &Gcp, ctx: &Ctx, resource_id: &str) -> GcpError {

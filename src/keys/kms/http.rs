@@ -652,6 +652,16 @@ fn system_roots(ssl_cert_file: Option<std::ffi::OsString>) -> Option<Vec<ureq::t
     })
 }
 
+/// A loopback port nothing listens on, for the key services' unit tests.
+#[cfg(test)]
+pub(crate) fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A loopback HTTP server for the key services' unit tests.
 #[cfg(test)]
 pub(crate) fn serve(response: Vec<u8>) -> std::net::SocketAddr {

@@ -169,6 +169,18 @@ pub(crate) struct Ctx {
     pub http: http::Http,
 }
 
+#[cfg(test)]
+impl Ctx {
+    /// A context whose environment holds only `vars`, for unit tests.
+    pub(crate) fn with_vars(vars: &[(&str, &str)]) -> Ctx {
+        let env = Env::fixed(vars.iter().copied());
+        Ctx {
+            http: http::Http::new(Timeouts::from_env(&env)),
+            env,
+        }
+    }
+}
+
 /// Opens stanzas of network key services. Cheap to create: nothing is read
 /// or connected before the first network stanza.
 #[derive(Default)]
@@ -348,15 +360,8 @@ mod tests {
         assert!(matches!(err, KmsError::Unsupported { kind: "hckms" }), "{err:?}");
     }
 
-    /// A loopback port nothing listens on.
     #[cfg(feature = "kms")]
-    fn closed_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+    use super::http::closed_port;
 
     #[cfg(feature = "kms")]
     #[test]

@@ -323,15 +323,10 @@ fn vault_error(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::kms::Env;
     use crate::keys::kms::http::{Transport, UrlError, UrlProblem};
 
     fn ctx(vars: &[(&str, &str)]) -> Ctx {
-        let env = Env::fixed(vars.iter().copied());
-        Ctx {
-            http: Http::new(Timeouts::from_env(&env)),
-            env,
-        }
+        Ctx::with_vars(vars)
     }
 
     fn open(ctx: &Ctx, address: &str, engine: &str, key: &str) -> VaultError {

@@ -37,12 +37,7 @@ pub(super) fn aftercare(
     }
     let trusted_uid = nix::unistd::getuid().as_raw();
     for item in items {
-        // Most items live at their default place: told without making its path.
-        let at_default = item
-            .path
-            .strip_prefix(&manifest.symlink_path)
-            .is_ok_and(|rest| rest == Path::new(&*item.relative()));
-        if at_default {
+        if item.at_default_path(&manifest.symlink_path) {
             continue;
         }
         let default = item.under_link(&manifest.symlink_path);

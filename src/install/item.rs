@@ -120,6 +120,14 @@ impl Item<'_> {
         self.kind.under_link(symlink_path, self.name.as_str())
     }
 
+    /// Whether its `path` is the default one, [`Item::under_link`], told
+    /// without building that path (this runs for every item).
+    pub(crate) fn at_default_path(&self, symlink_path: &Path) -> bool {
+        self.path
+            .strip_prefix(symlink_path)
+            .is_ok_and(|rest| rest == Path::new(&*self.relative()))
+    }
+
     /// "secret \"a/b\"".
     pub(crate) fn shown(&self) -> String {
         format!("{} {:?}", self.kind.noun(), self.name.as_str())

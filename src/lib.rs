@@ -27,6 +27,7 @@
 //! ```
 
 pub mod hardening;
+pub(crate) mod helper;
 pub mod install;
 pub mod keys;
 pub mod log;

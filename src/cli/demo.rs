@@ -113,6 +113,7 @@ fn run(dir: &Path, template: &str, out: &mut String) -> Result<(), String> {
         sops_env: Default::default(),
         gpg_exec: None,
         lock_wait: install::lock::DEFAULT_WAIT,
+        keys_group: install::KeysGroup::when_asked(),
     };
     let outcome = install::install(&manifest, &opts, Vec::new());
     outcome

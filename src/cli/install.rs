@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sops_install_secrets::install::{self, CheckMode, Options};
+use sops_install_secrets::install::{self, CheckMode, KeysGroup, Options};
 use sops_install_secrets::keys::sops_env::SopsAgeEnv;
 use sops_install_secrets::log::{Logger, Priority};
 use sops_install_secrets::manifest::Manifest;
@@ -56,6 +56,14 @@ pub fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
         }
     }
     let manifest_path = PathBuf::from(manifest_path.ok_or_else(|| UsageError("no manifest given".into()))?);
+    let dry_run = std::env::var("NIXOS_ACTION").is_ok_and(|v| v == "dry-activate");
+    // An install (not a check, a dry run or -ignore-passwd) needs the secrets
+    // directories' group: it is looked up on a helper while the manifest is read.
+    let keys_group = if check_mode == CheckMode::Off && !ignore_passwd && !dry_run {
+        KeysGroup::ahead()
+    } else {
+        KeysGroup::when_asked()
+    };
     // Check modes run at build time, where there is no user session: like
     // sops-nix, `%r` then expands to nothing.
     #[cfg(not(target_os = "macos"))]
@@ -103,12 +111,13 @@ pub fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
     let opts = Options {
         check_mode,
         ignore_passwd,
-        dry_run: std::env::var("NIXOS_ACTION").is_ok_and(|v| v == "dry-activate"),
+        dry_run,
         restart_via_systemctl: std::env::var("SOPS_RESTART_UNITS_VIA_SYSTEMCTL").is_ok_and(|v| v == "1"),
         nixos_run_dir: PathBuf::from("/run/nixos"),
         sops_env: SopsAgeEnv::from_process(),
         gpg_exec: std::env::var_os("SOPS_GPG_EXEC"),
         lock_wait: install::lock::wait_from_env(),
+        keys_group,
     };
     let logger = Logger::from_env();
     let outcome = install::install(&manifest, &opts, earlier);

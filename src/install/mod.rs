@@ -1,7 +1,8 @@
 //! Installing a manifest: the activation-time pipeline, as named stages.
 //!
 //! ```text
-//! plan::gather   identities, owners, each sops file decrypted once, values, template texts
+//! plan::gather   identities, owners, each sops file decrypted once (two threads, data
+//!                keys in the files' order), values, template texts
 //!                (any problem: report all, touch nothing)
 //! lock           one run per mount from here on (dry runs only read and take none)
 //! Live::load     the live generation's digest key (its record parsed later, if at all)
@@ -33,10 +34,12 @@ mod diff;
 mod item;
 mod live;
 mod plan;
+mod sops_files;
 
 use std::path::PathBuf;
 
 pub use check::check;
+pub use owners::KeysGroup;
 pub use report::{Failed, LogLine, Outcome, Problem, Report};
 
 use live::Live;
@@ -54,7 +57,7 @@ pub enum CheckMode {
 }
 
 /// How this run was asked to behave.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Options {
     /// `-check-mode`.
     pub check_mode: CheckMode,
@@ -75,6 +78,8 @@ pub struct Options {
     pub gpg_exec: Option<std::ffi::OsString>,
     /// How long to wait for another run on the same mount ([`lock::WAIT_VARIABLE`]).
     pub lock_wait: std::time::Duration,
+    /// The secrets directories' group, perhaps looked up ahead.
+    pub keys_group: KeysGroup,
 }
 
 /// Runs the installation. `earlier` are the manifest's own problems: the run

@@ -2,7 +2,8 @@
 //! files to the items to install, in two steps:
 //!
 //! - [`gather`] (before the lock): identities, owners, each sops file read
-//!   and decrypted once, each value picked by its key path, template texts.
+//!   and decrypted once (on two threads, see [`sops_files`]), each value
+//!   picked by its key path, template texts.
 //!   A problem of the whole run, or of any item unless
 //!   `onFailure = "keep-previous"`, stops the run here, before anything on
 //!   disk is touched.
@@ -17,6 +18,7 @@ use super::generation::Ids;
 use super::item::{Item, Kind, Origin};
 use super::live::Live;
 use super::report::{LogLine, Problem, Problems, Report};
+use super::sops_files::{self, Opened};
 use super::state::{self, DigestKey};
 use super::{Failed, Options, owners};
 use crate::keys::Keyring;
@@ -25,7 +27,6 @@ use crate::manifest::{Manifest, Mode, Name, OnFailure, TemplateSource};
 use crate::plaintext::Plaintext;
 use crate::safe_path::Trust;
 use crate::sops::Format;
-use crate::sops::tree::parse_slash_path;
 use crate::templates;
 
 /// An item as the manifest describes it, with what this run made of it so far.
@@ -101,9 +102,21 @@ pub(super) fn gather<'m>(
     let root_owned = opts.ignore_passwd || opts.dry_run;
 
     let keyring = identities(manifest, opts, report, &mut problems);
+    // Each sops file is read and decrypted once, however many secrets use it,
+    // on this thread and a helper, which starts on them while this thread
+    // resolves the owners.
+    let mut file_problems = Problems::default();
+    let files = files_by_use(manifest, &mut file_problems)
+        .into_iter()
+        .map(|(path, format, users)| {
+            let keys: Vec<&str> = users.iter().map(|&i| manifest.secrets[i].key.as_str()).collect();
+            sops_files::File::new(path, format, users, keys.into_iter())
+        })
+        .collect();
+    let batch = sops_files::start(files, keyring);
 
     let mut item_problems = Problems::default();
-    // Owners first: an unknown user is cheaper to report than a decryption.
+    // Owners, while the files are opened; their problems are told first.
     let ids_for = |owner, group| -> Result<Option<Ids>, IdsError> {
         if manifest.user_mode {
             return Ok(None);
@@ -157,50 +170,43 @@ pub(super) fn gather<'m>(
             content: None,
         });
     }
+    let opened = batch.finish();
     let keys_gid = if manifest.user_mode || root_owned {
+        opts.keys_group.join();
         0
     } else {
-        owners::keys_gid().unwrap_or_else(|e| {
+        opts.keys_group.get().unwrap_or_else(|e| {
             problems.push(e.to_string());
             0
         })
     };
+    problems.0.extend(file_problems.0);
 
-    // Each sops file is read and decrypted once, however many secrets use it.
     // The secrets' drafts come first, in the manifest's order, so `users`
     // (indices of manifest.secrets) index the drafts too.
-    for (path, format, users) in files_by_use(manifest, &mut problems) {
-        let file = path.display().to_string();
-        let bytes = match crate::safe_path::read(&path, Trust::invoker()) {
-            Ok(b) => b,
-            Err(e) => {
+    for (f, opened) in opened {
+        let file = f.path.display().to_string();
+        let values = match opened {
+            Opened::Values(values) => values,
+            Opened::Unreadable(e) => {
                 let why = format!(
                     "cannot read sopsFile {file} (used by {}): {e}",
-                    secret_names(manifest, &users)
+                    secret_names(manifest, &f.users)
                 );
                 item_problems.push(Problem::about(why, &[("file", &file)]));
                 continue;
             }
-        };
-        let doc = match crate::unlock::decrypt_owned(bytes, format, &keyring) {
-            Ok(d) => d,
-            Err(e) => {
+            Opened::Undecryptable(e) => {
                 let why = format!(
                     "cannot decrypt {file} (used by {}): {e}",
-                    secret_names(manifest, &users)
+                    secret_names(manifest, &f.users)
                 );
                 item_problems.push(Problem::about(why, &[("file", &file)]));
                 continue;
             }
         };
-        for &i in &users {
+        for (&i, result) in f.users.iter().zip(values) {
             let s = &manifest.secrets[i];
-            let whole = s.key.is_empty() || matches!(format, Format::Binary | Format::Dotenv | Format::Ini);
-            let result = if whole {
-                doc.to_plaintext(format)
-            } else {
-                doc.extract(&parse_slash_path(&s.key), format)
-            };
             match result {
                 Ok(v) => drafts[i].content = Some(Plaintext::from(v)),
                 Err(e) => {

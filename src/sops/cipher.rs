@@ -19,6 +19,17 @@ use super::tree::Value;
 /// AES-256-GCM with sops's 32-byte nonce.
 type SopsGcm = AesGcm<Aes256, U32>;
 
+/// A file's data key, expanded once for all of its values (a file of many
+/// values would otherwise expand it, and derive the GHASH key, per value).
+pub struct ValueCipher(SopsGcm);
+
+impl ValueCipher {
+    /// The cipher of `key`.
+    pub fn new(key: &[u8; 32]) -> ValueCipher {
+        ValueCipher(SopsGcm::new(GenericArray::from_slice(key)))
+    }
+}
+
 /// Why a stored value could not be decrypted. Never carries plaintext or ciphertext.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CipherError {
@@ -107,7 +118,7 @@ pub fn decrypt_raw<'a>(
 /// binary store keeps a whole file in one value).
 pub fn decrypt_owned(
     text: String,
-    key: &[u8; 32],
+    cipher: &ValueCipher,
     additional_data: &str,
 ) -> Result<(Zeroizing<Vec<u8>>, String), CipherError> {
     if text.is_empty() {
@@ -147,8 +158,8 @@ pub fn decrypt_owned(
     // Shrunk while it holds ciphertext: a reallocation may leave a copy behind.
     buf.shrink_to_fit();
     let mut buf = Zeroizing::new(buf);
-    let cipher = SopsGcm::new(GenericArray::from_slice(key));
     cipher
+        .0
         .decrypt_in_place_detached(
             GenericArray::from_slice(&iv),
             additional_data.as_bytes(),
@@ -163,6 +174,15 @@ pub fn decrypt_owned(
 /// decoded length. Output never overtakes input: each 4 characters read make
 /// at most 3 bytes, written behind them.
 fn decode_in_place(buf: &mut [u8], range: std::ops::Range<usize>) -> Option<usize> {
+    // Most values are short: decoded through a small buffer in one go, they
+    // spare zeroing the chunk buffer below for each of them.
+    const SMALL: usize = 192;
+    if range.len() <= SMALL / 3 * 4 {
+        let mut out = [0u8; SMALL];
+        let n = B64.decode_slice(&buf[range], &mut out).ok()?;
+        buf[..n].copy_from_slice(&out[..n]);
+        return Some(n);
+    }
     // Whole quads per chunk, so padding can only occur in the last one.
     const CHUNK: usize = 4 * 1024;
     let mut chunk_out = [0u8; CHUNK / 4 * 3];
@@ -300,23 +320,26 @@ pub(crate) mod tests {
     #[test]
     fn in_place_decryption_equals_the_copying_one() {
         let key = [3u8; 32];
+        // One cipher for every value, as a file's values share it.
+        let cipher = ValueCipher::new(&key);
+        let zero = ValueCipher::new(&[0; 32]);
         // Sizes around the decoding chunk, with and without base64 padding.
-        for len in [0usize, 1, 2, 3, 3071, 3072, 3073, 10_000] {
+        for len in [0usize, 1, 2, 3, 191, 192, 193, 3071, 3072, 3073, 10_000] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let enc = seal(&plain, &key, "a:", "bytes");
             let (copied, kind) = decrypt_raw(&enc, &key, "a:").unwrap();
-            let (owned, owned_kind) = decrypt_owned(enc.clone(), &key, "a:").unwrap();
+            let (owned, owned_kind) = decrypt_owned(enc.clone(), &cipher, "a:").unwrap();
             assert_eq!((&*owned, owned_kind.as_str()), (&*copied, kind), "{len}");
             assert_eq!(&*owned, &plain);
             assert_eq!(
-                decrypt_owned(enc.clone(), &key, "b:").unwrap_err(),
+                decrypt_owned(enc.clone(), &cipher, "b:").unwrap_err(),
                 CipherError::Authentication
             );
         }
         assert_eq!(
             decrypt_owned(
                 "ENC[AES256_GCM,data:AA=A,iv:AA==,tag:AA==,type:str]".into(),
-                &[0; 32],
+                &zero,
                 "k:"
             )
             .unwrap_err(),
@@ -324,11 +347,15 @@ pub(crate) mod tests {
         );
         let iv = B64.encode([0u8; 32]);
         let tag = B64.encode([0u8; 16]);
-        for data in ["AA=A", "!!!!", "AAA", &format!("{}AA==AAAA", "A".repeat(4092))] {
+        let (short_bad, long_bad) = (
+            format!("{}AA==AAAA", "A".repeat(200)),
+            format!("{}AA==AAAA", "A".repeat(4092)),
+        );
+        for data in ["AA=A", "!!!!", "AAA", &short_bad, &long_bad] {
             assert_eq!(
                 decrypt_owned(
                     format!("ENC[AES256_GCM,data:{data},iv:{iv},tag:{tag},type:str]"),
-                    &[0; 32],
+                    &zero,
                     "k:"
                 )
                 .unwrap_err(),
@@ -337,7 +364,7 @@ pub(crate) mod tests {
             );
         }
         assert_eq!(
-            decrypt_owned("nope".into(), &[0; 32], "k:").unwrap_err(),
+            decrypt_owned("nope".into(), &zero, "k:").unwrap_err(),
             CipherError::Malformed
         );
     }

@@ -62,6 +62,7 @@ pub enum TreeError {
 
 struct Walk<'a> {
     key: &'a [u8; 32],
+    cipher: cipher::ValueCipher,
     rule: &'a EncryptionRule,
     mac_only_encrypted: bool,
     hash: Sha512,
@@ -142,7 +143,7 @@ impl Walk<'_> {
                 path: ad.clone(),
                 source,
             };
-            let (plain, kind) = cipher::decrypt_owned(stored, self.key, &ad).map_err(fail)?;
+            let (plain, kind) = cipher::decrypt_owned(stored, &self.cipher, &ad).map_err(fail)?;
             if kind == "comment" {
                 return Ok(Some(String::from_utf8_lossy(&plain).into_owned()));
             }
@@ -235,6 +236,7 @@ pub fn decrypt_and_verify(
 ) -> Result<(), TreeError> {
     let mut walk = Walk {
         key: data_key,
+        cipher: cipher::ValueCipher::new(data_key),
         rule: &metadata.rule,
         mac_only_encrypted: metadata.mac_only_encrypted,
         hash: Sha512::new(),

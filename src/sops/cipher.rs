@@ -88,6 +88,15 @@ pub fn decrypt_raw<'a>(
     key: &[u8; 32],
     additional_data: &str,
 ) -> Result<(Zeroizing<Vec<u8>>, &'a str), CipherError> {
+    decrypt_raw_with(text, &ValueCipher::new(key), additional_data)
+}
+
+/// [`decrypt_raw`] with a file's [`ValueCipher`].
+pub fn decrypt_raw_with<'a>(
+    text: &'a str,
+    cipher: &ValueCipher,
+    additional_data: &str,
+) -> Result<(Zeroizing<Vec<u8>>, &'a str), CipherError> {
     if text.is_empty() {
         return Ok((Zeroizing::new(Vec::new()), "str"));
     }
@@ -98,9 +107,9 @@ pub fn decrypt_raw<'a>(
     if enc.tag.len() != 16 {
         return Err(CipherError::BadField("tag"));
     }
-    let cipher = SopsGcm::new(GenericArray::from_slice(key));
     let mut buf = Zeroizing::new(enc.data);
     cipher
+        .0
         .decrypt_in_place_detached(
             GenericArray::from_slice(&enc.iv),
             additional_data.as_bytes(),
@@ -208,8 +217,8 @@ pub fn decrypt_value(text: &str, key: &[u8; 32], additional_data: &str) -> Resul
 
 /// Decrypts a stored comment. Comments written by old sops versions are not
 /// encrypted; like sops, anything that does not decrypt is kept as it is.
-pub fn decrypt_comment(text: &str, key: &[u8; 32], additional_data: &str) -> String {
-    match decrypt_raw(text, key, additional_data) {
+pub fn decrypt_comment(text: &str, cipher: &ValueCipher, additional_data: &str) -> String {
+    match decrypt_raw_with(text, cipher, additional_data) {
         Ok((plain, _)) => String::from_utf8_lossy(&plain).into_owned(),
         Err(_) => text.to_owned(),
     }

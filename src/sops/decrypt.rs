@@ -61,7 +61,7 @@ pub enum TreeError {
 }
 
 struct Walk<'a> {
-    key: &'a [u8; 32],
+    /// The file's data key, expanded once for values, comments and the MAC.
     cipher: cipher::ValueCipher,
     rule: &'a EncryptionRule,
     mac_only_encrypted: bool,
@@ -157,7 +157,7 @@ impl Walk<'_> {
 
     fn comment(&mut self, c: &mut Comment) {
         if self.should_encrypt(true) {
-            c.text = cipher::decrypt_comment(&c.text, self.key, &self.path_string());
+            c.text = cipher::decrypt_comment(&c.text, &self.cipher, &self.path_string());
         }
     }
 
@@ -235,7 +235,6 @@ pub fn decrypt_and_verify(
     data_key: &[u8; 32],
 ) -> Result<(), TreeError> {
     let mut walk = Walk {
-        key: data_key,
         cipher: cipher::ValueCipher::new(data_key),
         rule: &metadata.rule,
         mac_only_encrypted: metadata.mac_only_encrypted,
@@ -254,7 +253,7 @@ pub fn decrypt_and_verify(
     if metadata.mac.is_empty() {
         return Err(TreeError::MacMissing);
     }
-    let (stored, _) = cipher::decrypt_raw(&metadata.mac, data_key, &metadata.last_modified)
+    let (stored, _) = cipher::decrypt_raw_with(&metadata.mac, &walk.cipher, &metadata.last_modified)
         .map_err(TreeError::MacUndecryptable)?;
     if stored.as_slice().ct_eq(computed.as_bytes()).into() {
         Ok(())

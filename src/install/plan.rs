@@ -109,8 +109,7 @@ pub(super) fn gather<'m>(
     let files = files_by_use(manifest, &mut file_problems)
         .into_iter()
         .map(|(path, format, users)| {
-            let keys: Vec<&str> = users.iter().map(|&i| manifest.secrets[i].key.as_str()).collect();
-            sops_files::File::new(path, format, users, keys.into_iter())
+            sops_files::File::new(path, format, users, |i| manifest.secrets[i].key.as_str())
         })
         .collect();
     let batch = sops_files::start(files, keyring);

@@ -28,16 +28,18 @@ pub(super) struct File {
 }
 
 impl File {
-    /// A file read by `users`, whose keys are `keys` (one per user; empty:
-    /// the whole file).
+    /// A file read by `users`; `key_of` gives a user's key (empty: the
+    /// whole file).
     pub(super) fn new<'k>(
         path: PathBuf,
         format: Format,
         users: Vec<usize>,
-        keys: impl Iterator<Item = &'k str>,
+        key_of: impl Fn(usize) -> &'k str,
     ) -> File {
         let whole_file = matches!(format, Format::Binary | Format::Dotenv | Format::Ini);
-        let picks = keys
+        let picks = users
+            .iter()
+            .map(|&i| key_of(i))
             .map(|k| (!(k.is_empty() || whole_file)).then(|| parse_slash_path(k)))
             .collect();
         File {
@@ -204,12 +206,7 @@ mod tests {
             .flat_map(|_| CASES.iter())
             .enumerate()
             .map(|(i, (name, format, key, _))| {
-                File::new(
-                    fixture("install/enc").join(name),
-                    *format,
-                    vec![i],
-                    [*key].into_iter(),
-                )
+                File::new(fixture("install/enc").join(name), *format, vec![i], |_| key)
             })
             .collect()
     }

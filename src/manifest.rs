@@ -11,8 +11,10 @@
 //! accepts, every format known. Problems are collected, not stopped at, so one
 //! run lists them all.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -125,7 +127,7 @@ impl Owner {
     fn parse(
         what: &str,
         id_field: &str,
-        name: Option<String>,
+        name: Option<&str>,
         id: Option<&serde_json::Number>,
     ) -> Result<Owner, String> {
         if let Some(id) = id.filter(|_| name.is_none()) {
@@ -161,7 +163,7 @@ impl Owner {
                 "{what} {name:?} is not a {kind} name: {why}; give the {kind}'s name as `getent {}` shows it, or set {what} to null and give a {id_field}",
                 if kind == "user" { "passwd" } else { "group" }
             )),
-            None => Ok(Owner::Name(name)),
+            None => Ok(Owner::Name(name.to_owned())),
         }
     }
 }
@@ -211,7 +213,7 @@ pub fn unit_name_problem(name: &str) -> Option<String> {
     }
     if let Some(c) = name
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || ":-_.\\@".contains(*c)))
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@')))
     {
         return Some(format!(
             "it contains {c:?}; unit names consist of ASCII letters, digits and `:-_.\\@`"
@@ -244,19 +246,19 @@ pub fn unit_name_problem(name: &str) -> Option<String> {
 
 impl Units {
     /// Checks a list of units; `field` (`restartUnits`, `reloadUnits`) names it in the errors.
-    fn parse(field: &str, units: Option<Vec<String>>, bad: &mut impl FnMut(String)) -> Option<Units> {
+    fn parse(field: &str, units: Option<&[Text]>, bad: &mut impl FnMut(String)) -> Option<Units> {
         let units = units.unwrap_or_default();
         let mut ok = true;
-        for u in &units {
-            if let Some(why) = unit_name_problem(u) {
+        for u in units {
+            if let Some(why) = unit_name_problem(u.as_str()) {
                 bad(format!(
                     "{field} entry {:?} is not a systemd unit name: {why}",
-                    shortened(u)
+                    shortened(u.as_str())
                 ));
                 ok = false;
             }
         }
-        ok.then_some(Units(units))
+        ok.then(|| Units(units.iter().map(|u| u.as_str().to_owned()).collect()))
     }
 }
 
@@ -375,12 +377,52 @@ pub struct Manifest {
     pub credstore_dir: PathBuf,
 }
 
+/// A string of the manifest as read: borrowed from the manifest's bytes
+/// unless it had an escape, so that reading many secrets allocates only what
+/// the checked manifest keeps.
+#[derive(Default)]
+struct Text<'a>(Cow<'a, str>);
+
+impl Text<'_> {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Text<'a>, D::Error> {
+        struct Visitor<'a>(PhantomData<&'a str>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Text<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visitor(PhantomData))
+    }
+}
+
 // The JSON as sops-nix writes it. Strings may be null where the Nix option is nullable.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-struct RawManifest {
-    secrets: Vec<RawSecret>,
-    templates: Vec<RawTemplate>,
+struct RawManifest<'a> {
+    #[serde(borrow)]
+    secrets: Vec<RawSecret<'a>>,
+    #[serde(borrow)]
+    templates: Vec<RawTemplate<'a>>,
     placeholder_by_secret_name: Option<BTreeMap<String, String>>,
     secrets_mount_point: Option<String>,
     symlink_path: Option<String>,
@@ -399,36 +441,55 @@ struct RawManifest {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-struct RawSecret {
-    name: Option<String>,
-    key: Option<String>,
-    path: Option<String>,
-    owner: Option<String>,
+struct RawSecret<'a> {
+    #[serde(borrow)]
+    name: Option<Text<'a>>,
+    #[serde(borrow)]
+    key: Option<Text<'a>>,
+    #[serde(borrow)]
+    path: Option<Text<'a>>,
+    #[serde(borrow)]
+    owner: Option<Text<'a>>,
     uid: Option<serde_json::Number>,
-    group: Option<String>,
+    #[serde(borrow)]
+    group: Option<Text<'a>>,
     gid: Option<serde_json::Number>,
-    sops_file: Option<String>,
-    format: Option<String>,
-    mode: Option<String>,
-    restart_units: Option<Vec<String>>,
-    reload_units: Option<Vec<String>>,
+    #[serde(borrow)]
+    sops_file: Option<Text<'a>>,
+    #[serde(borrow)]
+    format: Option<Text<'a>>,
+    #[serde(borrow)]
+    mode: Option<Text<'a>>,
+    #[serde(borrow)]
+    restart_units: Option<Vec<Text<'a>>>,
+    #[serde(borrow)]
+    reload_units: Option<Vec<Text<'a>>>,
     credential: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-struct RawTemplate {
-    name: Option<String>,
-    content: Option<String>,
-    file: Option<String>,
-    path: Option<String>,
-    mode: Option<String>,
-    owner: Option<String>,
+struct RawTemplate<'a> {
+    #[serde(borrow)]
+    name: Option<Text<'a>>,
+    #[serde(borrow)]
+    content: Option<Text<'a>>,
+    #[serde(borrow)]
+    file: Option<Text<'a>>,
+    #[serde(borrow)]
+    path: Option<Text<'a>>,
+    #[serde(borrow)]
+    mode: Option<Text<'a>>,
+    #[serde(borrow)]
+    owner: Option<Text<'a>>,
     uid: Option<serde_json::Number>,
-    group: Option<String>,
+    #[serde(borrow)]
+    group: Option<Text<'a>>,
     gid: Option<serde_json::Number>,
-    restart_units: Option<Vec<String>>,
-    reload_units: Option<Vec<String>>,
+    #[serde(borrow)]
+    restart_units: Option<Vec<Text<'a>>>,
+    #[serde(borrow)]
+    reload_units: Option<Vec<Text<'a>>>,
 }
 
 /// Every problem found in a manifest.
@@ -562,9 +623,16 @@ impl Manifest {
             };
             return Err(ManifestErrors(vec![why]));
         }
-        // Straight into the typed form: no intermediate JSON tree for a manifest of many secrets.
-        let raw: RawManifest = serde_json::from_slice(bytes)
-            .map_err(|e| ManifestErrors(vec![format!("it is not JSON of the manifest's shape: {e}")]))?;
+        // Straight into the typed form: no intermediate JSON tree for a
+        // manifest of many secrets, its strings borrowed. Valid UTF-8 is
+        // checked once for the whole text rather than string by string; text
+        // that is not UTF-8 is read as bytes for serde_json's own message.
+        let raw: Result<RawManifest, _> = match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        };
+        let raw =
+            raw.map_err(|e| ManifestErrors(vec![format!("it is not JSON of the manifest's shape: {e}")]))?;
         let mut problems = Vec::new();
         let user_mode = raw.user_mode.unwrap_or(false);
         let expand = |p: String| -> String {
@@ -602,13 +670,13 @@ impl Manifest {
         }
         let link_path = PathBuf::from(&link);
 
-        let mut secrets = Vec::new();
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for (i, s) in raw.secrets.into_iter().enumerate() {
-            let label = s.name.as_deref().map_or_else(|| format!("#{}", i + 1), shortened);
-            let mut bad = |msg: String| problems.push(format!("secret {label:?}: {msg}"));
-            let name = checked_name(s.name.as_deref(), &mut bad);
-            let format = match s.format.as_deref() {
+        let mut secrets = Vec::with_capacity(raw.secrets.len());
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(raw.secrets.len());
+        for (i, s) in raw.secrets.iter().enumerate() {
+            let raw_name = s.name.as_ref().map(Text::as_str);
+            let mut bad = |msg: String| problems.push(format!("secret {:?}: {msg}", label(raw_name, i)));
+            let name = checked_name(raw_name, &mut bad);
+            let format = match s.format.as_ref().map(Text::as_str) {
                 None | Some("") => Some(Format::Yaml),
                 Some(f) => Format::from_name(f).or_else(|| {
                     bad(format!(
@@ -617,26 +685,32 @@ impl Manifest {
                     None
                 }),
             };
-            let mode = checked_mode(s.mode.as_deref(), &mut bad);
-            let sops_file = match s.sops_file {
+            let mode = checked_mode(s.mode.as_ref().map(Text::as_str), &mut bad);
+            let sops_file = match s.sops_file.as_ref().map(Text::as_str) {
                 Some(f) if !f.is_empty() => Some(PathBuf::from(f)),
                 _ => {
                     bad("it has no sopsFile".into());
                     None
                 }
             };
-            note_duplicate(&mut seen, &name, i, "secret", &mut bad);
+            note_duplicate(
+                &mut seen,
+                raw_name.filter(|_| name.is_some()),
+                i,
+                "secret",
+                &mut bad,
+            );
             let shared = Shared::check(
                 name,
                 &link_path,
                 RawShared {
-                    path: s.path.map(&expand),
-                    owner: s.owner,
-                    uid: s.uid,
-                    group: s.group,
-                    gid: s.gid,
-                    restart_units: s.restart_units,
-                    reload_units: s.reload_units,
+                    path: s.path.as_ref().map(|p| expand(p.as_str().to_owned())),
+                    owner: s.owner.as_ref().map(Text::as_str),
+                    uid: s.uid.as_ref(),
+                    group: s.group.as_ref().map(Text::as_str),
+                    gid: s.gid.as_ref(),
+                    restart_units: s.restart_units.as_deref(),
+                    reload_units: s.reload_units.as_deref(),
                 },
                 &mut bad,
             );
@@ -645,7 +719,7 @@ impl Manifest {
             {
                 secrets.push(Secret {
                     name: shared.name,
-                    key: s.key.unwrap_or_default(),
+                    key: s.key.as_ref().map_or_else(String::new, |k| k.as_str().to_owned()),
                     path: shared.path,
                     owner: shared.owner,
                     group: shared.group,
@@ -669,33 +743,42 @@ impl Manifest {
             ));
         }
 
-        let mut templates = Vec::new();
-        let mut seen_templates: HashMap<String, usize> = HashMap::new();
-        for (i, t) in raw.templates.into_iter().enumerate() {
-            let label = t.name.as_deref().map_or_else(|| format!("#{}", i + 1), shortened);
-            let mut bad = |msg: String| problems.push(format!("template {label:?}: {msg}"));
-            let name = checked_name(t.name.as_deref(), &mut bad);
-            let source = match (t.content, t.file) {
-                (Some(c), _) if !c.is_empty() => Some(TemplateSource::Content(c)),
+        let mut templates = Vec::with_capacity(raw.templates.len());
+        let mut seen_templates: HashMap<&str, usize> = HashMap::with_capacity(raw.templates.len());
+        for (i, t) in raw.templates.iter().enumerate() {
+            let raw_name = t.name.as_ref().map(Text::as_str);
+            let mut bad = |msg: String| problems.push(format!("template {:?}: {msg}", label(raw_name, i)));
+            let name = checked_name(raw_name, &mut bad);
+            let source = match (
+                t.content.as_ref().map(Text::as_str),
+                t.file.as_ref().map(Text::as_str),
+            ) {
+                (Some(c), _) if !c.is_empty() => Some(TemplateSource::Content(c.to_owned())),
                 (_, Some(f)) if !f.is_empty() => Some(TemplateSource::File(PathBuf::from(f))),
                 _ => {
                     bad("it has neither content nor file".into());
                     None
                 }
             };
-            let mode = checked_mode(t.mode.as_deref(), &mut bad);
-            note_duplicate(&mut seen_templates, &name, i, "template", &mut bad);
+            let mode = checked_mode(t.mode.as_ref().map(Text::as_str), &mut bad);
+            note_duplicate(
+                &mut seen_templates,
+                raw_name.filter(|_| name.is_some()),
+                i,
+                "template",
+                &mut bad,
+            );
             let shared = Shared::check(
                 name,
                 &link_path.join("rendered"),
                 RawShared {
-                    path: t.path.map(&expand),
-                    owner: t.owner,
-                    uid: t.uid,
-                    group: t.group,
-                    gid: t.gid,
-                    restart_units: t.restart_units,
-                    reload_units: t.reload_units,
+                    path: t.path.as_ref().map(|p| expand(p.as_str().to_owned())),
+                    owner: t.owner.as_ref().map(Text::as_str),
+                    uid: t.uid.as_ref(),
+                    group: t.group.as_ref().map(Text::as_str),
+                    gid: t.gid.as_ref(),
+                    restart_units: t.restart_units.as_deref(),
+                    reload_units: t.reload_units.as_deref(),
                 },
                 &mut bad,
             );
@@ -806,6 +889,12 @@ impl Manifest {
     }
 }
 
+/// How an entry is named in its problems: its name (the start of a long
+/// one), or its place in the list when it has none.
+fn label(name: Option<&str>, i: usize) -> String {
+    name.map_or_else(|| format!("#{}", i + 1), shortened)
+}
+
 /// Checks an optional name, reporting through `bad`.
 fn checked_name(name: Option<&str>, bad: &mut impl FnMut(String)) -> Option<Name> {
     match name.map(Name::parse) {
@@ -828,30 +917,33 @@ fn checked<T>(value: Result<T, String>, bad: &mut impl FnMut(String)) -> Option<
 
 /// Whether `name` below `dir` makes a path the kernel takes; reports through `bad` if not.
 fn fits_below(dir: &Path, name: &Name, bad: &mut impl FnMut(String)) -> bool {
-    // The name and the directory have been checked for control characters on their own.
-    let full = dir.join(name.as_str());
-    match path_too_long(&full) {
-        Some(why) => {
-            bad(format!(
-                "the name's full path {:?} {why}; choose a shorter name",
-                shortened(&full.to_string_lossy())
-            ));
-            false
-        }
-        None => true,
+    // The name and the directory have been checked for control characters
+    // on their own. `dir.join(name)` adds one `/` unless `dir` is empty or
+    // ends in one; the joined path is made only to be shown.
+    let dir_bytes = dir.as_os_str().as_encoded_bytes();
+    let slash = usize::from(dir_bytes.last().is_some_and(|&b| b != b'/'));
+    if dir_bytes.len() + slash + name.as_str().len() < PATH_MAX {
+        return true;
     }
+    let full = dir.join(name.as_str());
+    let why = path_too_long(&full).expect("as long as counted");
+    bad(format!(
+        "the name's full path {:?} {why}; choose a shorter name",
+        shortened(&full.to_string_lossy())
+    ));
+    false
 }
 
 /// The fields of a secret or a template that mean the same for both, as read.
-struct RawShared {
+struct RawShared<'r> {
     /// `path`, `%r` already expanded.
     path: Option<String>,
-    owner: Option<String>,
-    uid: Option<serde_json::Number>,
-    group: Option<String>,
-    gid: Option<serde_json::Number>,
-    restart_units: Option<Vec<String>>,
-    reload_units: Option<Vec<String>>,
+    owner: Option<&'r str>,
+    uid: Option<&'r serde_json::Number>,
+    group: Option<&'r str>,
+    gid: Option<&'r serde_json::Number>,
+    restart_units: Option<&'r [Text<'r>]>,
+    reload_units: Option<&'r [Text<'r>]>,
 }
 
 /// Those fields checked.
@@ -871,8 +963,8 @@ impl Shared {
     fn check(name: Option<Name>, dir: &Path, raw: RawShared, bad: &mut impl FnMut(String)) -> Option<Shared> {
         let name = name.filter(|n| fits_below(dir, n, bad));
         let path = checked_path(raw.path, bad);
-        let owner = checked(Owner::parse("owner", "uid", raw.owner, raw.uid.as_ref()), bad);
-        let group = checked(Owner::parse("group", "gid", raw.group, raw.gid.as_ref()), bad);
+        let owner = checked(Owner::parse("owner", "uid", raw.owner, raw.uid), bad);
+        let group = checked(Owner::parse("group", "gid", raw.group, raw.gid), bad);
         let restart_units = Units::parse("restartUnits", raw.restart_units, bad);
         let reload_units = Units::parse("reloadUnits", raw.reload_units, bad);
         let (name, path, owner, group, restart_units, reload_units) =
@@ -908,16 +1000,16 @@ fn checked_mode(mode: Option<&str>, bad: &mut impl FnMut(String)) -> Option<Mode
     Mode::parse(mode.unwrap_or("0400")).map_err(bad).ok()
 }
 
-/// Records a name, reporting the entry that used it first.
-fn note_duplicate(
-    seen: &mut HashMap<String, usize>,
-    name: &Option<Name>,
+/// Records a (valid) name, reporting the entry that used it first.
+fn note_duplicate<'r>(
+    seen: &mut HashMap<&'r str, usize>,
+    name: Option<&'r str>,
     i: usize,
     what: &str,
     bad: &mut impl FnMut(String),
 ) {
     if let Some(n) = name
-        && let Some(prev) = seen.insert(n.as_str().to_owned(), i)
+        && let Some(prev) = seen.insert(n, i)
     {
         bad(format!("{what} #{} has the same name", prev + 1));
     }
@@ -1040,7 +1132,7 @@ mod tests {
             Ok(Owner::Id(4294967294))
         );
         assert_eq!(
-            Owner::parse("group", "gid", Some("nginx".into()), Some(&num(0))),
+            Owner::parse("group", "gid", Some("nginx"), Some(&num(0))),
             Ok(Owner::Name("nginx".into()))
         );
         for (id, why) in [
@@ -1058,7 +1150,7 @@ mod tests {
             ("/etc/passwd", "`/`"),
             ("a:b", "`:`"),
         ] {
-            let err = Owner::parse("group", "gid", Some(name.into()), None).unwrap_err();
+            let err = Owner::parse("group", "gid", Some(name), None).unwrap_err();
             assert!(err.contains(why) && err.starts_with("group "), "{name:?}: {err}");
         }
     }
@@ -1095,6 +1187,92 @@ mod tests {
         for needle in ["`..`", "\"9\"", "toml", "same name", "neither content nor file"] {
             assert!(all.contains(needle), "{needle} missing from:\n{all}");
         }
+    }
+
+    #[test]
+    fn strings_with_escapes_read_as_the_same_strings() {
+        // Strings without an escape are borrowed from the manifest's bytes,
+        // those with one are unescaped into their own: both must mean the same.
+        let m = Manifest::from_json(
+            br#"{"secretsMountPoint":"/run/secrets.d","symlinkPath":"/run/secrets","secrets":[
+                {"name":"a\u002fb","key":"k\"q","sopsFile":"/s\u00e9","owner":"\u0061lice",
+                 "mode":"\u0030440","restartUnits":["x\u002eservice","y.service"],"format":"j\u0073on"},
+                {"name":"plain","key":"k","sopsFile":"/s","owner":"alice","mode":"0440","restartUnits":["x.service"]}],
+              "templates":[{"name":"t\u0031","content":"line\nnext {{a}}","reloadUnits":["z.service"]}],
+              "placeholderBySecretName":{"a/b":"<a>","plain":"<p>"}}"#,
+            None,
+        )
+        .unwrap();
+        let (a, plain) = (&m.secrets[0], &m.secrets[1]);
+        assert_eq!(a.name.as_str(), "a/b");
+        assert_eq!(a.key, "k\"q");
+        assert_eq!(a.sops_file, Path::new("/s\u{e9}"));
+        assert_eq!(a.owner, Owner::Name("alice".into()));
+        assert_eq!(a.mode, Mode(0o440));
+        assert_eq!(a.format, Format::Json);
+        assert_eq!(&a.restart_units[..], ["x.service", "y.service"]);
+        assert_eq!(a.path, Path::new("/run/secrets/a/b"));
+        assert_eq!(
+            (plain.name.as_str(), plain.key.as_str(), &plain.owner, plain.mode),
+            ("plain", "k", &Owner::Name("alice".into()), Mode(0o440))
+        );
+        assert_eq!(&plain.restart_units[..], ["x.service"]);
+        let t = &m.templates[0];
+        assert_eq!(t.name.as_str(), "t1");
+        assert!(matches!(&t.source, TemplateSource::Content(c) if c == "line\nnext {{a}}"));
+        assert_eq!(&t.reload_units[..], ["z.service"]);
+        // An escaped unit name is checked as what it means.
+        let err = Manifest::from_json(
+            br#"{"secretsMountPoint":"/m","symlinkPath":"/l","secrets":[
+                {"name":"a","sopsFile":"/s","restartUnits":["x\nevil.service"]}]}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.0
+                .join("\n")
+                .contains("restartUnits entry \"x\\nevil.service\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_name_fits_below_its_directory_up_to_path_max() {
+        let longest = PATH_MAX - 1;
+        for link in ["/l", "/l/"] {
+            // The name's full path is the link's directory, one `/` (unless the
+            // link ends in one) and the name: 20 components of 200 bytes and a rest.
+            let dir_len = "/l".len() + 1;
+            let name_of = |len: usize| {
+                let mut parts = vec!["n".repeat(200); len / 201];
+                parts.push("r".repeat(len - parts.len() * 201));
+                parts.join("/")
+            };
+            let manifest = |name: &str| {
+                format!(
+                    r#"{{"secretsMountPoint":"/m","symlinkPath":"{link}","secrets":[{{"name":"{name}","sopsFile":"/s"}}]}}"#
+                )
+            };
+            let fits = name_of(longest - dir_len);
+            assert_eq!(Path::new(link).join(&fits).as_os_str().len(), longest);
+            Manifest::from_json(manifest(&fits).as_bytes(), None).unwrap();
+            let over = name_of(longest - dir_len + 1);
+            let err = Manifest::from_json(manifest(&over).as_bytes(), None).unwrap_err();
+            assert!(
+                err.0.join("\n").contains(&format!("is {PATH_MAX} bytes long")),
+                "{link}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_manifest_that_is_not_utf8_is_refused_as_json() {
+        let err = Manifest::from_json(b"{\"secrets\":[{\"name\":\"a\xff\"}]}", None).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(
+            err.0[0].starts_with("it is not JSON of the manifest's shape: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -75,39 +75,74 @@ pub fn data_key(file: &EncryptedFile, keyring: &Keyring) -> Result<Zeroizing<[u8
     })
 }
 
-/// Files read, parsed and decrypted on several threads, with their data keys
-/// still recovered one file at a time in the files' order: the key services
-/// (gpg and its agent, age plugins, cloud KMS) are asked exactly as a single
-/// thread would ask them, so a host remembered as unreachable for one file
-/// is not asked again for the next, and messages do not depend on timing.
+/// Files read, parsed and decrypted on several threads, with the data keys
+/// that need a key service (gpg and its agent, age plugins, cloud KMS)
+/// recovered one file at a time in the files' order: those services are
+/// asked exactly as a single thread would ask them, so a host remembered as
+/// unreachable for one file is not asked again for the next, and messages do
+/// not depend on timing. A file whose key this process recovers on its own
+/// ([`keys::recover_data_key_in_process`]) passes its turn without waiting.
 pub struct KeyTurns {
-    next: Mutex<usize>,
+    state: Mutex<Turns>,
     moved: Condvar,
+}
+
+/// Which files have had their turn.
+#[derive(Default)]
+struct Turns {
+    /// Every file before this one has had its turn.
+    next: usize,
+    /// Files after `next` that have already passed theirs.
+    passed_ahead: Vec<usize>,
+}
+
+impl Turns {
+    /// File `k` has had its turn.
+    fn done(&mut self, k: usize) {
+        if k != self.next {
+            self.passed_ahead.push(k);
+            return;
+        }
+        self.next += 1;
+        while let Some(i) = self.passed_ahead.iter().position(|&p| p == self.next) {
+            self.passed_ahead.swap_remove(i);
+            self.next += 1;
+        }
+    }
 }
 
 impl KeyTurns {
     /// File 0 goes first.
     pub fn new() -> KeyTurns {
         KeyTurns {
-            next: Mutex::new(0),
+            state: Mutex::new(Turns::default()),
             moved: Condvar::new(),
         }
     }
 
     /// Runs `f` for file `k` once every file before it has had its turn, then
-    /// hands the turn to file `k + 1`. Every file takes its turn, even one
-    /// that failed before it had stanzas, or the files after it would wait
-    /// for ever.
+    /// counts `k`'s turn as had. Every file has its turn (this, or [`pass`]),
+    /// even one that failed before it had stanzas, or the files after it
+    /// would wait for ever.
+    ///
+    /// [`pass`]: KeyTurns::pass
     pub fn take<T>(&self, k: usize, f: impl FnOnce() -> T) -> T {
-        let mut next = self.next.lock().expect("not poisoned");
-        while *next != k {
-            next = self.moved.wait(next).expect("not poisoned");
+        let mut state = self.state.lock().expect("not poisoned");
+        while state.next != k {
+            state = self.moved.wait(state).expect("not poisoned");
         }
         let out = f();
-        *next += 1;
-        drop(next);
+        state.done(k);
+        drop(state);
         self.moved.notify_all();
         out
+    }
+
+    /// Counts file `k`'s turn as had without waiting for the files before it:
+    /// it needs no key service.
+    pub fn pass(&self, k: usize) {
+        self.state.lock().expect("not poisoned").done(k);
+        self.moved.notify_all();
     }
 }
 
@@ -118,7 +153,8 @@ impl Default for KeyTurns {
 }
 
 /// Reads, parses and decrypts file `k` of a batch whose data keys are
-/// recovered in turn (see [`KeyTurns`]); `read` gives the file's bytes.
+/// recovered in turn when they need a key service (see [`KeyTurns`]); `read`
+/// gives the file's bytes.
 pub fn decrypt_in_turn<E>(
     k: usize,
     turns: &KeyTurns,
@@ -141,7 +177,13 @@ pub fn decrypt_in_turn<E>(
             return Ok(Err(e.into()));
         }
     };
-    let key = turns.take(k, || data_key(&file, keyring));
+    let key = match keys::recover_data_key_in_process(&file.metadata, keyring) {
+        Some(key) => {
+            turns.pass(k);
+            Ok(key)
+        }
+        None => turns.take(k, || data_key(&file, keyring)),
+    };
     Ok(key.and_then(|key| Ok(file.decrypt(&key)?)))
 }
 
@@ -163,6 +205,86 @@ mod tests {
             });
             assert_eq!(*taken.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
         }
+    }
+
+    #[test]
+    fn a_turn_passed_ahead_counts_once_every_file_before_it_has_had_its_own() {
+        let mut turns = Turns::default();
+        turns.done(2);
+        turns.done(4);
+        assert_eq!(turns.next, 0, "files 0 and 1 have not had their turns");
+        turns.done(0);
+        assert_eq!(turns.next, 1);
+        turns.done(1);
+        assert_eq!(turns.next, 3, "2 had passed: 3 is next");
+        turns.done(3);
+        assert_eq!((turns.next, turns.passed_ahead.len()), (5, 0));
+    }
+
+    #[test]
+    fn files_that_pass_their_turns_never_let_a_later_file_jump_an_earlier_one() {
+        for _ in 0..20 {
+            let turns = KeyTurns::new();
+            let taken = Mutex::new(Vec::new());
+            std::thread::scope(|s| {
+                // Last file first; every third file needs no key service.
+                for k in (0..9).rev() {
+                    let (turns, taken) = (&turns, &taken);
+                    if k % 3 == 1 {
+                        s.spawn(move || turns.pass(k));
+                    } else {
+                        s.spawn(move || turns.take(k, || taken.lock().unwrap().push(k)));
+                    }
+                }
+            });
+            assert_eq!(*taken.lock().unwrap(), vec![0, 2, 3, 5, 6, 8]);
+        }
+    }
+
+    fn fixture(rel: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(rel)
+    }
+
+    #[test]
+    fn a_key_recovered_in_process_is_the_one_the_whole_walk_recovers() {
+        let mut keyring = Keyring::new();
+        for k in ["age1.txt", "age2.txt", "age3.txt"] {
+            keyring.add_age_key_file(&fixture("keys").join(k)).unwrap();
+        }
+        let mut in_process = Vec::new();
+        // Files real sops wrote: one or several age recipients, 2-of-2 and
+        // 2-of-3 key groups, foreign KMS and PGP stanzas beside ours, PGP only.
+        for dir in ["enc", "pgp/enc", "install/enc"] {
+            for entry in std::fs::read_dir(fixture(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let format = Format::from_path(&path);
+                let Ok(file) = EncryptedFile::parse_owned(std::fs::read(&path).unwrap(), format) else {
+                    continue;
+                };
+                let whole = keys::recover_data_key(&file.metadata, &keyring);
+                if let Some(key) = keys::recover_data_key_in_process(&file.metadata, &keyring) {
+                    let whole = whole.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    assert_eq!(*key, *whole, "{}", path.display());
+                    in_process.push(path.strip_prefix(fixture("")).unwrap().to_owned());
+                }
+            }
+        }
+        for opened in [
+            "enc/basic.yaml",
+            "enc/groups_2of2.yaml",
+            "enc/shamir_2of3.yaml",
+            "enc/foreign_stanzas.yaml",
+            "pgp/enc/pgp_and_age.yaml",
+        ] {
+            assert!(
+                in_process.iter().any(|p| p == std::path::Path::new(opened)),
+                "{opened} not opened in process: {in_process:?}"
+            );
+        }
+        // PGP only: gpg would be asked, so it waits for its turn.
+        assert!(!in_process.iter().any(|p| p.ends_with("pgp/enc/pgp.yaml")));
     }
 
     #[test]

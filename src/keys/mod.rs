@@ -429,7 +429,36 @@ pub fn recover_data_key(metadata: &Metadata, keyring: &Keyring) -> Result<Zeroiz
             groups: report,
         });
     }
-    let key = if groups.len() > 1 {
+    combine(shares, groups.len())
+}
+
+/// The data key if this process alone can recover it, with its own age and
+/// SSH identities: no gpg, no age plugin, no network service is asked. The
+/// groups are walked as [`recover_data_key`] walks them (in order, each
+/// opened by its first stanza that opens, local identities being tried
+/// first there too), so a key found here is the one it would find. `None`
+/// as soon as a group that is needed does not open that way, or anything
+/// else fails: the caller then asks [`recover_data_key`], which tells why.
+pub fn recover_data_key_in_process(metadata: &Metadata, keyring: &Keyring) -> Option<Zeroizing<[u8; 32]>> {
+    let needed = metadata.groups_needed();
+    let mut shares = Vec::with_capacity(needed);
+    for group in metadata.key_groups.iter().take(needed) {
+        let share = group
+            .stanzas
+            .iter()
+            .filter(|s| cost(s) == 0)
+            .find_map(|s| keyring.open(s).ok())?;
+        shares.push(share);
+    }
+    if shares.len() < needed {
+        return None;
+    }
+    combine(shares, metadata.key_groups.len()).ok()
+}
+
+/// The data key from the shares of a file with `groups` key groups.
+fn combine(mut shares: Vec<Zeroizing<Vec<u8>>>, groups: usize) -> Result<Zeroizing<[u8; 32]>, DataKeyError> {
+    let key = if groups > 1 {
         shamir::combine(&shares)?
     } else {
         shares.pop().expect("one share")

@@ -301,53 +301,59 @@ pub(super) fn settle<'m>(gathered: Gathered<'m>, manifest: &'m Manifest, live: &
             }
         }
     };
-    let (secret_drafts, template_drafts): (Vec<Draft<'m>>, Vec<Draft<'m>>) =
-        drafts.into_iter().partition(|d| d.kind == Kind::Secret);
-    let mut items: Vec<Item<'m>> = Vec::with_capacity(secret_drafts.len() + template_drafts.len());
-    for mut d in secret_drafts {
+    let mut items: Vec<Item<'m>> = Vec::with_capacity(drafts.len());
+    // Secrets first; templates are rendered once every secret is settled.
+    let mut template_drafts = Vec::new();
+    for mut d in drafts {
+        if d.kind == Kind::Template {
+            template_drafts.push(d);
+            continue;
+        }
         let item = match d.content.take() {
             Some(v) => Some(make(&d, v, d.ids, d.mode, Origin::Fresh)),
             None => keep(&d, &mut kept),
         };
         items.extend(item);
     }
-
-    let rendered = {
-        let by_name: HashMap<&str, &[u8]> = items
-            .iter()
-            .map(|s| (s.name.as_str(), s.bytes.as_bytes()))
-            .collect();
-        let placeholders: Vec<(&[u8], &[u8])> = manifest
-            .placeholders
-            .iter()
-            .filter_map(|(p, name)| by_name.get(name.as_str()).map(|v| (p.as_bytes(), *v)))
-            .collect();
-        // A template that needs a secret which is not installed cannot be rendered either.
-        let missing: Vec<&[u8]> = manifest
-            .placeholders
-            .iter()
-            .filter(|(_, name)| !by_name.contains_key(name.as_str()))
-            .map(|(p, _)| p.as_bytes())
-            .collect();
-        let mut rendered = Vec::with_capacity(template_drafts.len());
-        for mut d in template_drafts {
-            let usable = d.content.take().filter(|text| {
-                !missing
-                    .iter()
-                    .any(|p| text.as_bytes().windows(p.len()).any(|w| w == *p))
-            });
-            let item = match usable {
-                Some(text) => {
-                    let bytes = Plaintext::from(templates::render(text.as_bytes(), &placeholders));
-                    Some(make(&d, bytes, d.ids, d.mode, Origin::Fresh))
-                }
-                None => keep(&d, &mut kept),
-            };
-            rendered.extend(item);
-        }
-        rendered
-    };
-    items.extend(rendered);
+    // Nothing to render: no map of the secrets' values is built.
+    if !template_drafts.is_empty() {
+        let rendered = {
+            let by_name: HashMap<&str, &[u8]> = items
+                .iter()
+                .map(|s| (s.name.as_str(), s.bytes.as_bytes()))
+                .collect();
+            let placeholders: Vec<(&[u8], &[u8])> = manifest
+                .placeholders
+                .iter()
+                .filter_map(|(p, name)| by_name.get(name.as_str()).map(|v| (p.as_bytes(), *v)))
+                .collect();
+            // A template that needs a secret which is not installed cannot be rendered either.
+            let missing: Vec<&[u8]> = manifest
+                .placeholders
+                .iter()
+                .filter(|(_, name)| !by_name.contains_key(name.as_str()))
+                .map(|(p, _)| p.as_bytes())
+                .collect();
+            let mut rendered = Vec::with_capacity(template_drafts.len());
+            for mut d in template_drafts {
+                let usable = d.content.take().filter(|text| {
+                    !missing
+                        .iter()
+                        .any(|p| text.as_bytes().windows(p.len()).any(|w| w == *p))
+                });
+                let item = match usable {
+                    Some(text) => {
+                        let bytes = Plaintext::from(templates::render(text.as_bytes(), &placeholders));
+                        Some(make(&d, bytes, d.ids, d.mode, Origin::Fresh))
+                    }
+                    None => keep(&d, &mut kept),
+                };
+                rendered.extend(item);
+            }
+            rendered
+        };
+        items.extend(rendered);
+    }
     Plan {
         items,
         keys_gid,

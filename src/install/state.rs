@@ -207,15 +207,57 @@ pub fn record_json<'a>(
     struct StateRef<'a> {
         #[serde(rename = "digestKey")]
         digest_key: String,
-        secrets: BTreeMap<&'a str, EntryRef<'a>>,
-        templates: BTreeMap<&'a str, EntryRef<'a>>,
+        secrets: ByName<'a>,
+        templates: ByName<'a>,
     }
     let record = StateRef {
         digest_key: key.to_text(),
-        secrets: secrets.into_iter().collect(),
-        templates: templates.into_iter().collect(),
+        secrets: ByName::new(secrets),
+        templates: ByName::new(templates),
     };
-    serde_json::to_vec(&record).expect("a map of strings serialises")
+    // About what each entry takes, so that the text is not copied as it grows.
+    let size = |m: &ByName<'_>| -> usize {
+        m.0.iter()
+            .map(|(name, e)| {
+                let units: usize = e
+                    .restart_units
+                    .iter()
+                    .chain(e.reload_units)
+                    .map(|u| u.len() + 3)
+                    .sum();
+                160 + name.len() + e.path.as_os_str().len() + e.digest.len() + units
+            })
+            .sum()
+    };
+    let mut out = Vec::with_capacity(128 + size(&record.secrets) + size(&record.templates));
+    serde_json::to_writer(&mut out, &record).expect("a map of strings serialises");
+    out
+}
+
+/// Entries in the order of their names, as a `BTreeMap` keeps and serialises
+/// them (the last of equal names wins there too), without building one.
+struct ByName<'a>(Vec<(&'a str, EntryRef<'a>)>);
+
+impl<'a> ByName<'a> {
+    fn new(entries: impl IntoIterator<Item = (&'a str, EntryRef<'a>)>) -> ByName<'a> {
+        let mut all: Vec<_> = entries.into_iter().collect();
+        // Stable, so that of equal names the last given stays last.
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        let mut kept: Vec<(&'a str, EntryRef<'a>)> = Vec::with_capacity(all.len());
+        for entry in all {
+            match kept.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => kept.push(entry),
+            }
+        }
+        ByName(kept)
+    }
+}
+
+impl Serialize for ByName<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, entry)| (name, entry)))
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +333,68 @@ mod tests {
         want.templates.insert("t".into(), owned(None));
         assert_eq!(State::load(dir.path()), want);
         assert_eq!(json, want.to_json());
+    }
+
+    #[test]
+    fn entries_are_written_in_name_order_as_the_owned_record_writes_them() {
+        let key = DigestKey::fresh();
+        // Out of order, with a prefix of another, non-ASCII, quotes and a
+        // newline (escaped in JSON), and one name given twice (the last wins).
+        let names = [
+            "b",
+            "a/x",
+            "a",
+            "\u{e9}t\u{e9}",
+            "q\"uote",
+            "new\nline",
+            "a",
+            "Z",
+            "a-b",
+            "10",
+            "9",
+        ];
+        let digests: Vec<String> = (0..names.len()).map(|i| format!("d{i}")).collect();
+        let paths: Vec<PathBuf> = names.iter().map(|n| Path::new("/run/secrets").join(n)).collect();
+        let units = vec!["a.service".to_owned(), "b@x.service".to_owned()];
+        let entry = |i: usize| EntryRef {
+            path: &paths[i],
+            restart_units: if i.is_multiple_of(2) { &units } else { &[] },
+            reload_units: if i.is_multiple_of(3) { &units[1..] } else { &[] },
+            credential: i.is_multiple_of(4),
+            digest: &digests[i],
+            mode: 0o400 + i as u32,
+            uid: (!i.is_multiple_of(5)).then_some(i as u32),
+            gid: (!i.is_multiple_of(5)).then_some(100 + i as u32),
+        };
+        let json = record_json(
+            &key,
+            names.iter().enumerate().map(|(i, n)| (*n, entry(i))),
+            names.iter().enumerate().rev().map(|(i, n)| (*n, entry(i))),
+        );
+        let owned = |i: usize| Entry {
+            path: paths[i].clone(),
+            restart_units: entry(i).restart_units.to_vec(),
+            reload_units: entry(i).reload_units.to_vec(),
+            credential: entry(i).credential,
+            digest: Some(digests[i].clone()),
+            mode: Some(entry(i).mode),
+            uid: entry(i).uid,
+            gid: entry(i).gid,
+        };
+        let mut want = State::default();
+        want.set_key(&key);
+        for (i, n) in names.iter().enumerate() {
+            want.secrets.insert((*n).to_owned(), owned(i));
+        }
+        for (i, n) in names.iter().enumerate().rev() {
+            want.templates.insert((*n).to_owned(), owned(i));
+        }
+        assert_eq!(want.secrets["a"].digest.as_deref(), Some("d6"));
+        assert_eq!(want.templates["a"].digest.as_deref(), Some("d2"));
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            String::from_utf8(want.to_json()).unwrap()
+        );
     }
 
     #[test]

@@ -123,9 +123,24 @@ impl Item<'_> {
     /// Whether its `path` is the default one, [`Item::under_link`], told
     /// without building that path (this runs for every item).
     pub(crate) fn at_default_path(&self, symlink_path: &Path) -> bool {
+        let relative = self.relative();
+        // As the NixOS module writes it, byte for byte: `<link>/<relative>`.
+        let (path, link) = (
+            self.path.as_os_str().as_encoded_bytes(),
+            symlink_path.as_os_str().as_encoded_bytes(),
+        );
+        if path.len() == link.len() + 1 + relative.len()
+            && path.starts_with(link)
+            && path[link.len()] == b'/'
+            && path.ends_with(relative.as_bytes())
+        {
+            return true;
+        }
+        // Any other spelling of it (`//`, a trailing `/` on the link) is
+        // compared component by component.
         self.path
             .strip_prefix(symlink_path)
-            .is_ok_and(|rest| rest == Path::new(&*self.relative()))
+            .is_ok_and(|rest| rest == Path::new(&*relative))
     }
 
     /// "secret \"a/b\"".
@@ -145,5 +160,47 @@ impl Item<'_> {
             uid: self.ids.map(|ids| ids.uid),
             gid: self.ids.map(|ids| ids.gid),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plaintext::Plaintext;
+
+    #[test]
+    fn the_default_path_is_known_however_it_is_spelt() {
+        let name = Name::parse("db/password").unwrap();
+        let at = |kind, path: &str, link: &str| {
+            Item {
+                name: &name,
+                kind,
+                bytes: Plaintext::from(zeroize::Zeroizing::new(b"v".to_vec())),
+                ids: None,
+                mode: Mode(0o400),
+                path: Path::new(path),
+                restart: &[],
+                reload: &[],
+                credential: false,
+                origin: Origin::Fresh,
+                digest: String::new(),
+            }
+            .at_default_path(Path::new(link))
+        };
+        let secret = Kind::Secret;
+        assert!(at(secret, "/run/secrets/db/password", "/run/secrets"));
+        assert!(at(secret, "/run/secrets//db/password", "/run/secrets"));
+        assert!(at(secret, "/run/secrets/db/password", "/run/secrets/"));
+        assert!(at(secret, "/run/secrets/db//password/", "/run/secrets"));
+        assert!(!at(secret, "/run/secrets/db/passwordx", "/run/secrets"));
+        assert!(!at(secret, "/run/secretsX/db/password", "/run/secrets"));
+        assert!(!at(secret, "/run/secrets/db-password", "/run/secrets"));
+        assert!(!at(secret, "/etc/db/password", "/run/secrets"));
+        assert!(!at(secret, "/run/secrets/rendered/db/password", "/run/secrets"));
+        let template = Kind::Template;
+        assert!(at(template, "/run/secrets/rendered/db/password", "/run/secrets"));
+        assert!(!at(template, "/run/secrets/db/password", "/run/secrets"));
+        // Same length, same start and end, another middle.
+        assert!(!at(template, "/run/secrets/renderXd/db/password", "/run/secrets"));
     }
 }

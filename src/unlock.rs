@@ -4,7 +4,7 @@
 //! them, and the format layer decrypts every value with it and checks the
 //! MAC. Neither layer knows the other; this module knows both.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use zeroize::Zeroizing;
 
@@ -141,7 +141,8 @@ impl KeyTurns {
     /// Counts file `k`'s turn as had without waiting for the files before it:
     /// it needs no key service.
     pub fn pass(&self, k: usize) {
-        self.state.lock().expect("not poisoned").done(k);
+        // Also from a `Turn` dropped while unwinding, where a second panic would abort.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).done(k);
         self.moved.notify_all();
     }
 }
@@ -149,6 +150,36 @@ impl KeyTurns {
 impl Default for KeyTurns {
     fn default() -> Self {
         KeyTurns::new()
+    }
+}
+
+/// File `k`'s turn, had once whichever way its file goes. A turn not had
+/// when this is dropped (a panic while the file was read or parsed, in a
+/// build that unwinds) is passed, so that the files after it do not wait for
+/// ever.
+struct Turn<'t> {
+    turns: &'t KeyTurns,
+    k: usize,
+    had: bool,
+}
+
+impl Turn<'_> {
+    fn take<T>(mut self, f: impl FnOnce() -> T) -> T {
+        self.had = true;
+        self.turns.take(self.k, f)
+    }
+
+    fn pass(mut self) {
+        self.had = true;
+        self.turns.pass(self.k);
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !self.had {
+            self.turns.pass(self.k);
+        }
     }
 }
 
@@ -162,27 +193,29 @@ pub fn decrypt_in_turn<E>(
     format: Format,
     keyring: &Keyring,
 ) -> Result<Result<Document, DecryptError>, E> {
-    // Every way through takes the turn exactly once.
+    // Every way through has the turn exactly once; a file that cannot be
+    // read or parsed asks no key service, so it passes.
+    let turn = Turn { turns, k, had: false };
     let file = match read() {
         Ok(bytes) => EncryptedFile::parse_owned(bytes, format),
         Err(e) => {
-            turns.take(k, || ());
+            turn.pass();
             return Err(e);
         }
     };
     let file = match file {
         Ok(file) => file,
         Err(e) => {
-            turns.take(k, || ());
+            turn.pass();
             return Ok(Err(e.into()));
         }
     };
     let key = match keys::recover_data_key_in_process(&file.metadata, keyring) {
         Some(key) => {
-            turns.pass(k);
+            turn.pass();
             Ok(key)
         }
-        None => turns.take(k, || data_key(&file, keyring)),
+        None => turn.take(|| data_key(&file, keyring)),
     };
     Ok(key.and_then(|key| Ok(file.decrypt(&key)?)))
 }
@@ -285,6 +318,35 @@ mod tests {
         }
         // PGP only: gpg would be asked, so it waits for its turn.
         assert!(!in_process.iter().any(|p| p.ends_with("pgp/enc/pgp.yaml")));
+    }
+
+    #[test]
+    fn a_panic_while_a_file_is_read_still_passes_its_turn_on() {
+        let turns = KeyTurns::new();
+        let keyring = Keyring::new();
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                decrypt_in_turn(
+                    0,
+                    &turns,
+                    || -> Result<Vec<u8>, ()> { panic!("a bug in a reader") },
+                    Format::Yaml,
+                    &keyring,
+                )
+            });
+            assert!(reader.join().is_err(), "the reader panicked");
+        });
+        // Bounded, so that a regression fails instead of hanging the test run.
+        let (told, heard) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = told.send(turns.take(1, || "file 1's turn"));
+        });
+        let got = heard.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(
+            got,
+            Ok("file 1's turn"),
+            "file 1 waited for a turn that was never passed"
+        );
     }
 
     #[test]

@@ -224,19 +224,35 @@ pub fn decrypt_in_turn<E>(
 mod tests {
     use super::*;
 
+    /// The files whose turns were taken, in the order they were, 20 times
+    /// over: `files` threads started last file first, each waiting for the
+    /// files before it; those for which `passes` holds pass their turns.
+    fn turns_taken(files: usize, passes: impl Fn(usize) -> bool + Sync) -> Vec<Vec<usize>> {
+        (0..20)
+            .map(|_| {
+                let turns = KeyTurns::new();
+                let taken = Mutex::new(Vec::new());
+                std::thread::scope(|s| {
+                    for k in (0..files).rev() {
+                        let (turns, taken, passes) = (&turns, &taken, &passes);
+                        s.spawn(move || {
+                            if passes(k) {
+                                turns.pass(k);
+                            } else {
+                                turns.take(k, || taken.lock().unwrap().push(k));
+                            }
+                        });
+                    }
+                });
+                taken.into_inner().unwrap()
+            })
+            .collect()
+    }
+
     #[test]
     fn turns_are_taken_in_the_files_order_whatever_order_threads_come_in() {
-        for _ in 0..20 {
-            let turns = KeyTurns::new();
-            let taken = Mutex::new(Vec::new());
-            std::thread::scope(|s| {
-                // Started last file first: each must still wait for the ones before it.
-                for k in (0..6).rev() {
-                    let (turns, taken) = (&turns, &taken);
-                    s.spawn(move || turns.take(k, || taken.lock().unwrap().push(k)));
-                }
-            });
-            assert_eq!(*taken.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+        for taken in turns_taken(6, |_| false) {
+            assert_eq!(taken, vec![0, 1, 2, 3, 4, 5]);
         }
     }
 
@@ -256,21 +272,9 @@ mod tests {
 
     #[test]
     fn files_that_pass_their_turns_never_let_a_later_file_jump_an_earlier_one() {
-        for _ in 0..20 {
-            let turns = KeyTurns::new();
-            let taken = Mutex::new(Vec::new());
-            std::thread::scope(|s| {
-                // Last file first; every third file needs no key service.
-                for k in (0..9).rev() {
-                    let (turns, taken) = (&turns, &taken);
-                    if k % 3 == 1 {
-                        s.spawn(move || turns.pass(k));
-                    } else {
-                        s.spawn(move || turns.take(k, || taken.lock().unwrap().push(k)));
-                    }
-                }
-            });
-            assert_eq!(*taken.lock().unwrap(), vec![0, 2, 3, 5, 6, 8]);
+        // Every third file needs no key service.
+        for taken in turns_taken(9, |k| k % 3 == 1) {
+            assert_eq!(taken, vec![0, 2, 3, 5, 6, 8]);
         }
     }
 

@@ -1,8 +1,8 @@
 //! Installing a manifest: the activation-time pipeline, as named stages.
 //!
 //! ```text
-//! plan::gather   identities, owners, each sops file decrypted once (two threads, data
-//!                keys in the files' order), values, template texts
+//! plan::gather   identities, owners, each sops file decrypted once (two threads; data
+//!                keys that need a key service in the files' order), values, template texts
 //!                (any problem: report all, touch nothing)
 //! lock           one run per mount from here on (dry runs only read and take none)
 //! Live::load     the live generation's digest key (its record parsed later, if at all)

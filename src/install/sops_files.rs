@@ -1,7 +1,9 @@
 //! The plan's sops files, each read and decrypted once, by this thread and a
 //! helper ([`crate::helper`]) together: each takes the next file not yet
-//! taken. Data keys are still recovered one file at a time, in the files'
-//! order ([`KeyTurns`]), so key services see what a single thread would do.
+//! taken. A data key this process recovers with its own identities is
+//! recovered at once; one that needs a key service (gpg, a plugin, a KMS) is
+//! recovered one file at a time, in the files' order ([`KeyTurns`]), so key
+//! services see what a single thread would do.
 //! Results come back in the files' order, whoever opened them.
 
 use std::path::PathBuf;

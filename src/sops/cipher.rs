@@ -327,6 +327,14 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_aes_under_a_files_cipher_wipes_its_round_keys_on_drop() {
+        // Holds only if aes is built with its `zeroize` feature (Cargo.toml):
+        // the round keys are the expanded data key.
+        fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wipes_on_drop::<Aes256>();
+    }
+
+    #[test]
     fn in_place_decryption_equals_the_copying_one() {
         let key = [3u8; 32];
         // One cipher for every value, as a file's values share it.

@@ -1,11 +1,14 @@
 //! Stage: the disk changes. The secrets filesystem is mounted (and the
 //! capabilities only the mount needed are dropped), generation N+1 is written
 //! beside the live one and the link is swapped to it with one `rename(2)`.
+//! An item whose live copy is the same (bytes, owner, mode) is linked, not
+//! written; two readers ([`read_live_copies`], started as soon as the items
+//! are settled) judge the live copies while the record is made.
 //! Any failure before the swap removes the partial generation and unmounts a
 //! filesystem this run mounted, so the live secrets stay as they were and
 //! reachable.
 
-use super::generation::{Generation, Ids};
+use super::generation::{Generation, Ids, LiveCopies};
 use super::item::Item;
 use super::report::{Failed, LogLine, Report};
 use super::state;
@@ -15,6 +18,7 @@ use crate::hardening;
 use crate::manifest::Manifest;
 #[cfg(not(target_os = "macos"))]
 use crate::safe_path::{Missing, Trust};
+use std::sync::mpsc::Receiver;
 
 /// Mounts, writes and swaps; returns the number of the generation now live.
 pub(super) fn apply(
@@ -22,6 +26,7 @@ pub(super) fn apply(
     items: &[Item<'_>],
     keys_gid: u32,
     record: &[u8],
+    verdicts: Verdicts,
     report: &mut Report,
 ) -> Result<u64, Failed> {
     let mount = &manifest.secrets_mount_point;
@@ -61,7 +66,7 @@ pub(super) fn apply(
             )));
         }
     }
-    let swapped = write_and_swap(manifest, items, keys_gid, record);
+    let swapped = write_and_swap(manifest, items, keys_gid, record, verdicts);
     // A filesystem this run mounted goes again if the run failed before the
     // swap: it would hide the live generation the link still points into.
     if mounted_now && swapped.is_err() {
@@ -102,6 +107,7 @@ fn write_and_swap(
     items: &[Item<'_>],
     keys_gid: u32,
     record: &[u8],
+    mut verdicts: Verdicts,
 ) -> Result<u64, Failed> {
     let mount = &manifest.secrets_mount_point;
     let live = links::live_generation(mount, &manifest.symlink_path).unwrap_or(0);
@@ -114,11 +120,14 @@ fn write_and_swap(
     let previous = (live > 0).then_some(live);
     let mut generation =
         Generation::create(mount, next, dir_ids, previous).map_err(|e| Failed::one(e.to_string()))?;
-    let written = std::thread::scope(|scope| {
-        let told = compare_live_copies(scope, &generation, items);
+    // Verdicts on another generation than the one linked from are not used.
+    if verdicts.of != previous {
+        verdicts = Verdicts::none();
+    }
+    let written = (|| {
         for item in items {
-            // No verdict (no live generation, or the thread is gone): compared here.
-            let same = told.as_ref().map(|rx| rx.recv().unwrap_or(false));
+            // No verdict (no live generation, or no reader): compared here.
+            let same = verdicts.next();
             generation
                 .write_file_told(
                     &item.relative(),
@@ -134,7 +143,7 @@ fn write_and_swap(
             .write_file(state::FILE, root, 0o400, record)
             .map_err(|e| e.to_string())?;
         Ok::<(), String>(())
-    });
+    })();
     let path = generation.path().to_path_buf();
     // Closes the generation's directory fd, so that its filesystem can be unmounted.
     drop(generation);
@@ -150,32 +159,122 @@ fn write_and_swap(
     Ok(next)
 }
 
-/// How many verdicts the comparing thread may be ahead of the writer.
-const AHEAD: usize = 256;
+/// How many threads read live copies. Reading one takes four system calls
+/// (open, stat, read, close) where linking it takes one.
+const READERS: usize = 2;
 
-/// Starts a thread that reads the live copy of each item in turn and says
-/// whether it is the same (bytes, owner, mode) as what is about to be
-/// written, so that reading the live generation and linking into the next
-/// one overlap. The verdicts come in the items' order; `None` when there is
-/// no live generation or no thread could be started. A writer that stops
-/// early drops the receiver, and the thread stops at its next verdict.
-fn compare_live_copies<'s>(
+/// How many verdicts a reader hands over at once: one hand-over per item
+/// would cost the writer a wake-up per item.
+const BATCH: usize = 32;
+
+/// The readers' verdicts on the live copies of the items, in the items'
+/// order: reader `r` judges batches `r`, `r + READERS`, ...
+pub(super) struct Verdicts {
+    /// The generation judged.
+    of: Option<u64>,
+    readers: Vec<Option<Receiver<Vec<bool>>>>,
+    /// The next item's index.
+    item: usize,
+    /// The verdicts on the rest of its batch, if its reader gave them.
+    batch: Option<std::vec::IntoIter<bool>>,
+}
+
+impl Verdicts {
+    /// No verdicts: the writer compares each live copy itself.
+    pub(super) fn none() -> Verdicts {
+        Verdicts {
+            of: None,
+            readers: Vec::new(),
+            item: 0,
+            batch: None,
+        }
+    }
+
+    /// The next item's verdict; `None` when no reader judged it (a reader
+    /// that could not start or has stopped): then its whole batch has none.
+    fn next(&mut self) -> Option<bool> {
+        if self.item.is_multiple_of(BATCH) {
+            let reader = self.readers.get(self.item / BATCH % READERS);
+            self.batch = reader
+                .and_then(Option::as_ref)
+                .and_then(|rx| rx.recv().ok())
+                .map(Vec::into_iter);
+        }
+        self.item += 1;
+        self.batch.as_mut()?.next()
+    }
+}
+
+/// Starts the threads that read the live copy of each item and say whether
+/// it is the same (bytes, owner, mode) as what is about to be written, so
+/// that the reading overlaps making the record, mounting and linking. It is
+/// called under the mount's lock, which keeps the live generation live
+/// until the swap. When the writer stops early it drops the receivers, and
+/// each reader stops at its next batch.
+pub(super) fn read_live_copies<'s>(
     scope: &'s std::thread::Scope<'s, '_>,
-    generation: &Generation,
+    manifest: &Manifest,
     items: &'s [Item<'_>],
-) -> Option<std::sync::mpsc::Receiver<bool>> {
-    let mut copies = generation.live_copies()?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD);
-    std::thread::Builder::new()
-        .name("live-copies".into())
-        .spawn_scoped(scope, move || {
-            for item in items {
-                let same = copies.matches(&item.relative(), item.ids, item.mode.0, item.bytes.as_bytes());
-                if tx.send(same).is_err() {
-                    return;
-                }
-            }
+) -> Verdicts {
+    let mount = &manifest.secrets_mount_point;
+    let Some(live) = links::live_generation(mount, &manifest.symlink_path) else {
+        return Verdicts::none();
+    };
+    let readers = (0..READERS)
+        .map(|r| {
+            let mut copies = LiveCopies::open(mount, live)?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("live-copies".into())
+                .spawn_scoped(scope, move || {
+                    for batch in items.chunks(BATCH).skip(r).step_by(READERS) {
+                        let judged = batch
+                            .iter()
+                            .map(|i| copies.matches(&i.relative(), i.ids, i.mode.0, i.bytes.as_bytes()))
+                            .collect();
+                        if tx.send(judged).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .ok()?;
+            Some(rx)
         })
-        .ok()?;
-    Some(rx)
+        .collect();
+    Verdicts {
+        of: Some(live),
+        readers,
+        ..Verdicts::none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_item_gets_its_own_verdict_and_a_missing_reader_leaves_its_batches_to_the_writer() {
+        // Reader 0 judges batches 0 and 2; reader 1 could not start.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let first: Vec<bool> = (0..BATCH).map(|i| i % 3 == 0).collect();
+        let third: Vec<bool> = (0..5).map(|i| i % 2 == 0).collect();
+        tx.send(first.clone()).unwrap();
+        tx.send(third.clone()).unwrap();
+        let mut readers = vec![Some(rx)];
+        readers.resize_with(READERS, || None);
+        let mut verdicts = Verdicts {
+            of: Some(1),
+            readers,
+            ..Verdicts::none()
+        };
+        let got: Vec<Option<bool>> = (0..2 * BATCH + 5).map(|_| verdicts.next()).collect();
+        let want: Vec<Option<bool>> = first
+            .iter()
+            .map(|&v| Some(v))
+            .chain(std::iter::repeat_n(None, BATCH))
+            .chain(third.iter().map(|&v| Some(v)))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(verdicts.next(), None, "no verdict past the items");
+    }
 }

@@ -183,17 +183,6 @@ impl Generation {
         same && linkat(old_parent, file, parent, file, AtFlags::empty()).is_ok()
     }
 
-    /// A second handle on the live generation, for comparing its copies on
-    /// another thread while this one writes ([`LiveCopies::matches`]); `None`
-    /// when there is no live generation to link from.
-    pub fn live_copies(&self) -> Option<LiveCopies> {
-        let dir = self.previous.as_ref()?.try_clone().ok()?;
-        Some(LiveCopies {
-            dir,
-            scratch: Zeroizing::new(Vec::new()),
-        })
-    }
-
     /// The generation directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -268,6 +257,18 @@ pub struct LiveCopies {
 }
 
 impl LiveCopies {
+    /// Generation `number` under `mount` (the live one), opened for
+    /// comparing its copies on another thread while the next generation is
+    /// made ([`LiveCopies::matches`]); `None` if it cannot be opened.
+    pub fn open(mount: &Path, number: u64) -> Option<LiveCopies> {
+        let mount_fd = nix::fcntl::open(mount, DIR_FLAGS, Mode::empty()).ok()?;
+        let dir = open_dir(&mount_fd, &number.to_string()).ok()?;
+        Some(LiveCopies {
+            dir,
+            scratch: Zeroizing::new(Vec::new()),
+        })
+    }
+
     /// Whether the live copy of `relative` is a regular file with exactly
     /// `content`, `ids` and `mode`.
     pub fn matches(&mut self, relative: &str, ids: Option<Ids>, mode: u32, content: &[u8]) -> bool {
@@ -503,14 +504,17 @@ mod tests {
     #[test]
     fn live_copies_are_compared_apart_and_the_writer_follows_the_verdict() {
         let dir = tempfile::tempdir().unwrap();
+        assert!(
+            LiveCopies::open(dir.path(), 1).is_none(),
+            "nothing to compare with"
+        );
         let mut one = Generation::create(dir.path(), 1, None, None).unwrap();
-        assert!(one.live_copies().is_none(), "nothing to link from");
         for (name, bytes) in [("same", &b"value"[..]), ("nested/same", b"v"), ("mode", b"m")] {
             one.write_file(name, None, 0o400, bytes).unwrap();
         }
         drop(one);
         let mut two = Generation::create(dir.path(), 2, None, Some(1)).unwrap();
-        let mut copies = two.live_copies().expect("a live generation");
+        let mut copies = LiveCopies::open(dir.path(), 1).expect("a live generation");
         assert!(copies.matches("same", None, 0o400, b"value"));
         assert!(copies.matches("nested/same", None, 0o400, b"v"));
         assert!(!copies.matches("same", None, 0o400, b"other"));

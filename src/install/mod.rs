@@ -7,10 +7,12 @@
 //! lock           one run per mount from here on (dry runs only read and take none)
 //! Live::load     the live generation's digest key (its record parsed later, if at all)
 //! plan::settle   failed items keep their live copy (keep-previous); templates rendered
+//! (readers)      two threads start reading the live copies for apply to link the same
 //! Plan::record   this run's record, compared with the live one: the same bytes, nothing changed
 //! diff           changes against the record (or the live files) → change lines, units
 //!                (dry run: hand the units over as dry-activation lists and stop)
-//! apply          mount, drop capabilities, write generation N+1, swap the link
+//! apply          mount, drop capabilities, write generation N+1 (an item whose live
+//!                copy the readers found the same is linked), swap the link
 //!                (a failure: partial generation removed, a fresh mount unmounted)
 //! aftercare      restart requests, custom links, credentials, stale links, prune
 //! ```
@@ -106,28 +108,48 @@ fn run(
     };
     let mut live = Live::load(manifest);
     let plan = plan::settle(gathered, manifest, &live);
-    let record = plan.record(&live.digest_key);
-    live.compare_record(&record);
-    let requests = diff::diff(
-        &plan.items,
-        &live,
-        opts.dry_run,
-        manifest.logging.secret_changes,
-        report,
-    );
-    report.requests.add(&requests.restart, &requests.reload);
-    if opts.dry_run {
-        if !manifest.user_mode {
-            let log = crate::units::request(&requests, true, opts.restart_via_systemctl, &opts.nixos_run_dir)
-                .map_err(Failed::one)?;
-            report
-                .log
-                .extend(log.into_iter().map(|l| Line::info(l, Vec::new())));
+    let late = std::thread::scope(|scope| {
+        // Under the lock the live copies are read while the record is made.
+        let verdicts = if opts.dry_run {
+            apply::Verdicts::none()
+        } else {
+            apply::read_live_copies(scope, manifest, &plan.items)
+        };
+        let record = plan.record(&live.digest_key);
+        live.compare_record(&record);
+        let requests = diff::diff(
+            &plan.items,
+            &live,
+            opts.dry_run,
+            manifest.logging.secret_changes,
+            report,
+        );
+        report.requests.add(&requests.restart, &requests.reload);
+        if opts.dry_run {
+            dry_run_lists(manifest, opts, &requests, report)?;
+            return Ok(None);
         }
-        return Ok(());
-    }
-    let next = apply::apply(manifest, &plan.items, plan.keys_gid, &record, report)?;
-    let late = aftercare::aftercare(manifest, opts, &plan.items, &live, &requests, next, report);
+        let next = apply::apply(manifest, &plan.items, plan.keys_gid, &record, verdicts, report)?;
+        let late = aftercare::aftercare(manifest, opts, &plan.items, &live, &requests, next, report);
+        Ok::<_, Failed>(Some(late))
+    })?;
     live.leave();
-    plan.finish(late)
+    late.map_or(Ok(()), |late| plan.finish(late))
+}
+
+/// A dry run hands the units over as switch-to-configuration's dry-activation lists.
+fn dry_run_lists(
+    manifest: &crate::manifest::Manifest,
+    opts: &Options,
+    requests: &crate::units::Requests,
+    report: &mut Report,
+) -> Result<(), Failed> {
+    if !manifest.user_mode {
+        let log = crate::units::request(requests, true, opts.restart_via_systemctl, &opts.nixos_run_dir)
+            .map_err(Failed::one)?;
+        report
+            .log
+            .extend(log.into_iter().map(|l| Line::info(l, Vec::new())));
+    }
+    Ok(())
 }

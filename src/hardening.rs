@@ -32,6 +32,13 @@ pub const AFTER_MOUNT: &[Capability] = &[
     Capability::CAP_SETPCAP,
 ];
 
+/// Capabilities of the threads that read the live copies while the next
+/// generation is made (`install::apply`): reading files of any owner, nothing
+/// else. They start before the mount and drop to this first thing, so they
+/// never hold more than the main thread does after the mount.
+#[cfg(target_os = "linux")]
+pub const READING_LIVE_COPIES: &[Capability] = &[Capability::CAP_DAC_READ_SEARCH];
+
 /// Capabilities kept after the swap: links at custom paths in other users'
 /// directories, owned by the secret's owner.
 #[cfg(target_os = "linux")]
@@ -53,7 +60,8 @@ pub fn forbid_core_dumps() -> Result<(), nix::Error> {
 
 /// Keeps only `keep` in the effective, permitted and inheritable sets and in
 /// the bounding set; clears the ambient set. Does nothing for a process that
-/// is not root (user mode has nothing to drop).
+/// is not root (user mode has nothing to drop). Capability sets belong to a
+/// thread: a thread started earlier keeps its own.
 #[cfg(target_os = "linux")]
 pub fn drop_capabilities(keep: &[Capability]) -> Result<(), caps::errors::CapsError> {
     if !nix::unistd::geteuid().is_root() {
@@ -91,5 +99,36 @@ mod tests {
         assert!(AFTER_SWAP.iter().all(|c| AFTER_MOUNT.contains(c)));
         assert!(!AFTER_SWAP.contains(&Capability::CAP_SYS_ADMIN));
         assert!(!AFTER_SWAP.contains(&Capability::CAP_SETPCAP));
+    }
+
+    /// A `Cap...:` line of this thread's status, as a bit set.
+    fn thread_caps(field: &str) -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    }
+
+    #[test]
+    fn a_thread_that_reads_live_copies_keeps_only_reading_and_the_others_keep_theirs() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            return;
+        }
+        let before = thread_caps("CapEff:");
+        let reading = 1u64 << (Capability::CAP_DAC_READ_SEARCH as u8);
+        let seen = std::thread::spawn(|| {
+            drop_capabilities(READING_LIVE_COPIES).unwrap();
+            ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"].map(thread_caps)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen[..3], [reading; 3], "effective, permitted, bounding");
+        assert_eq!(seen[3..], [0, 0], "inheritable, ambient");
+        assert_eq!(
+            thread_caps("CapEff:"),
+            before,
+            "another thread's sets are its own"
+        );
+        assert_ne!(before & (1 << (Capability::CAP_SYS_ADMIN as u8)), 0);
     }
 }

@@ -1816,6 +1816,31 @@ fn a_record_without_digests_makes_the_next_run_read_the_live_copies() {
 }
 
 #[test]
+fn a_copy_only_its_owner_may_read_is_linked_when_unchanged() {
+    use std::os::unix::fs::MetadataExt;
+    isolated(|env| {
+        // db_password is secret-test's, mode 0400: root reads it only by its
+        // capabilities, and the readers keep no more than CAP_DAC_READ_SEARCH.
+        let mut m = two_secrets(env, "app.yaml");
+        m["keepGenerations"] = json!(0);
+        env.install(&m);
+        env.install(&m);
+        assert_file(
+            &env.generation(2).join("db_password"),
+            0o400,
+            SECRET_TEST,
+            SECRET_TEST,
+        );
+        let ino = |g: u64| {
+            fs::symlink_metadata(env.generation(g).join("db_password"))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(ino(1), ino(2), "the unchanged copy was written anew, not linked");
+    });
+}
+
+#[test]
 fn an_unchanged_secret_is_linked_into_the_next_generation_and_a_changed_one_written() {
     use std::os::unix::fs::MetadataExt;
     isolated(|env| {

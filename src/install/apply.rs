@@ -209,8 +209,9 @@ impl Verdicts {
 /// it is the same (bytes, owner, mode) as what is about to be written, so
 /// that the reading overlaps making the record, mounting and linking. It is
 /// called under the mount's lock, which keeps the live generation live
-/// until the swap. When the writer stops early it drops the receivers, and
-/// each reader stops at its next batch.
+/// until the swap. Each reader first drops every capability but reading
+/// files ([`hardening::READING_LIVE_COPIES`]). When the writer stops early it
+/// drops the receivers, and each reader stops at its next batch.
 pub(super) fn read_live_copies<'s>(
     scope: &'s std::thread::Scope<'s, '_>,
     manifest: &Manifest,
@@ -227,6 +228,12 @@ pub(super) fn read_live_copies<'s>(
             std::thread::Builder::new()
                 .name("live-copies".into())
                 .spawn_scoped(scope, move || {
+                    // Started before the mount: holds no more than reading needs.
+                    // If it cannot drop, it judges nothing and the writer compares.
+                    #[cfg(target_os = "linux")]
+                    if hardening::drop_capabilities(hardening::READING_LIVE_COPIES).is_err() {
+                        return;
+                    }
                     for batch in items.chunks(BATCH).skip(r).step_by(READERS) {
                         let judged = batch
                             .iter()

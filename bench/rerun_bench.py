@@ -125,7 +125,9 @@ def write(results, args):
         "# First install against unchanged re-run",
         "",
         f"Made by `python3 bench/rerun_bench.py` ({args.rounds} rounds, medians, whole process wall-clock, "
-        "binaries interleaved round by round; the floor is bench/floor).",
+        "binaries interleaved round by round; the floor is bench/floor). \"re-run / first\" divides the "
+        "medians; \"paired\" is the median of each round's re-run divided by that round's first install, "
+        "which the host's drift between rounds moves less.",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- machine: {os.cpu_count()} cores",

@@ -107,7 +107,7 @@ fn write_and_swap(
     items: &[Item<'_>],
     keys_gid: u32,
     record: &[u8],
-    mut verdicts: Verdicts,
+    verdicts: Verdicts,
 ) -> Result<u64, Failed> {
     let mount = &manifest.secrets_mount_point;
     let live = links::live_generation(mount, &manifest.symlink_path).unwrap_or(0);
@@ -121,29 +121,13 @@ fn write_and_swap(
     let mut generation =
         Generation::create(mount, next, dir_ids, previous).map_err(|e| Failed::one(e.to_string()))?;
     // Verdicts on another generation than the one linked from are not used.
-    if verdicts.of != previous {
-        verdicts = Verdicts::none();
-    }
-    let written = (|| {
-        for item in items {
-            // No verdict (no live generation, or no reader): compared here.
-            let same = verdicts.next();
-            generation
-                .write_file_told(
-                    &item.relative(),
-                    item.ids,
-                    item.mode.0,
-                    item.bytes.as_bytes(),
-                    same,
-                )
-                .map_err(|e| format!("{}: {e}", item.shown()))?;
-        }
-        let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
-        generation
-            .write_file(state::FILE, root, 0o400, record)
-            .map_err(|e| e.to_string())?;
-        Ok::<(), String>(())
-    })();
+    let verdicts = if verdicts.of == previous {
+        verdicts
+    } else {
+        Verdicts::none()
+    };
+    let root = (!manifest.user_mode).then_some(Ids { uid: 0, gid: 0 });
+    let written = write_items(&mut generation, items, verdicts, record, root);
     let path = generation.path().to_path_buf();
     // Closes the generation's directory fd, so that its filesystem can be unmounted.
     drop(generation);
@@ -157,6 +141,33 @@ fn write_and_swap(
         Failed(vec![e.to_string().into(), removed()])
     })?;
     Ok(next)
+}
+
+/// Writes the items into `generation`, linking those the readers found the
+/// same, then the record (owned by `root`, when not in user mode).
+fn write_items(
+    generation: &mut Generation,
+    items: &[Item<'_>],
+    mut verdicts: Verdicts,
+    record: &[u8],
+    root: Option<Ids>,
+) -> Result<(), String> {
+    for item in items {
+        // No verdict (no live generation, or no reader): compared here.
+        let same = verdicts.next();
+        generation
+            .write_file_told(
+                &item.relative(),
+                item.ids,
+                item.mode.0,
+                item.bytes.as_bytes(),
+                same,
+            )
+            .map_err(|e| format!("{}: {e}", item.shown()))?;
+    }
+    generation
+        .write_file(state::FILE, root, 0o400, record)
+        .map_err(|e| e.to_string())
 }
 
 /// How many threads read live copies. Reading one takes four system calls

@@ -110,10 +110,16 @@ fn stale_links(
         if record.is_empty() {
             continue;
         }
-        let paths_in_use: HashSet<&Path> = items.iter().filter(|i| i.kind == kind).map(|i| i.path).collect();
+        // Built only if some entry had a custom path: hashing a path walks its components.
+        let mut paths_in_use: Option<HashSet<&Path>> = None;
         for (name, entry) in record {
+            if kind.is_default_path(&manifest.symlink_path, name, &entry.path) {
+                continue;
+            }
             let target = kind.under_link(&manifest.symlink_path, name);
-            if entry.path != target && !paths_in_use.contains(entry.path.as_path()) {
+            let in_use = paths_in_use
+                .get_or_insert_with(|| items.iter().filter(|i| i.kind == kind).map(|i| i.path).collect());
+            if entry.path != target && !in_use.contains(entry.path.as_path()) {
                 match links::remove_link_if(&entry.path, &target, trusted_uid) {
                     Ok(true) => report.log.push(LogLine::info(
                         format!("removed the stale link {}", entry.path.display()),

@@ -63,6 +63,26 @@ impl Kind {
         }
     }
 
+    /// Whether `path` is byte for byte `<link>/<relative>`, [`Kind::under_link`]
+    /// as the NixOS module writes it, told without building that path. `false`
+    /// may still be another spelling of it (`//`, a trailing `/` on the link).
+    pub(crate) fn is_default_path(self, symlink_path: &Path, name: &str, path: &Path) -> bool {
+        let (path, link) = (
+            path.as_os_str().as_encoded_bytes(),
+            symlink_path.as_os_str().as_encoded_bytes(),
+        );
+        let Some(rest) = path.strip_prefix(link).and_then(|r| r.strip_prefix(b"/")) else {
+            return false;
+        };
+        let rest = match self.subdir() {
+            Some(dir) => rest
+                .strip_prefix(dir.as_bytes())
+                .and_then(|r| r.strip_prefix(b"/")),
+            None => Some(rest),
+        };
+        rest == Some(name.as_bytes())
+    }
+
     /// Where `name` is reached through the live link.
     pub(crate) fn under_link(self, symlink_path: &Path, name: &str) -> PathBuf {
         match self.subdir() {
@@ -123,21 +143,16 @@ impl Item<'_> {
     /// Whether its `path` is the default one, [`Item::under_link`], told
     /// without building that path (this runs for every item).
     pub(crate) fn at_default_path(&self, symlink_path: &Path) -> bool {
-        let relative = self.relative();
         // As the NixOS module writes it, byte for byte: `<link>/<relative>`.
-        let (path, link) = (
-            self.path.as_os_str().as_encoded_bytes(),
-            symlink_path.as_os_str().as_encoded_bytes(),
-        );
-        if path.len() == link.len() + 1 + relative.len()
-            && path.starts_with(link)
-            && path[link.len()] == b'/'
-            && path.ends_with(relative.as_bytes())
+        if self
+            .kind
+            .is_default_path(symlink_path, self.name.as_str(), self.path)
         {
             return true;
         }
         // Any other spelling of it (`//`, a trailing `/` on the link) is
         // compared component by component.
+        let relative = self.relative();
         self.path
             .strip_prefix(symlink_path)
             .is_ok_and(|rest| rest == Path::new(&*relative))
@@ -202,5 +217,26 @@ mod tests {
         assert!(!at(template, "/run/secrets/db/password", "/run/secrets"));
         // Same length, same start and end, another middle.
         assert!(!at(template, "/run/secrets/renderXd/db/password", "/run/secrets"));
+
+        // The byte-for-byte test alone, as the record's entries are checked:
+        // only the spelling the module writes; any other is left to the caller.
+        let exact = |kind: Kind, path: &str| {
+            kind.is_default_path(Path::new("/run/secrets"), "db/password", Path::new(path))
+        };
+        assert!(exact(secret, "/run/secrets/db/password"));
+        assert!(exact(template, "/run/secrets/rendered/db/password"));
+        for other in [
+            "/run/secrets//db/password",
+            "/run/secrets/db//password/",
+            "/run/secrets/db/passwordx",
+            "/run/secretsX/db/password",
+            "/run/secrets/rendered/db/password",
+            "/run/secrets",
+            "",
+        ] {
+            assert!(!exact(secret, other), "{other}");
+        }
+        assert!(!exact(template, "/run/secrets/db/password"));
+        assert!(!exact(template, "/run/secrets/renderXd/db/password"));
     }
 }

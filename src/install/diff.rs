@@ -56,9 +56,16 @@ pub(super) fn diff(
         }
     }
     // A service whose secret disappeared must notice too.
-    for (kind, of_kind, _) in &by_kind {
+    for (kind, of_kind, changes) in &by_kind {
         let record = kind.record(live.record());
         if record.is_empty() {
+            continue;
+        }
+        if live.recorded {
+            // The comparison with the record has already found them, in its order.
+            for entry in changes.removed.iter().filter_map(|name| record.get(name)) {
+                requests.add(&entry.restart_units, &entry.reload_units);
+            }
             continue;
         }
         let current: HashSet<&str> = of_kind.iter().map(|i| i.name.as_str()).collect();

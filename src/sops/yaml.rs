@@ -487,8 +487,9 @@ fn general(text: &str) -> Result<Vec<Value>, YamlError> {
 }
 
 fn build<'a>(text: &str, mut events: Vec<(Event<'a>, Span)>) -> Result<Vec<Value>, YamlError> {
-    go_line_breaks(text, &mut events);
+    // One converter (and one ASCII check of the text) for both passes.
     let mut offsets = CharOffsets::new(text);
+    go_line_breaks(text, &mut events, &mut offsets);
     let scalars: Vec<(usize, usize)> = events
         .iter()
         .filter_map(|(e, s)| match e {
@@ -519,15 +520,14 @@ fn build<'a>(text: &str, mut events: Vec<(Event<'a>, Span)>) -> Result<Vec<Value
 /// go-yaml folds that indentation away and the MAC was computed without it,
 /// so it is removed here too. Only these two styles need it: sops escapes the
 /// characters in double quotes, and plain scalars cannot hold them.
-fn go_line_breaks(text: &str, events: &mut [(Event<'_>, Span)]) {
+fn go_line_breaks(text: &str, events: &mut [(Event<'_>, Span)], offsets: &mut CharOffsets) {
     const BREAKS: [char; 2] = ['\u{2028}', '\u{2029}'];
     // One character each: memchr-backed searches, cheap on megabytes of base64.
     let has_break = |t: &str| t.contains('\u{2028}') || t.contains('\u{2029}');
-    // ASCII text (a word-at-a-time check) holds neither.
-    if text.is_ascii() || !has_break(text) {
+    // ASCII text holds neither.
+    if offsets.ascii || !has_break(text) {
         return;
     }
-    let mut offsets = CharOffsets::new(text);
     for (event, span) in events {
         let Event::Scalar(value, style, ..) = event else {
             continue;

@@ -6,14 +6,15 @@
 //! With a record written by this version (digests, modes, owners) nothing
 //! live is read; otherwise each live copy is read and its metadata compared.
 //! A record that comes out byte for byte as the live one means no change at
-//! all, and the live one is not even parsed.
+//! all, and the live one is not even parsed; otherwise only its entries that
+//! are not byte for byte this run's are.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use super::item::{Item, Kind, Origin};
 use super::live::{self, Live};
 use super::report::{LogLine, Report};
-use super::state::{self, Entry};
+use super::state;
 use crate::units::{self, Changes, Requests};
 
 /// Compares `items` with the live generation; adds sops-nix's change lines to
@@ -90,7 +91,7 @@ fn compare(
         return Changes::default();
     }
     if live.recorded {
-        return compare_with_record(items, kind.record(live.record()), compare_owner);
+        return compare_with_record(kind, items, live, compare_owner);
     }
     let mut changes = Changes::default();
     let base = match kind.subdir() {
@@ -138,17 +139,18 @@ fn compare(
     changes
 }
 
-/// [`compare`] against the live generation's record.
-fn compare_with_record(
-    items: &[&Item<'_>],
-    record: &BTreeMap<String, Entry>,
-    compare_owner: bool,
-) -> Changes {
+/// [`compare`] against the live generation's record. An item the record
+/// has no entry for is new if the live record lacks it, and otherwise the
+/// same as its live entry (which was then not parsed: see [`Live::lacks`]).
+fn compare_with_record(kind: Kind, items: &[&Item<'_>], live: &Live, compare_owner: bool) -> Changes {
+    let record = kind.record(live.record());
     let mut changes = Changes::default();
     for item in items.iter().filter(|i| i.origin == Origin::Fresh) {
         let name = item.name.as_str();
         let Some(old) = record.get(name) else {
-            changes.added.push(name.to_owned());
+            if live.lacks(kind, name) {
+                changes.added.push(name.to_owned());
+            }
             continue;
         };
         let same_owner = !compare_owner

@@ -47,6 +47,14 @@ impl Kind {
         }
     }
 
+    /// Its place in lists kept per kind, in the order of [`Kind::ALL`].
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Kind::Secret => 0,
+            Kind::Template => 1,
+        }
+    }
+
     /// Where a generation's record keeps this kind.
     pub(crate) fn record(self, state: &State) -> &BTreeMap<String, Entry> {
         match self {

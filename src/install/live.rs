@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::generation::Ids;
 use super::item::Kind;
-use super::state::{self, DigestKey, State};
+use super::state::{self, DigestKey, Record, State};
 use crate::manifest::{Manifest, Mode};
 use crate::plaintext::Plaintext;
 use crate::safe_path::{OpenError, Trust};
@@ -24,8 +24,13 @@ pub(super) struct Live {
     /// Whether there is a live generation at all (at boot there is none).
     pub(super) exists: bool,
     /// Its record's entries: empty if it has none, and also once the record
-    /// this run makes is the same as the live one (see [`Live::compare_record`]).
+    /// this run makes is the same as the live one; only those that differ
+    /// from this run's after an entry by entry comparison (see
+    /// [`Live::compare_record`]).
     state: State,
+    /// This run's names that the live record lacks, by kind, when the
+    /// comparison was entry by entry (see [`Live::lacks`]).
+    absent: Option<[Vec<String>; 2]>,
     /// The live record's bytes, until [`Live::compare_record`] has seen them.
     unread: Option<Zeroizing<Vec<u8>>>,
     /// Whether the record has digests to compare with.
@@ -63,6 +68,7 @@ impl Live {
             same_record: false,
             digest_key: key.unwrap_or_else(DigestKey::fresh),
             state,
+            absent: None,
             unread,
             user_mode,
         }
@@ -71,13 +77,20 @@ impl Live {
     /// Compares the record this run will write with the live one. The same
     /// bytes mean the same names, paths, units, digests, modes and owners:
     /// nothing to tell, restart or clean up, and the live record's entries are
-    /// never parsed. Otherwise they are parsed for the diff.
-    pub(super) fn compare_record(&mut self, record: &[u8]) {
+    /// never parsed. Otherwise they are compared entry by entry and only the
+    /// entries that differ are parsed ([`state::delta`]); a live record of
+    /// another shape is parsed whole.
+    pub(super) fn compare_record(&mut self, record: &Record) {
         let Some(bytes) = self.unread.take() else {
             return;
         };
-        if bytes.as_slice() == record {
+        if bytes.as_slice() == record.bytes {
             self.same_record = true;
+            return;
+        }
+        if let Some(delta) = state::delta(record, &bytes) {
+            self.state = delta.differing;
+            self.absent = Some(delta.absent);
             return;
         }
         self.state = State::parse(&bytes);
@@ -85,10 +98,24 @@ impl Live {
         self.recorded = self.state.key().is_some();
     }
 
-    /// The live record's entries (see [`Live::state`]).
+    /// The live record's entries (see [`Live::state`]): after an entry by
+    /// entry comparison, only those that are not this run's byte for byte.
     pub(super) fn record(&self) -> &State {
         debug_assert!(self.unread.is_none(), "the record is compared before it is used");
         &self.state
+    }
+
+    /// Whether the live record has no entry `name` of `kind`. With
+    /// [`Live::record`] this tells an entry that is the same as this run's
+    /// (absent from both when only differing entries were parsed) from one
+    /// that is new.
+    pub(super) fn lacks(&self, kind: Kind, name: &str) -> bool {
+        match &self.absent {
+            Some(absent) => absent[kind.index()]
+                .binary_search_by(|n| n.as_str().cmp(name))
+                .is_ok(),
+            None => !kind.record(&self.state).contains_key(name),
+        }
     }
 
     /// Done with: the digest key is wiped; the parsed record (names, paths,
@@ -164,7 +191,7 @@ mod tests {
     use super::*;
     use crate::install::state::{EntryRef, FILE, record_json};
 
-    fn record(key: &DigestKey, names: &[&str]) -> Vec<u8> {
+    fn record(key: &DigestKey, names: &[&str]) -> Record {
         let entry = EntryRef {
             path: Path::new("/run/secrets/x"),
             restart_units: &[],
@@ -189,7 +216,7 @@ mod tests {
     fn a_record_made_again_byte_for_byte_is_never_parsed() {
         let key = DigestKey::fresh();
         let old = record(&key, &["a", "b"]);
-        let (_dir, mut live) = live_with(&old);
+        let (_dir, mut live) = live_with(&old.bytes);
         assert!(live.recorded);
         assert_eq!(
             live.digest_key.digest(b"x"),
@@ -202,20 +229,43 @@ mod tests {
     }
 
     #[test]
-    fn a_different_record_is_parsed_for_the_diff() {
+    fn a_different_record_is_parsed_where_it_differs() {
         let key = DigestKey::fresh();
-        let (_dir, mut live) = live_with(&record(&key, &["a", "b"]));
-        live.compare_record(&record(&key, &["a"]));
+        let (_dir, mut live) = live_with(&record(&key, &["a", "b"]).bytes);
+        live.compare_record(&record(&key, &["a", "c"]));
         assert!(!live.same_record);
+        assert!(live.recorded);
+        // "a" is the same text in both: not parsed, and not new.
+        let names: Vec<&String> = live.record().secrets.keys().collect();
+        assert_eq!(names, ["b"], "only the entry that is gone is left to act on");
+        assert!(!live.lacks(Kind::Secret, "a"));
+        assert!(live.lacks(Kind::Secret, "c"));
+        assert!(
+            !live.lacks(Kind::Secret, "b"),
+            "b is live (and gone from this run)"
+        );
+    }
+
+    #[test]
+    fn a_live_record_parsed_whole_lacks_what_it_has_no_entry_for() {
+        let key = DigestKey::fresh();
+        // Spaced out: not the shape the record is written in, so parsed whole.
+        let spaced = String::from_utf8(record(&key, &["a", "b"]).bytes)
+            .unwrap()
+            .replace(r#"","secrets":{"#, r#"", "secrets": {"#);
+        let (_dir, mut live) = live_with(spaced.as_bytes());
+        live.compare_record(&record(&key, &["a", "c"]));
         assert!(live.recorded);
         let names: Vec<&String> = live.record().secrets.keys().collect();
         assert_eq!(names, ["a", "b"]);
+        assert!(!live.lacks(Kind::Secret, "a"));
+        assert!(live.lacks(Kind::Secret, "c"));
     }
 
     #[test]
     fn a_record_whose_entries_are_broken_is_no_record() {
         let key = DigestKey::fresh();
-        let mut broken = record(&key, &["a"]);
+        let mut broken = record(&key, &["a"]).bytes;
         broken.truncate(broken.len() - 5);
         let (_dir, mut live) = live_with(&broken);
         live.compare_record(&record(&key, &["a"]));
@@ -230,10 +280,15 @@ mod tests {
         let (_dir, mut live) = live_with(older);
         assert!(!live.recorded);
         assert!(live.record().secrets.contains_key("a"));
-        live.compare_record(older);
+        live.compare_record(&record(&DigestKey::fresh(), &["a"]));
         assert!(
             !live.same_record,
             "only a record with a key is compared by its bytes"
         );
+        assert!(
+            live.record().secrets.contains_key("a"),
+            "its entries, parsed at once, stay for the diff"
+        );
+        assert!(!live.lacks(Kind::Secret, "a"));
     }
 }

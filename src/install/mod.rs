@@ -8,7 +8,8 @@
 //! Live::load     the live generation's digest key (its record parsed later, if at all)
 //! plan::settle   failed items keep their live copy (keep-previous); templates rendered
 //! (readers)      two threads start reading the live copies for apply to link the same
-//! Plan::record   this run's record, compared with the live one: the same bytes, nothing changed
+//! Plan::record   this run's record, compared with the live one: the same bytes, nothing changed;
+//!                else only the live entries whose text differs are parsed
 //! diff           changes against the record (or the live files) → change lines, units
 //!                (dry run: hand the units over as dry-activation lists and stop)
 //! apply          mount, drop capabilities, write generation N+1 (an item whose live
@@ -129,7 +130,14 @@ fn run(
             dry_run_lists(manifest, opts, &requests, report)?;
             return Ok(None);
         }
-        let next = apply::apply(manifest, &plan.items, plan.keys_gid, &record, verdicts, report)?;
+        let next = apply::apply(
+            manifest,
+            &plan.items,
+            plan.keys_gid,
+            &record.bytes,
+            verdicts,
+            report,
+        )?;
         let late = aftercare::aftercare(manifest, opts, &plan.items, &live, &requests, next, report);
         Ok::<_, Failed>(Some(late))
     })?;

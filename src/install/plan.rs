@@ -65,7 +65,7 @@ pub(super) struct Plan<'m> {
 
 impl Plan<'_> {
     /// The record of the generation these items make (see [`state`]).
-    pub(super) fn record(&self, key: &DigestKey) -> Vec<u8> {
+    pub(super) fn record(&self, key: &DigestKey) -> state::Record {
         let of = |kind| {
             self.items
                 .iter()

@@ -19,8 +19,13 @@
 //! root, could not read from the secrets themselves, and nothing survives a
 //! reboot. A record without a key (written by an older version, or none at
 //! all, as after sops-nix) makes the next run read the live copies instead.
+//!
+//! A run compares its own record with the live one as bytes first (the same:
+//! nothing changed) and then entry by entry ([`delta`]): only the live entries
+//! whose text is not this run's are parsed.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -202,24 +207,27 @@ pub struct EntryRef<'a> {
     pub gid: Option<u32>,
 }
 
+/// A record made by [`record_json`]: its text, and where each entry lies in
+/// it, so that a live record can be compared with it entry by entry
+/// ([`delta`]).
+pub struct Record {
+    /// The JSON, written as it is.
+    pub bytes: Vec<u8>,
+    /// Each entry's text (`"name":{...}`), secrets then templates, in order.
+    members: [Vec<Range<usize>>; 2],
+    /// Where each map's entries start, just after its `{`.
+    opens: [usize; 2],
+}
+
 /// The JSON of a [`State`] with `key`, made from borrowed entries (by name).
+/// Written member by member, byte for byte as serde_json writes the
+/// [`State`] (the tests hold the two together), to know where each is.
 pub fn record_json<'a>(
     key: &DigestKey,
     secrets: impl IntoIterator<Item = (&'a str, EntryRef<'a>)>,
     templates: impl IntoIterator<Item = (&'a str, EntryRef<'a>)>,
-) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct StateRef<'a> {
-        #[serde(rename = "digestKey")]
-        digest_key: String,
-        secrets: ByName<'a>,
-        templates: ByName<'a>,
-    }
-    let record = StateRef {
-        digest_key: key.to_text(),
-        secrets: ByName::new(secrets),
-        templates: ByName::new(templates),
-    };
+) -> Record {
+    let maps = [ByName::new(secrets), ByName::new(templates)];
     // About what each entry takes, so that the text is not copied as it grows.
     let size = |m: &ByName<'_>| -> usize {
         m.0.iter()
@@ -234,9 +242,170 @@ pub fn record_json<'a>(
             })
             .sum()
     };
-    let mut out = Vec::with_capacity(128 + size(&record.secrets) + size(&record.templates));
-    serde_json::to_writer(&mut out, &record).expect("a map of strings serialises");
-    out
+    let mut out = Vec::with_capacity(128 + size(&maps[0]) + size(&maps[1]));
+    out.extend_from_slice(br#"{"digestKey":"#);
+    json(&mut out, &Zeroizing::new(key.to_text()).as_str());
+    let mut members: [Vec<Range<usize>>; 2] = Default::default();
+    let mut opens = [0; 2];
+    for (k, (map, open)) in maps
+        .iter()
+        .zip([&br#","secrets":{"#[..], br#"},"templates":{"#])
+        .enumerate()
+    {
+        out.extend_from_slice(open);
+        opens[k] = out.len();
+        members[k].reserve_exact(map.0.len());
+        for (i, (name, entry)) in map.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let start = out.len();
+            json(&mut out, name);
+            out.push(b':');
+            json(&mut out, entry);
+            members[k].push(start..out.len());
+        }
+    }
+    out.extend_from_slice(b"}}");
+    Record {
+        bytes: out,
+        members,
+        opens,
+    }
+}
+
+/// One value, as compact JSON.
+fn json(out: &mut Vec<u8>, value: &impl Serialize) {
+    serde_json::to_writer(out, value).expect("strings, numbers and lists serialise");
+}
+
+/// What a live record holds that this run's [`Record`] does not: see [`delta`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// The live entries whose text is not byte for byte this run's entry of
+    /// the same name: changed, or gone from this run. (`digest_key` is not read.)
+    pub differing: State,
+    /// This run's names that the live record lacks: secrets, then templates,
+    /// each in the record's (sorted) order.
+    pub absent: [Vec<String>; 2],
+}
+
+/// Compares a live record with `new`, both made by [`record_json`] with the
+/// same key, entry by entry: an entry whose text is byte for byte the new
+/// one's is passed over unparsed (one memory comparison); only the others
+/// are parsed. With one secret of 1,000 changed this replaces parsing the
+/// whole live record. `None` if the live text does not have the shape
+/// [`record_json`] writes (another key, spacing, a truncated file): the
+/// caller then parses it whole.
+pub fn delta(new: &Record, live: &[u8]) -> Option<Delta> {
+    let text = &new.bytes;
+    // The digest key and the opening of the secrets: the same bytes.
+    let mut at = new.opens[0];
+    if live.get(..at)? != &text[..at] {
+        return None;
+    }
+    let mut delta = Delta::default();
+    for (k, members) in new.members.iter().enumerate() {
+        if k == 1 {
+            let between = br#"},"templates":{"#;
+            if !live[at..].starts_with(between) {
+                return None;
+            }
+            at += between.len();
+        }
+        let differing = match k {
+            0 => &mut delta.differing.secrets,
+            _ => &mut delta.differing.templates,
+        };
+        let mut next = 0;
+        let mut first = true;
+        let mut previous = Previous::None;
+        loop {
+            match *live.get(at)? {
+                b'}' => break,
+                b',' if !first => at += 1,
+                _ if first => {}
+                _ => return None,
+            }
+            first = false;
+            if let Some(own) = members.get(next).map(|m| &text[m.clone()])
+                && live[at..].starts_with(own)
+                && matches!(live.get(at + own.len()), Some(b',' | b'}'))
+            {
+                at += own.len();
+                previous = Previous::Own(next);
+                next += 1;
+                continue;
+            }
+            let (name, colon) = name_of_member(live, at)?;
+            // Names follow each other in order, each once, as a map writes them.
+            let before = match &previous {
+                Previous::None => None,
+                Previous::Own(i) => Some(name_at(text, members[*i].start)?),
+                Previous::Parsed(n) => Some(n.clone()),
+            };
+            if before.is_some_and(|b| b >= name) {
+                return None;
+            }
+            // This run's names before it are not in the live record.
+            let mut same_name = None;
+            while let Some(m) = members.get(next) {
+                let own = name_at(text, m.start)?;
+                match own.cmp(&name) {
+                    std::cmp::Ordering::Less => delta.absent[k].push(own),
+                    std::cmp::Ordering::Equal => same_name = Some(m.clone()),
+                    std::cmp::Ordering::Greater => break,
+                }
+                next += 1;
+                if same_name.is_some() {
+                    break;
+                }
+            }
+            if let Some(own) = same_name.map(|m| &text[m])
+                && live[at..].starts_with(own)
+                && matches!(live.get(at + own.len()), Some(b',' | b'}'))
+            {
+                at += own.len();
+                previous = Previous::Own(next - 1);
+                continue;
+            }
+            let mut entries = serde_json::Deserializer::from_slice(&live[colon + 1..]).into_iter::<Entry>();
+            let entry = entries.next()?.ok()?;
+            at = colon + 1 + entries.byte_offset();
+            previous = Previous::Parsed(name.clone());
+            differing.insert(name, entry);
+        }
+        for m in &members[next..] {
+            delta.absent[k].push(name_at(text, m.start)?);
+        }
+    }
+    (&live[at..] == b"}}").then_some(delta)
+}
+
+/// The live entry before the one at hand, in [`delta`].
+enum Previous {
+    None,
+    /// The same text as this run's entry of that index.
+    Own(usize),
+    /// Parsed, with this name.
+    Parsed(String),
+}
+
+/// The name of the entry whose text starts at `at` (`"name":{...}`), and
+/// where its `:` is.
+fn name_of_member(text: &[u8], at: usize) -> Option<(String, usize)> {
+    let mut names = serde_json::Deserializer::from_slice(text.get(at..)?).into_iter::<String>();
+    let name = names.next()?.ok()?;
+    let colon = at + names.byte_offset();
+    (text.get(colon) == Some(&b':')).then_some((name, colon))
+}
+
+/// The name of the entry whose text starts at `at`.
+fn name_at(text: &[u8], at: usize) -> Option<String> {
+    serde_json::Deserializer::from_slice(text.get(at..)?)
+        .into_iter::<String>()
+        .next()?
+        .ok()
 }
 
 /// Entries in the order of their names, as a `BTreeMap` keeps and serialises
@@ -256,12 +425,6 @@ impl<'a> ByName<'a> {
             }
         }
         ByName(kept)
-    }
-}
-
-impl Serialize for ByName<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(name, entry)| (name, entry)))
     }
 }
 
@@ -319,7 +482,7 @@ mod tests {
             uid,
             gid: uid,
         };
-        let json = record_json(&key, [("x", entry(Some(3)))], [("t", entry(None))]);
+        let json = record_json(&key, [("x", entry(Some(3)))], [("t", entry(None))]).bytes;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), &json).unwrap();
         let mut want = State::default();
@@ -375,7 +538,8 @@ mod tests {
             &key,
             names.iter().enumerate().map(|(i, n)| (*n, entry(i))),
             names.iter().enumerate().rev().map(|(i, n)| (*n, entry(i))),
-        );
+        )
+        .bytes;
         let owned = |i: usize| Entry {
             path: paths[i].clone(),
             restart_units: entry(i).restart_units.to_vec(),
@@ -405,7 +569,7 @@ mod tests {
     #[test]
     fn the_key_is_read_from_the_start_of_a_record_without_its_entries() {
         let key = DigestKey::fresh();
-        let json = record_json(&key, [], []);
+        let json = record_json(&key, [], []).bytes;
         let found = key_at_start(&json).expect("a record made here starts with its key");
         assert_eq!(found.digest(b"x"), key.digest(b"x"));
         assert_eq!(State::parse(&json).key().unwrap().digest(b"x"), key.digest(b"x"));
@@ -431,7 +595,7 @@ mod tests {
             uid: Some(0),
             gid: Some(0),
         };
-        let json = record_json(&key, [("x", entry)], []);
+        let json = record_json(&key, [("x", entry)], []).bytes;
         assert_eq!(State::parse(&json).secrets["x"].restart_units, units);
         // One byte of the path made invalid UTF-8: the whole record is refused.
         let at = json.windows(3).position(|w| w == b"/x\"").expect("the path") + 1;
@@ -447,5 +611,222 @@ mod tests {
         let s: State = serde_json::from_str(old).unwrap();
         assert!(s.key().is_none());
         assert_eq!(s.secrets["a"].digest, None);
+    }
+
+    /// An entry owned by a test, lent to [`record_json`] as an [`EntryRef`].
+    struct Owned {
+        path: PathBuf,
+        restart: Vec<String>,
+        reload: Vec<String>,
+        credential: bool,
+        digest: String,
+        mode: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    }
+
+    impl Owned {
+        fn lent(&self) -> EntryRef<'_> {
+            EntryRef {
+                path: &self.path,
+                restart_units: &self.restart,
+                reload_units: &self.reload,
+                credential: self.credential,
+                digest: &self.digest,
+                mode: self.mode,
+                uid: self.uid,
+                gid: self.gid,
+            }
+        }
+    }
+
+    /// A small deterministic stream of choices (splitmix64).
+    struct Choices(u64);
+
+    impl Choices {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % n
+        }
+
+        fn entry(&mut self, name: &str) -> Owned {
+            let units = |c: &mut Choices| -> Vec<String> {
+                (0..c.below(3))
+                    .map(|i| format!("u{i}-{}.service", c.below(2)))
+                    .collect()
+            };
+            Owned {
+                path: match self.below(3) {
+                    0 => PathBuf::from(format!("/etc/custom/{name}")),
+                    _ => PathBuf::from(format!("/run/secrets/{name}")),
+                },
+                restart: units(self),
+                reload: units(self),
+                credential: self.below(4) == 0,
+                digest: format!("d{}", self.below(3)),
+                mode: [0o400, 0o440, 0o600][self.below(3) as usize],
+                uid: [None, Some(0), Some(1000)][self.below(3) as usize],
+                gid: [None, Some(0), Some(5)][self.below(3) as usize],
+            }
+        }
+    }
+
+    /// Names that sort and escape in every way JSON has: quotes, backslashes,
+    /// a control character, non-ASCII, slashes, prefixes of each other.
+    const NAMES: [&str; 12] = [
+        "a", "a b", "ab", "b\"q", "c\\d", "db/x", "e\u{1}", "s00001", "s00010", "z", "é", "ü/ß",
+    ];
+
+    /// Two records of random overlap (live, then this run's), made by the
+    /// same key, as owned entries by kind.
+    type Pair = [[Vec<(&'static str, Owned)>; 2]; 2];
+
+    fn pair(c: &mut Choices) -> Pair {
+        let [mut live, mut now]: Pair = Default::default();
+        for (live, now) in live.iter_mut().zip(&mut now) {
+            for name in NAMES {
+                // Live only, this run only, both the same, both different, neither.
+                match c.below(5) {
+                    0 => live.push((name, c.entry(name))),
+                    1 => now.push((name, c.entry(name))),
+                    2 => {
+                        let seed = c.below(u64::MAX);
+                        live.push((name, Choices(seed).entry(name)));
+                        now.push((name, Choices(seed).entry(name)));
+                    }
+                    3 => {
+                        live.push((name, c.entry(name)));
+                        now.push((name, c.entry(name)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        [live, now]
+    }
+
+    fn record_of(key: &DigestKey, maps: &[Vec<(&'static str, Owned)>; 2]) -> Record {
+        let lent = |k: usize| maps[k].iter().map(|(n, e)| (*n, e.lent()));
+        record_json(key, lent(0), lent(1))
+    }
+
+    /// What parsing both records whole finds: the live entries that are not
+    /// this run's, and this run's names the live record lacks.
+    fn expected(live: &State, new: &State) -> Delta {
+        let mut d = Delta::default();
+        for (k, (old, now)) in [(&live.secrets, &new.secrets), (&live.templates, &new.templates)]
+            .into_iter()
+            .enumerate()
+        {
+            let differing = match k {
+                0 => &mut d.differing.secrets,
+                _ => &mut d.differing.templates,
+            };
+            for (name, entry) in old {
+                if now.get(name) != Some(entry) {
+                    differing.insert(name.clone(), entry.clone());
+                }
+            }
+            d.absent[k] = now.keys().filter(|n| !old.contains_key(*n)).cloned().collect();
+        }
+        d
+    }
+
+    #[test]
+    fn the_delta_of_two_records_is_what_parsing_both_whole_finds() {
+        let key = DigestKey::fresh();
+        let mut c = Choices(7);
+        let mut parsed = 0;
+        for _ in 0..400 {
+            let [old, now] = pair(&mut c);
+            let (live, new) = (record_of(&key, &old), record_of(&key, &now));
+            let want = expected(&State::parse(&live.bytes), &State::parse(&new.bytes));
+            let got = delta(&new, &live.bytes).expect("two records of one key have a delta");
+            assert_eq!(got, want, "live {}", String::from_utf8_lossy(&live.bytes));
+            parsed += got.differing.secrets.len() + got.differing.templates.len();
+        }
+        assert!(parsed > 0, "some scenarios had entries to parse");
+    }
+
+    #[test]
+    fn a_live_record_of_another_shape_gives_no_delta_or_the_one_parsing_finds() {
+        let key = DigestKey::fresh();
+        let mut c = Choices(11);
+        let mut answered = 0;
+        for round in 0..12 {
+            let [old, now] = pair(&mut c);
+            let (live, new) = (record_of(&key, &old), record_of(&key, &now));
+            let bytes = &live.bytes;
+            let want = |changed: &[u8]| {
+                let whole = State::parse(changed);
+                (whole != State::default()).then(|| expected(&whole, &State::parse(&new.bytes)))
+            };
+            // A changed text may still parse to the same entry (an unknown
+            // field is ignored): parsed, it is this run's again, no change.
+            let now = State::parse(&new.bytes);
+            let mut check = |changed: Vec<u8>, what: &str| {
+                if let Some(mut got) = delta(&new, &changed) {
+                    answered += 1;
+                    got.differing.secrets.retain(|n, e| now.secrets.get(n) != Some(e));
+                    got.differing
+                        .templates
+                        .retain(|n, e| now.templates.get(n) != Some(e));
+                    assert_eq!(
+                        Some(got),
+                        want(&changed),
+                        "{what}: {}",
+                        String::from_utf8_lossy(&changed)
+                    );
+                }
+            };
+            // Cut short anywhere: never a delta.
+            for end in 0..bytes.len() {
+                assert_eq!(delta(&new, &bytes[..end]), None, "cut at {end}");
+            }
+            // Something after the end, another key, spaces.
+            check([bytes.as_slice(), b" "].concat(), "a space after");
+            check(record_of(&DigestKey::fresh(), &old).bytes, "another key");
+            let spaced = String::from_utf8(bytes.clone()).unwrap().replace(",\"", ", \"");
+            check(spaced.into_bytes(), "spaced");
+            // Each byte changed in turn, to another that JSON gives meaning to.
+            for at in (round % 7..bytes.len()).step_by(7) {
+                for b in [b'"', b',', b'}', b'0', b'a', b'\\'] {
+                    let mut changed = bytes.clone();
+                    changed[at] = b;
+                    check(changed, "a byte changed");
+                }
+            }
+        }
+        assert!(answered > 0, "some changed records still had a delta");
+    }
+
+    #[test]
+    fn a_live_record_out_of_name_order_gives_no_delta() {
+        let key = DigestKey::fresh();
+        let mut c = Choices(3);
+        let (a, b) = (c.entry("a"), c.entry("b"));
+        let new = record_json(&key, [("a", a.lent()), ("b", b.lent())], []);
+        // The live record written by hand with its entries swapped.
+        let member = |name: &str, e: &Owned| {
+            let mut out = Vec::new();
+            json(&mut out, &name);
+            out.push(b':');
+            json(&mut out, &e.lent());
+            out
+        };
+        let head = &new.bytes[..new.opens[0]];
+        let swapped = [
+            head,
+            &member("b", &b),
+            b",",
+            &member("a", &a),
+            br#"},"templates":{}}"#,
+        ]
+        .concat();
+        assert_ne!(State::parse(&swapped), State::default(), "it is valid JSON");
+        assert_eq!(delta(&new, &swapped), None);
     }
 }

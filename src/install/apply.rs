@@ -25,7 +25,7 @@ pub(super) fn apply(
     manifest: &Manifest,
     items: &[Item<'_>],
     keys_gid: u32,
-    record: &[u8],
+    record: &state::Record,
     verdicts: Verdicts,
     report: &mut Report,
 ) -> Result<u64, Failed> {
@@ -66,7 +66,7 @@ pub(super) fn apply(
             )));
         }
     }
-    let swapped = write_and_swap(manifest, items, keys_gid, record, verdicts);
+    let swapped = write_and_swap(manifest, items, keys_gid, &record.bytes, verdicts);
     // A filesystem this run mounted goes again if the run failed before the
     // swap: it would hide the live generation the link still points into.
     if mounted_now && swapped.is_err() {

@@ -130,14 +130,7 @@ fn run(
             dry_run_lists(manifest, opts, &requests, report)?;
             return Ok(None);
         }
-        let next = apply::apply(
-            manifest,
-            &plan.items,
-            plan.keys_gid,
-            &record.bytes,
-            verdicts,
-            report,
-        )?;
+        let next = apply::apply(manifest, &plan.items, plan.keys_gid, &record, verdicts, report)?;
         let late = aftercare::aftercare(manifest, opts, &plan.items, &live, &requests, next, report);
         Ok::<_, Failed>(Some(late))
     })?;

@@ -215,9 +215,15 @@ pub struct Record {
     pub bytes: Vec<u8>,
     /// Each entry's text (`"name":{...}`), secrets then templates, in order.
     members: [Vec<Range<usize>>; 2],
-    /// Where each map's entries start, just after its `{`.
-    opens: [usize; 2],
+    /// Where the secrets' entries start, just after their map's `{`.
+    entries_start: usize,
 }
+
+/// What opens each map of a record, and what closes the record, as
+/// [`record_json`] writes them and [`delta`] expects them.
+const OPEN_SECRETS: &[u8] = br#","secrets":{"#;
+const OPEN_TEMPLATES: &[u8] = br#"},"templates":{"#;
+const CLOSE: &[u8] = b"}}";
 
 /// The JSON of a [`State`] with `key`, made from borrowed entries (by name).
 /// Written member by member, byte for byte as serde_json writes the
@@ -246,14 +252,12 @@ pub fn record_json<'a>(
     out.extend_from_slice(br#"{"digestKey":"#);
     json(&mut out, &Zeroizing::new(key.to_text()).as_str());
     let mut members: [Vec<Range<usize>>; 2] = Default::default();
-    let mut opens = [0; 2];
-    for (k, (map, open)) in maps
-        .iter()
-        .zip([&br#","secrets":{"#[..], br#"},"templates":{"#])
-        .enumerate()
-    {
+    let mut entries_start = 0;
+    for (k, (map, open)) in maps.iter().zip([OPEN_SECRETS, OPEN_TEMPLATES]).enumerate() {
         out.extend_from_slice(open);
-        opens[k] = out.len();
+        if k == 0 {
+            entries_start = out.len();
+        }
         members[k].reserve_exact(map.0.len());
         for (i, (name, entry)) in map.0.iter().enumerate() {
             if i > 0 {
@@ -266,11 +270,11 @@ pub fn record_json<'a>(
             members[k].push(start..out.len());
         }
     }
-    out.extend_from_slice(b"}}");
+    out.extend_from_slice(CLOSE);
     Record {
         bytes: out,
         members,
-        opens,
+        entries_start,
     }
 }
 
@@ -300,18 +304,17 @@ pub struct Delta {
 pub fn delta(new: &Record, live: &[u8]) -> Option<Delta> {
     let text = &new.bytes;
     // The digest key and the opening of the secrets: the same bytes.
-    let mut at = new.opens[0];
+    let mut at = new.entries_start;
     if live.get(..at)? != &text[..at] {
         return None;
     }
     let mut delta = Delta::default();
     for (k, members) in new.members.iter().enumerate() {
         if k == 1 {
-            let between = br#"},"templates":{"#;
-            if !live[at..].starts_with(between) {
+            if !live[at..].starts_with(OPEN_TEMPLATES) {
                 return None;
             }
-            at += between.len();
+            at += OPEN_TEMPLATES.len();
         }
         let differing = match k {
             0 => &mut delta.differing.secrets,
@@ -328,11 +331,11 @@ pub fn delta(new: &Record, live: &[u8]) -> Option<Delta> {
                 _ => return None,
             }
             first = false;
-            if let Some(own) = members.get(next).map(|m| &text[m.clone()])
-                && live[at..].starts_with(own)
-                && matches!(live.get(at + own.len()), Some(b',' | b'}'))
+            if let Some(len) = members
+                .get(next)
+                .and_then(|m| same_entry_at(live, at, &text[m.clone()]))
             {
-                at += own.len();
+                at += len;
                 previous = Previous::Own(next);
                 next += 1;
                 continue;
@@ -361,11 +364,8 @@ pub fn delta(new: &Record, live: &[u8]) -> Option<Delta> {
                     break;
                 }
             }
-            if let Some(own) = same_name.map(|m| &text[m])
-                && live[at..].starts_with(own)
-                && matches!(live.get(at + own.len()), Some(b',' | b'}'))
-            {
-                at += own.len();
+            if let Some(len) = same_name.and_then(|m| same_entry_at(live, at, &text[m])) {
+                at += len;
                 previous = Previous::Own(next - 1);
                 continue;
             }
@@ -379,7 +379,15 @@ pub fn delta(new: &Record, live: &[u8]) -> Option<Delta> {
             delta.absent[k].push(name_at(text, m.start)?);
         }
     }
-    (&live[at..] == b"}}").then_some(delta)
+    (&live[at..] == CLOSE).then_some(delta)
+}
+
+/// The length of `own` (an entry's whole text) if the live record has
+/// exactly that entry at `at`: a JSON member ends where its text does, so
+/// the same bytes are the same entry.
+fn same_entry_at(live: &[u8], at: usize, own: &[u8]) -> Option<usize> {
+    (live[at..].starts_with(own) && matches!(live.get(at + own.len()), Some(b',' | b'}')))
+        .then_some(own.len())
 }
 
 /// The live entry before the one at hand, in [`delta`].
@@ -817,7 +825,7 @@ mod tests {
             json(&mut out, &e.lent());
             out
         };
-        let head = &new.bytes[..new.opens[0]];
+        let head = &new.bytes[..new.entries_start];
         let swapped = [
             head,
             &member("b", &b),

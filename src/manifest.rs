@@ -377,6 +377,145 @@ pub struct Manifest {
     pub credstore_dir: PathBuf,
 }
 
+/// Where a run's identities come from, as a manifest names them: what the
+/// keyring is built from. A checked manifest gives its own
+/// ([`Manifest::identity_sources`]); [`Prescan`] reads the same from the text
+/// alone, through the same steps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentitySources {
+    /// `ageKeyFile`.
+    pub age_key_file: Option<PathBuf>,
+    /// `ageSshKeyPaths`.
+    pub age_ssh_key_paths: Vec<PathBuf>,
+    /// `sshKeyPaths` (SSH RSA keys as GPG keys).
+    pub ssh_key_paths: Vec<PathBuf>,
+    /// `gnupgHome`.
+    pub gnupg_home: Option<PathBuf>,
+    /// `logging.keyImport`: each SSH key's import is logged.
+    pub log_imports: bool,
+}
+
+/// The identity fields as read, before `%r` is expanded.
+struct RawSources {
+    age_key_file: Option<String>,
+    age_ssh_key_paths: Option<Vec<String>>,
+    ssh_key_paths: Option<Vec<String>>,
+    gnupg_home: Option<String>,
+}
+
+impl RawSources {
+    /// Empty strings are absent; age paths get `%r` expanded (user mode).
+    fn checked(self, logging: Logging, expand: impl Fn(String) -> String) -> IdentitySources {
+        IdentitySources {
+            age_key_file: self
+                .age_key_file
+                .filter(|s| !s.is_empty())
+                .map(|p| PathBuf::from(expand(p))),
+            age_ssh_key_paths: self
+                .age_ssh_key_paths
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| PathBuf::from(expand(p)))
+                .collect(),
+            ssh_key_paths: self
+                .ssh_key_paths
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            gnupg_home: self.gnupg_home.filter(|s| !s.is_empty()).map(PathBuf::from),
+            log_imports: logging.key_import,
+        }
+    }
+}
+
+impl Manifest {
+    /// Where this manifest's identities come from.
+    pub fn identity_sources(&self) -> IdentitySources {
+        IdentitySources {
+            age_key_file: self.age_key_file.clone(),
+            age_ssh_key_paths: self.age_ssh_key_paths.clone(),
+            ssh_key_paths: self.ssh_key_paths.clone(),
+            gnupg_home: self.gnupg_home.clone(),
+            log_imports: self.logging.key_import,
+        }
+    }
+}
+
+/// What opening the sops files needs from a manifest, read from its text
+/// without checking the rest: the identity sources, and each sops file once
+/// with the format of the first secret that reads it, in the order secrets
+/// first name them (a secret without a file or with an unknown format is
+/// passed over). The installer starts opening files from this while the
+/// manifest is checked; what it opened is used only for a file the checked
+/// manifest reads in the same format, with the same identity sources.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Prescan {
+    /// Where the identities come from.
+    pub identities: IdentitySources,
+    /// The sops files and their formats.
+    pub files: Vec<(PathBuf, Format)>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawPrescan<'a> {
+    #[serde(borrow)]
+    secrets: Vec<RawFileUse<'a>>,
+    ssh_key_paths: Option<Vec<String>>,
+    gnupg_home: Option<String>,
+    age_key_file: Option<String>,
+    age_ssh_key_paths: Option<Vec<String>>,
+    user_mode: Option<bool>,
+    logging: Option<Logging>,
+}
+
+/// A secret's file and format, the rest of it passed over.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawFileUse<'a> {
+    #[serde(borrow)]
+    sops_file: Option<Text<'a>>,
+    #[serde(borrow)]
+    format: Option<Text<'a>>,
+}
+
+impl Prescan {
+    /// Reads the text; `None` where it is not JSON of the manifest's shape
+    /// as far as these fields go. `runtime_dir` is as for [`Manifest::parse`].
+    pub fn read(bytes: &[u8], runtime_dir: Option<&str>) -> Option<Prescan> {
+        let raw: RawPrescan = serde_json::from_str(std::str::from_utf8(bytes).ok()?).ok()?;
+        let user_mode = raw.user_mode.unwrap_or(false);
+        let identities = RawSources {
+            age_key_file: raw.age_key_file,
+            age_ssh_key_paths: raw.age_ssh_key_paths,
+            ssh_key_paths: raw.ssh_key_paths,
+            gnupg_home: raw.gnupg_home,
+        }
+        .checked(raw.logging.unwrap_or_default(), |p| {
+            expand_if_user_mode(p, user_mode, runtime_dir)
+        });
+        let mut files: Vec<(PathBuf, Format)> = Vec::new();
+        let mut seen: HashMap<&str, ()> = HashMap::new();
+        for s in &raw.secrets {
+            let format = match s.format.as_ref().map(Text::as_str) {
+                None | Some("") => Format::Yaml,
+                Some(f) => match Format::from_name(f) {
+                    Some(f) => f,
+                    None => continue,
+                },
+            };
+            match s.sops_file.as_ref().map(Text::as_str) {
+                Some(f) if !f.is_empty() && seen.insert(f, ()).is_none() => {
+                    files.push((PathBuf::from(f), format));
+                }
+                _ => {}
+            }
+        }
+        Some(Prescan { identities, files })
+    }
+}
+
 /// A string of the manifest as read: borrowed from the manifest's bytes
 /// unless it had an escape, so that reading many secrets allocates only what
 /// the checked manifest keeps.
@@ -496,6 +635,15 @@ struct RawTemplate<'a> {
 #[derive(Debug, thiserror::Error)]
 #[error("the manifest is not valid:\n  {}", .0.join("\n  "))]
 pub struct ManifestErrors(pub Vec<String>);
+
+/// A path as a manifest in `user_mode` means it: `%r` expanded when the
+/// runtime directory is known.
+fn expand_if_user_mode(path: String, user_mode: bool, runtime_dir: Option<&str>) -> String {
+    match (user_mode, runtime_dir) {
+        (true, Some(dir)) => expand_runtime_dir(&path, dir),
+        _ => path,
+    }
+}
 
 /// Replaces `%r` with the runtime directory and `%%` with `%` (user mode paths).
 pub fn expand_runtime_dir(path: &str, runtime_dir: &str) -> String {
@@ -635,12 +783,7 @@ impl Manifest {
             raw.map_err(|e| ManifestErrors(vec![format!("it is not JSON of the manifest's shape: {e}")]))?;
         let mut problems = Vec::new();
         let user_mode = raw.user_mode.unwrap_or(false);
-        let expand = |p: String| -> String {
-            match (user_mode, runtime_dir) {
-                (true, Some(dir)) => expand_runtime_dir(&p, dir),
-                _ => p,
-            }
-        };
+        let expand = |p: String| expand_if_user_mode(p, user_mode, runtime_dir);
         #[cfg(not(target_os = "macos"))]
         if user_mode && runtime_dir.is_none() {
             problems.push(
@@ -818,17 +961,20 @@ impl Manifest {
             }
         }
 
-        let gnupg_home = raw.gnupg_home.filter(|s| !s.is_empty()).map(PathBuf::from);
-        let age_key_file = raw
-            .age_key_file
-            .filter(|s| !s.is_empty())
-            .map(|p| PathBuf::from(expand(p)));
-        let ssh_key_paths: Vec<PathBuf> = raw
-            .ssh_key_paths
-            .unwrap_or_default()
-            .into_iter()
-            .map(PathBuf::from)
-            .collect();
+        let logging = raw.logging.unwrap_or_default();
+        let IdentitySources {
+            age_key_file,
+            age_ssh_key_paths,
+            ssh_key_paths,
+            gnupg_home,
+            log_imports: _,
+        } = RawSources {
+            age_key_file: raw.age_key_file,
+            age_ssh_key_paths: raw.age_ssh_key_paths,
+            ssh_key_paths: raw.ssh_key_paths,
+            gnupg_home: raw.gnupg_home,
+        }
+        .checked(logging, expand);
         if gnupg_home.is_some() && !ssh_key_paths.is_empty() {
             problems.push("gnupgHome and sshKeyPaths are both set; they are mutually exclusive".into());
         }
@@ -859,15 +1005,10 @@ impl Manifest {
             ssh_key_paths,
             gnupg_home,
             age_key_file,
-            age_ssh_key_paths: raw
-                .age_ssh_key_paths
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| PathBuf::from(expand(p)))
-                .collect(),
+            age_ssh_key_paths,
             use_tmpfs: raw.use_tmpfs.unwrap_or(false),
             user_mode,
-            logging: raw.logging.unwrap_or_default(),
+            logging,
             host_pub_keys: raw.host_pub_keys.unwrap_or_default(),
             on_failure,
             credstore_dir: PathBuf::from(raw.credstore_dir.unwrap_or_else(|| "/run/credstore".into())),
@@ -1360,5 +1501,81 @@ mod tests {
             problems.iter().any(|p| p.contains("$XDG_RUNTIME_DIR")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn a_prescan_reads_the_identity_sources_and_files_the_checked_manifest_has() {
+        let cases: [(&[u8], Option<&str>); 4] = [
+            // User mode: `%r` in age paths, not in sshKeyPaths (sops-nix expands only the former).
+            (
+                br#"{"userMode":true,"secretsMountPoint":"%r/secrets.d","symlinkPath":"%r/secrets",
+                    "ageKeyFile":"%r/age.txt","ageSshKeyPaths":["%r/k","/etc/ssh/x"],
+                    "sshKeyPaths":["%r/rsa"],"logging":{"keyImport":true},
+                    "secrets":[{"name":"a","sopsFile":"/s/a.yaml"},{"name":"b","sopsFile":"/s/b.json","format":"json"},
+                               {"name":"c","sopsFile":"/s/a.yaml","key":"c"}]}"#,
+                Some("/run/user/1000"),
+            ),
+            // Escapes, null and empty strings, and keys that come after the secrets.
+            (
+                br#"{"secretsMountPoint":"/run/secrets.d","symlinkPath":"/run/secrets",
+                    "secrets":[{"name":"a","sopsFile":"/s\u002fa.env","format":"dotenv"},
+                               {"name":"b","sopsFile":"/s/b.yaml","format":null},
+                               {"name":"c","sopsFile":"/s/c.yaml","format":""}],
+                    "ageKeyFile":"","gnupgHome":"/var/lib/g\u006epg","sshKeyPaths":null}"#,
+                None,
+            ),
+            // No identity at all, nothing but the required fields.
+            (
+                br#"{"secretsMountPoint":"/m","symlinkPath":"/l","secrets":[{"name":"a","sopsFile":"/s.bin","format":"binary"}]}"#,
+                None,
+            ),
+            // User mode without a runtime directory: nothing is expanded.
+            (
+                br#"{"userMode":true,"secretsMountPoint":"/m","symlinkPath":"/l","ageKeyFile":"%r/age.txt",
+                    "secrets":[{"name":"a","sopsFile":"/s.ini","format":"ini"}]}"#,
+                None,
+            ),
+        ];
+        for (text, runtime_dir) in cases {
+            let (m, _) = Manifest::parse(text, runtime_dir).unwrap();
+            let scan = Prescan::read(text, runtime_dir).unwrap();
+            assert_eq!(
+                scan.identities,
+                m.identity_sources(),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            // Each file once, in the order secrets first name it, with that secret's format.
+            let mut files: Vec<(PathBuf, Format)> = Vec::new();
+            for s in &m.secrets {
+                if !files.iter().any(|(p, _)| *p == s.sops_file) {
+                    files.push((s.sops_file.clone(), s.format));
+                }
+            }
+            assert_eq!(scan.files, files, "{}", String::from_utf8_lossy(text));
+        }
+        let (m, _) = Manifest::parse(cases[0].0, cases[0].1).unwrap();
+        assert_eq!(m.age_key_file, Some(PathBuf::from("/run/user/1000/age.txt")));
+        assert_eq!(m.ssh_key_paths, [PathBuf::from("%r/rsa")]);
+        assert_eq!(
+            Prescan::read(cases[1].0, None).unwrap().files[0].0,
+            Path::new("/s/a.env")
+        );
+    }
+
+    #[test]
+    fn a_prescan_passes_over_secrets_without_a_file_or_a_known_format() {
+        // The checked manifest refuses the first three; the prescan takes
+        // the next secret's file and format instead, or none.
+        let text = br#"{"secrets":[{"name":"a","sopsFile":"/x.yaml","format":"toml"},
+                                     {"name":"b","sopsFile":""},{"name":"c"},
+                                     {"name":"d","sopsFile":"/x.yaml","format":"json"},
+                                     {"name":"e","sopsFile":"/x.yaml","format":"yaml"}]}"#;
+        let scan = Prescan::read(text, None).unwrap();
+        assert_eq!(scan.files, [(PathBuf::from("/x.yaml"), Format::Json)]);
+        assert_eq!(scan.identities, IdentitySources::default());
+        for not_a_manifest in [&b"[1]"[..], b"{", b"{\"secrets\":3}", b"\xff{}"] {
+            assert_eq!(Prescan::read(not_a_manifest, None), None);
+        }
     }
 }

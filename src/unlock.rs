@@ -220,6 +220,16 @@ pub fn decrypt_in_turn<E>(
     Ok(key.and_then(|key| Ok(file.decrypt(&key)?)))
 }
 
+/// Parses and decrypts a file whose data key this process recovers with its
+/// own identities, asking no key service. `None` for a file that does not
+/// parse, needs a key service, or does not decrypt: [`decrypt_in_turn`] opens
+/// it again and says why.
+pub fn decrypt_in_process(bytes: Vec<u8>, format: Format, keyring: &Keyring) -> Option<Document> {
+    let file = EncryptedFile::parse_owned(bytes, format).ok()?;
+    let key = keys::recover_data_key_in_process(&file.metadata, keyring)?;
+    file.decrypt(&key).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,6 +114,7 @@ fn run(dir: &Path, template: &str, out: &mut String) -> Result<(), String> {
         gpg_exec: None,
         lock_wait: install::lock::DEFAULT_WAIT,
         keys_group: install::KeysGroup::when_asked(),
+        early_files: install::EarlyFiles::none(),
     };
     let outcome = install::install(&manifest, &opts, Vec::new());
     outcome

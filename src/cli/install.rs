@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sops_install_secrets::install::{self, CheckMode, KeysGroup, Options};
+use sops_install_secrets::install::{self, CheckMode, EarlyFiles, KeysGroup, Options};
 use sops_install_secrets::keys::sops_env::SopsAgeEnv;
 use sops_install_secrets::log::{Logger, Priority};
 use sops_install_secrets::manifest::Manifest;
@@ -83,11 +83,18 @@ pub fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
         _ => Trust::build_check(),
     };
     let bytes = match safe_path::read(&manifest_path, trust) {
-        Ok(b) => b,
+        Ok(b) => std::sync::Arc::new(b),
         Err(e) => {
             eprintln!("sops-install-secrets: cannot read the manifest: {e}");
             return Ok(ExitCode::FAILURE);
         }
+    };
+    // An install decrypts what it can on a helper while the manifest is checked.
+    let sops_env = SopsAgeEnv::from_process();
+    let early_files = if check_mode == CheckMode::Off {
+        EarlyFiles::ahead(std::sync::Arc::clone(&bytes), runtime_dir.clone(), &sops_env)
+    } else {
+        EarlyFiles::none()
     };
     let (manifest, earlier) = match Manifest::parse(&bytes, runtime_dir.as_deref()) {
         Ok(m) => m,
@@ -114,10 +121,11 @@ pub fn install_manifest(argv: Vec<String>) -> Result<ExitCode, UsageError> {
         dry_run,
         restart_via_systemctl: std::env::var("SOPS_RESTART_UNITS_VIA_SYSTEMCTL").is_ok_and(|v| v == "1"),
         nixos_run_dir: PathBuf::from("/run/nixos"),
-        sops_env: SopsAgeEnv::from_process(),
+        sops_env,
         gpg_exec: std::env::var_os("SOPS_GPG_EXEC"),
         lock_wait: install::lock::wait_from_env(),
         keys_group,
+        early_files,
     };
     let logger = Logger::from_env();
     let outcome = install::install(&manifest, &opts, earlier);

@@ -1,6 +1,8 @@
 //! Installing a manifest: the activation-time pipeline, as named stages.
 //!
 //! ```text
+//! (ahead)        while the manifest is checked, a helper builds the keyring and decrypts
+//!                the sops files its text names (sops_files::EarlyFiles; own keys only)
 //! plan::gather   identities, owners, each sops file decrypted once (two threads; data
 //!                keys that need a key service in the files' order), values, template texts
 //!                (any problem: report all, touch nothing)
@@ -34,6 +36,7 @@ pub mod state;
 mod aftercare;
 mod apply;
 mod diff;
+mod identities;
 mod item;
 mod live;
 mod plan;
@@ -44,6 +47,7 @@ use std::path::PathBuf;
 pub use check::check;
 pub use owners::KeysGroup;
 pub use report::{Failed, LogLine, Outcome, Problem, Report};
+pub use sops_files::EarlyFiles;
 
 use live::Live;
 use report::LogLine as Line;
@@ -83,6 +87,8 @@ pub struct Options {
     pub lock_wait: std::time::Duration,
     /// The secrets directories' group, perhaps looked up ahead.
     pub keys_group: KeysGroup,
+    /// Sops files perhaps decrypted ahead, while the manifest was checked.
+    pub early_files: EarlyFiles,
 }
 
 /// Runs the installation. `earlier` are the manifest's own problems: the run

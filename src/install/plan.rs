@@ -2,8 +2,9 @@
 //! files to the items to install, in two steps:
 //!
 //! - [`gather`] (before the lock): identities, owners, each sops file read
-//!   and decrypted once (on two threads, see [`sops_files`]), each value
-//!   picked by its key path, template texts.
+//!   and decrypted once (on two threads, see [`sops_files`]; most files
+//!   already were, while the manifest was checked), each value picked by its
+//!   key path, template texts.
 //!   A problem of the whole run, or of any item unless
 //!   `onFailure = "keep-previous"`, stops the run here, before anything on
 //!   disk is touched.
@@ -15,14 +16,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::generation::Ids;
+use super::identities::identities;
 use super::item::{Item, Kind, Origin};
 use super::live::Live;
-use super::report::{LogLine, Problem, Problems, Report};
+use super::report::{Problem, Problems, Report};
 use super::sops_files::{self, Opened};
 use super::state::{self, DigestKey};
 use super::{Failed, Options, owners};
-use crate::keys::Keyring;
-use crate::keys::pgp::GnupgHome;
 use crate::manifest::{Manifest, Mode, Name, OnFailure, TemplateSource};
 use crate::plaintext::Plaintext;
 use crate::safe_path::Trust;
@@ -101,7 +101,28 @@ pub(super) fn gather<'m>(
     let mut problems = Problems(earlier.into_iter().map(Problem::from).collect());
     let root_owned = opts.ignore_passwd || opts.dry_run;
 
-    let keyring = identities(manifest, opts, report, &mut problems);
+    // The keyring and the files decrypted ahead, if their helper had the
+    // identity sources this manifest names (and the environment named none,
+    // as its keyring has none); else the keyring is built now.
+    let sources = manifest.identity_sources();
+    let mut ahead = opts
+        .early_files
+        .finish(&sources)
+        .filter(|_| opts.sops_env.is_empty());
+    let keyring = match &mut ahead {
+        Some(a) => {
+            report.log.append(&mut a.log);
+            problems.0.append(&mut a.problems.0);
+            std::mem::take(&mut a.keyring)
+        }
+        None => identities(
+            &sources,
+            &opts.sops_env,
+            opts.gpg_exec.as_ref(),
+            &mut report.log,
+            &mut problems,
+        ),
+    };
     // Each sops file is read and decrypted once, however many secrets use it,
     // on this thread and a helper, which starts on them while this thread
     // resolves the owners.
@@ -109,9 +130,13 @@ pub(super) fn gather<'m>(
     let files = files_by_use(manifest, &mut file_problems)
         .into_iter()
         .map(|(path, format, users)| {
+            let early = ahead.as_mut().and_then(|a| a.take(&path, format));
             sops_files::File::new(path, format, users, |i| manifest.secrets[i].key.as_str())
+                .opened_ahead(early)
         })
         .collect();
+    // Files decrypted ahead that this manifest does not read are wiped now.
+    drop(ahead);
     let batch = sops_files::start(files, keyring);
 
     let mut item_problems = Problems::default();
@@ -360,65 +385,6 @@ pub(super) fn settle<'m>(gathered: Gathered<'m>, manifest: &'m Manifest, live: &
         item_problems,
         kept,
     }
-}
-
-/// The host's identities: key files, SSH keys (as age and as OpenPGP keys),
-/// sops's environment, a GnuPG home. Keys a host may lack warn; unsafe ones fail.
-fn identities(manifest: &Manifest, opts: &Options, report: &mut Report, problems: &mut Problems) -> Keyring {
-    let mut keyring = Keyring::new();
-    if let Some(f) = &manifest.age_key_file
-        && let Err(e) = keyring.add_age_key_file(f)
-    {
-        problems.push(format!("ageKeyFile: {e}"));
-    }
-    // A missing key is a warning (a host may lack one of the listed key
-    // types); a key reached through another user's link is an attack.
-    let unsafe_key = |e: &crate::keys::KeyError| {
-        matches!(
-            e,
-            crate::keys::KeyError::Ssh(crate::keys::ssh::SshKeyError::Unsafe { .. })
-        )
-    };
-    for p in &manifest.age_ssh_key_paths {
-        match keyring.add_ssh_key(p) {
-            Ok(Some(recipient)) if manifest.logging.key_import => report.log.push(LogLine::info(
-                format!("Imported {} as age key with fingerprint {recipient}", p.display()),
-                vec![("key_file", p.display().to_string()), ("recipient", recipient)],
-            )),
-            Ok(_) => {}
-            Err(e) if unsafe_key(&e) => problems.push(format!("ageSshKeyPaths: {e}")),
-            // A host may lack one of the listed key types; sops-nix warns and goes on.
-            Err(e) => report.log.push(LogLine::warning(format!("{e}"))),
-        }
-    }
-    let manifest_names_age = manifest.age_key_file.is_some() || !manifest.age_ssh_key_paths.is_empty();
-    for e in opts.sops_env.add_to(&mut keyring, !manifest_names_age) {
-        problems.push(e.to_string());
-    }
-    for p in &manifest.ssh_key_paths {
-        match keyring.add_ssh_key_as_pgp(p) {
-            Ok(fingerprint) if manifest.logging.key_import => report.log.push(LogLine::info(
-                format!(
-                    "Imported {} as GPG key with fingerprint {fingerprint}",
-                    p.display()
-                ),
-                vec![
-                    ("key_file", p.display().to_string()),
-                    ("fingerprint", fingerprint),
-                ],
-            )),
-            Ok(_) => {}
-            Err(e) if unsafe_key(&e) => problems.push(format!("sshKeyPaths: {e}")),
-            Err(e) => report.log.push(LogLine::warning(format!("{e}"))),
-        }
-    }
-    if let Some(home) = &manifest.gnupg_home {
-        match GnupgHome::checked(home.clone(), opts.gpg_exec.clone()) {
-            Ok(home) => keyring.set_gnupg_home(home),
-            Err(e) => problems.push(format!("gnupgHome {}: {e}", home.display())),
-        }
-    }
-    keyring
 }
 
 /// Groups secrets by sops file, checking that they agree on its format.

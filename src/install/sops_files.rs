@@ -5,19 +5,27 @@
 //! recovered one file at a time, in the files' order ([`KeyTurns`]), so key
 //! services see what a single thread would do.
 //! Results come back in the files' order, whoever opened them.
+//!
+//! Most files can be opened before that: [`EarlyFiles`] starts a helper on
+//! them while the manifest is still being checked.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use zeroize::Zeroizing;
 
+use super::identities::identities;
+use super::report::{LogLine, Problems};
 use crate::keys::Keyring;
+use crate::keys::sops_env::SopsAgeEnv;
+use crate::manifest::{IdentitySources, Prescan};
 use crate::safe_path::{OpenError, Trust};
 use crate::sops::tree::{PathStep, parse_slash_path};
-use crate::sops::{ExtractError, Format};
-use crate::unlock::{DecryptError, KeyTurns, decrypt_in_turn};
+use crate::sops::{Document, ExtractError, Format};
+use crate::unlock::{DecryptError, KeyTurns, decrypt_in_process, decrypt_in_turn};
 
 /// One sops file and what its secrets take from it.
 pub(super) struct File {
@@ -27,6 +35,8 @@ pub(super) struct File {
     pub(super) users: Vec<usize>,
     /// What each user takes: the whole file (`None`) or the value at a key path.
     picks: Vec<Option<Vec<PathStep>>>,
+    /// The file decrypted ahead ([`EarlyFiles`]), if it was.
+    ahead: Option<Document>,
 }
 
 impl File {
@@ -49,7 +59,13 @@ impl File {
             format,
             users,
             picks,
+            ahead: None,
         }
+    }
+
+    /// The same file, already decrypted.
+    pub(super) fn opened_ahead(self, ahead: Option<Document>) -> File {
+        File { ahead, ..self }
     }
 }
 
@@ -88,10 +104,21 @@ impl Shared {
 
 fn open(k: usize, file: &File, keyring: &Keyring, turns: &KeyTurns) -> Opened {
     let read = || crate::safe_path::read(&file.path, Trust::invoker());
-    let doc = match decrypt_in_turn(k, turns, read, file.format, keyring) {
-        Err(e) => return Opened::Unreadable(e),
-        Ok(Err(e)) => return Opened::Undecryptable(e),
-        Ok(Ok(doc)) => doc,
+    let decrypted;
+    let doc = match &file.ahead {
+        // Decrypted ahead, with no key service: its turn passes.
+        Some(doc) => {
+            turns.pass(k);
+            doc
+        }
+        None => match decrypt_in_turn(k, turns, read, file.format, keyring) {
+            Err(e) => return Opened::Unreadable(e),
+            Ok(Err(e)) => return Opened::Undecryptable(e),
+            Ok(Ok(doc)) => {
+                decrypted = doc;
+                &decrypted
+            }
+        },
     };
     Opened::Values(
         file.picks
@@ -110,8 +137,9 @@ pub(super) struct Batch {
     helper: Option<JoinHandle<Vec<(usize, Opened)>>>,
 }
 
-/// Starts opening `files` with `keyring`. One file needs no helper, and a
-/// helper that cannot be started leaves the work to [`Batch::finish`].
+/// Starts opening `files` with `keyring`. One file to decrypt (or none) needs
+/// no helper, and a helper that cannot be started leaves the work to
+/// [`Batch::finish`].
 pub(super) fn start(files: Vec<File>, keyring: Keyring) -> Batch {
     let shared = Arc::new(Shared {
         files,
@@ -119,7 +147,9 @@ pub(super) fn start(files: Vec<File>, keyring: Keyring) -> Batch {
         turns: KeyTurns::new(),
         next: AtomicUsize::new(0),
     });
-    let helper = (shared.files.len() > 1)
+    // Files decrypted ahead leave only their values to take: no helper for them.
+    let to_decrypt = shared.files.iter().filter(|f| f.ahead.is_none()).count();
+    let helper = (to_decrypt > 1)
         .then(|| {
             let shared = Arc::clone(&shared);
             crate::helper::spawn("sops-files", move || shared.work()).ok()
@@ -148,6 +178,161 @@ impl Batch {
             .zip(slots)
             .map(|(f, o)| (f, o.expect("every file is taken once")))
             .collect()
+    }
+}
+
+/// Sops files opened ahead, while the manifest is checked: a helper reads
+/// the manifest's text ([`Prescan`]), builds the keyring from the identity
+/// sources it names, and decrypts each sops file it names whose data key
+/// this process recovers with that keyring. [`EarlyFiles::finish`] joins in
+/// and hands over what was decrypted, for the files the checked manifest
+/// reads in the same format and only if it names the same identity sources;
+/// anything else is dropped (and wiped) and opened as usual.
+///
+/// Only where building the keyring reads key files and nothing else: not
+/// with a sops identity in the environment (`SOPS_AGE_KEY_CMD` runs a
+/// command) or a GnuPG identity. A file that needs a key service, or fails
+/// in any way, is left to [`start`], which opens it in turn and says why.
+pub struct EarlyFiles(Mutex<Option<Ahead>>);
+
+/// The helper, and where it hands over its work once the keyring is built
+/// (nothing comes if it found no work).
+struct Ahead {
+    work: mpsc::Receiver<Arc<Work>>,
+    helper: JoinHandle<Vec<(usize, Document)>>,
+}
+
+/// The files named in the manifest's text and the keyring for them.
+struct Work {
+    prescan: Prescan,
+    keyring: Keyring,
+    /// What building the keyring logged and found wrong, told by the run.
+    log: Vec<LogLine>,
+    problems: Problems,
+    /// The next file nobody has taken.
+    next: AtomicUsize,
+}
+
+impl Work {
+    /// Takes files until none is left; returns those decrypted.
+    fn run(&self) -> Vec<(usize, Document)> {
+        let mut done = Vec::new();
+        loop {
+            let k = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some((path, format)) = self.prescan.files.get(k) else {
+                return done;
+            };
+            let doc = crate::safe_path::read(path, Trust::invoker())
+                .ok()
+                .and_then(|bytes| decrypt_in_process(bytes, *format, &self.keyring));
+            done.extend(doc.map(|d| (k, d)));
+        }
+    }
+
+    /// Leaves the files nobody has taken.
+    fn stop(&self) {
+        self.next.store(self.prescan.files.len(), Ordering::Relaxed);
+    }
+}
+
+/// What [`EarlyFiles`] decrypted, for the checked manifest.
+pub(super) struct OpenedAhead {
+    pub(super) keyring: Keyring,
+    pub(super) log: Vec<LogLine>,
+    pub(super) problems: Problems,
+    docs: HashMap<PathBuf, (Format, Document)>,
+}
+
+impl OpenedAhead {
+    /// `path` as decrypted ahead, if it was, in `format`.
+    pub(super) fn take(&mut self, path: &Path, format: Format) -> Option<Document> {
+        match self.docs.remove(path) {
+            Some((f, doc)) if f == format => Some(doc),
+            _ => None,
+        }
+    }
+}
+
+impl EarlyFiles {
+    /// Nothing opened ahead.
+    pub fn none() -> EarlyFiles {
+        EarlyFiles(Mutex::new(None))
+    }
+
+    /// Starts the helper on the manifest's `text`, unless `env` names a sops
+    /// identity; `runtime_dir` is as for [`crate::manifest::Manifest::parse`].
+    pub fn ahead(text: Arc<Vec<u8>>, runtime_dir: Option<String>, env: &SopsAgeEnv) -> EarlyFiles {
+        if !env.is_empty() {
+            return EarlyFiles::none();
+        }
+        let (tx, rx) = mpsc::channel();
+        let helper = crate::helper::spawn("sops-ahead", move || {
+            let Some(prescan) = Prescan::read(&text, runtime_dir.as_deref()) else {
+                return Vec::new();
+            };
+            drop(text);
+            let sources = &prescan.identities;
+            if prescan.files.is_empty() || sources.gnupg_home.is_some() || !sources.ssh_key_paths.is_empty() {
+                return Vec::new();
+            }
+            let (mut log, mut problems) = (Vec::new(), Problems::default());
+            let keyring = identities(sources, &SopsAgeEnv::default(), None, &mut log, &mut problems);
+            let work = Arc::new(Work {
+                prescan,
+                keyring,
+                log,
+                problems,
+                next: AtomicUsize::new(0),
+            });
+            if tx.send(Arc::clone(&work)).is_err() {
+                return Vec::new();
+            }
+            work.run()
+        });
+        EarlyFiles(Mutex::new(helper.ok().map(|helper| Ahead { work: rx, helper })))
+    }
+
+    /// Joins in decrypting the files left, waits for the helper, and hands
+    /// over what was decrypted if `sources` (the checked manifest's) are
+    /// those the keyring was built from. Also waits for a helper whose work
+    /// is not wanted, so that none is left once capabilities are dropped.
+    pub(super) fn finish(&self, sources: &IdentitySources) -> Option<OpenedAhead> {
+        let ahead = self.0.lock().expect("not poisoned").take()?;
+        // An error: the helper found nothing to do, and ends.
+        let work = ahead.work.recv().ok();
+        let same = work.as_ref().is_some_and(|w| w.prescan.identities == *sources);
+        let mine = match &work {
+            Some(w) if same => w.run(),
+            Some(w) => {
+                w.stop();
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let theirs = ahead
+            .helper
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let work = Arc::into_inner(work.filter(|_| same)?).expect("the helper has ended");
+        let mut files: Vec<Option<(PathBuf, Format)>> = work.prescan.files.into_iter().map(Some).collect();
+        let docs = mine
+            .into_iter()
+            .chain(theirs)
+            .filter_map(|(k, doc)| files[k].take().map(|(path, format)| (path, (format, doc))))
+            .collect();
+        Some(OpenedAhead {
+            keyring: work.keyring,
+            log: work.log,
+            problems: work.problems,
+            docs,
+        })
+    }
+}
+
+impl std::fmt::Debug for EarlyFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ahead = self.0.lock().map(|h| h.is_some()).unwrap_or(false);
+        f.debug_struct("EarlyFiles").field("started", &ahead).finish()
     }
 }
 
@@ -245,5 +430,130 @@ mod tests {
         let none = start(Vec::new(), keyring());
         assert!(none.helper.is_none() && none.finish().is_empty());
         assert!(start(files(1), keyring()).helper.is_some());
+    }
+
+    /// A manifest's text naming every case's file, with `extra` fields.
+    fn manifest_text(extra: &str) -> Arc<Vec<u8>> {
+        let secrets: Vec<String> = CASES
+            .iter()
+            .enumerate()
+            .map(|(i, (name, format, _, _))| {
+                let path = fixture("install/enc").join(name);
+                format!(
+                    r#"{{"name":"s{i}","sopsFile":{:?},"format":"{}"}}"#,
+                    path.display(),
+                    format.name()
+                )
+            })
+            .collect();
+        Arc::new(format!(r#"{{"secrets":[{}]{extra}}}"#, secrets.join(",")).into_bytes())
+    }
+
+    fn age_sources() -> (String, IdentitySources) {
+        let key = fixture("keys/age1.txt");
+        let extra = format!(r#","ageKeyFile":{:?}"#, key.display());
+        let sources = IdentitySources {
+            age_key_file: Some(key),
+            ..IdentitySources::default()
+        };
+        (extra, sources)
+    }
+
+    /// What came of each file, comparable: its values, or which failure.
+    fn outcome(o: &Opened) -> Result<Vec<Option<Vec<u8>>>, &'static str> {
+        match o {
+            Opened::Unreadable(_) => Err("unreadable"),
+            Opened::Undecryptable(_) => Err("undecryptable"),
+            Opened::Values(v) => Ok(v.iter().map(|r| r.as_ref().ok().map(|z| z.to_vec())).collect()),
+        }
+    }
+
+    #[test]
+    fn files_decrypted_ahead_give_what_opening_them_now_gives() {
+        let (extra, sources) = age_sources();
+        for _ in 0..5 {
+            let early = EarlyFiles::ahead(manifest_text(&extra), None, &SopsAgeEnv::default());
+            let mut ahead = early.finish(&sources).expect("the same sources");
+            assert!(early.finish(&sources).is_none(), "handed over once");
+            assert!(ahead.log.is_empty() && ahead.problems.is_empty());
+            let now = start(files(1), keyring()).finish();
+            let with_ahead: Vec<File> = files(1)
+                .into_iter()
+                .map(|f| {
+                    let doc = ahead.take(&f.path, f.format);
+                    // Only what this process decrypts with its own key comes ahead.
+                    let name = f.path.file_name().unwrap().to_str().unwrap();
+                    let decrypts = !["no-such-file.yaml", "tampered.yaml", "other_key.yaml"].contains(&name);
+                    assert_eq!(doc.is_some(), decrypts, "{name}");
+                    f.opened_ahead(doc)
+                })
+                .collect();
+            assert!(ahead.docs.is_empty(), "every file taken");
+            let batch = start(with_ahead, ahead.keyring);
+            assert!(batch.helper.is_some(), "three files are left to decrypt");
+            let later = batch.finish();
+            assert_eq!(later.len(), now.len());
+            for ((fa, a), (fb, b)) in later.iter().zip(&now) {
+                assert_eq!(fa.path, fb.path);
+                assert_eq!(outcome(a), outcome(b), "{}", fa.path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn files_decrypted_ahead_are_taken_only_in_their_format() {
+        let (extra, sources) = age_sources();
+        let mut ahead = EarlyFiles::ahead(manifest_text(&extra), None, &SopsAgeEnv::default())
+            .finish(&sources)
+            .unwrap();
+        let app = fixture("install/enc/app.yaml");
+        assert!(ahead.take(&app, Format::Json).is_none());
+        assert!(
+            ahead.take(&app, Format::Yaml).is_none(),
+            "dropped when taken in another format"
+        );
+        assert!(
+            ahead
+                .take(&fixture("install/enc/app.json"), Format::Json)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn nothing_comes_ahead_for_other_sources_a_command_or_gnupg() {
+        let (extra, sources) = age_sources();
+        // The checked manifest names other sources: all is dropped, the helper ended.
+        let other = IdentitySources {
+            log_imports: true,
+            ..sources.clone()
+        };
+        let early = EarlyFiles::ahead(manifest_text(&extra), None, &SopsAgeEnv::default());
+        assert!(format!("{early:?}").contains("started: true"));
+        assert!(early.finish(&other).is_none());
+        assert!(format!("{early:?}").contains("started: false"));
+        // An identity in the environment (a command, perhaps): no helper at all.
+        let env = SopsAgeEnv {
+            key_cmd: Some("echo".into()),
+            ..SopsAgeEnv::default()
+        };
+        let early = EarlyFiles::ahead(manifest_text(&extra), None, &env);
+        assert!(format!("{early:?}").contains("started: false"));
+        assert!(early.finish(&sources).is_none());
+        // GnuPG, and a text that is no manifest: the helper does nothing.
+        let gnupg = format!(r#"{extra},"gnupgHome":"/nonexistent""#);
+        let sources_gnupg = IdentitySources {
+            gnupg_home: Some(PathBuf::from("/nonexistent")),
+            ..sources.clone()
+        };
+        assert!(
+            EarlyFiles::ahead(manifest_text(&gnupg), None, &SopsAgeEnv::default())
+                .finish(&sources_gnupg)
+                .is_none()
+        );
+        assert!(
+            EarlyFiles::ahead(Arc::new(b"[]".to_vec()), None, &SopsAgeEnv::default())
+                .finish(&sources)
+                .is_none()
+        );
     }
 }

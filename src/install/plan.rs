@@ -101,6 +101,10 @@ pub(super) fn gather<'m>(
     let mut problems = Problems(earlier.into_iter().map(Problem::from).collect());
     let root_owned = opts.ignore_passwd || opts.dry_run;
 
+    // Owners are resolved while files are decrypted: before joining the
+    // helper that decrypts ahead, else while the batch below decrypts.
+    let ahead_running = opts.early_files.is_running();
+    let mut resolved = ahead_running.then(|| drafts(manifest, root_owned));
     // The keyring and the files decrypted ahead, if their helper had the
     // identity sources this manifest names (and the environment named none,
     // as its keyring has none); else the keyring is built now.
@@ -124,8 +128,7 @@ pub(super) fn gather<'m>(
         ),
     };
     // Each sops file is read and decrypted once, however many secrets use it,
-    // on this thread and a helper, which starts on them while this thread
-    // resolves the owners.
+    // on this thread and a helper (each value is picked out on them too).
     let mut file_problems = Problems::default();
     let files = files_by_use(manifest, &mut file_problems)
         .into_iter()
@@ -138,62 +141,9 @@ pub(super) fn gather<'m>(
     // Files decrypted ahead that this manifest does not read are wiped now.
     drop(ahead);
     let batch = sops_files::start(files, keyring);
-
-    let mut item_problems = Problems::default();
-    // Owners, while the files are opened; their problems are told first.
-    let ids_for = |owner, group| -> Result<Option<Ids>, IdsError> {
-        if manifest.user_mode {
-            return Ok(None);
-        }
-        if root_owned {
-            return Ok(Some(Ids { uid: 0, gid: 0 }));
-        }
-        resolve_ids(owner, group).map(Some)
-    };
-    let mut owner_failed = Vec::new();
-    let mut drafts = Vec::with_capacity(manifest.secrets.len() + manifest.templates.len());
-    for s in &manifest.secrets {
-        let ids = ids_for(&s.owner, &s.group).unwrap_or_else(|e| {
-            item_problems.push(Problem::about(
-                format!("secret {:?}: {e}", s.name.as_str()),
-                &[("secret", s.name.as_str())],
-            ));
-            owner_failed.push(drafts.len());
-            None
-        });
-        drafts.push(Draft {
-            name: &s.name,
-            kind: Kind::Secret,
-            ids,
-            mode: s.mode,
-            path: &s.path,
-            restart: &s.restart_units,
-            reload: &s.reload_units,
-            credential: s.credential,
-            content: None,
-        });
-    }
-    for t in &manifest.templates {
-        let ids = ids_for(&t.owner, &t.group).unwrap_or_else(|e| {
-            item_problems.push(Problem::about(
-                format!("template {:?}: {e}", t.name.as_str()),
-                &[("template", t.name.as_str())],
-            ));
-            owner_failed.push(drafts.len());
-            None
-        });
-        drafts.push(Draft {
-            name: &t.name,
-            kind: Kind::Template,
-            ids,
-            mode: t.mode,
-            path: &t.path,
-            restart: &t.restart_units,
-            reload: &t.reload_units,
-            credential: false,
-            content: None,
-        });
-    }
+    // Their problems are told first.
+    let (mut drafts, mut item_problems, owner_failed) =
+        resolved.take().unwrap_or_else(|| drafts(manifest, root_owned));
     let opened = batch.finish();
     let keys_gid = if manifest.user_mode || root_owned {
         opts.keys_group.join();
@@ -385,6 +335,66 @@ pub(super) fn settle<'m>(gathered: Gathered<'m>, manifest: &'m Manifest, live: &
         item_problems,
         kept,
     }
+}
+
+/// A draft of each item with its owner resolved, the problems of those whose
+/// owner could not be, and their places.
+fn drafts(manifest: &Manifest, root_owned: bool) -> (Vec<Draft<'_>>, Problems, Vec<usize>) {
+    let mut item_problems = Problems::default();
+    let ids_for = |owner, group| -> Result<Option<Ids>, IdsError> {
+        if manifest.user_mode {
+            return Ok(None);
+        }
+        if root_owned {
+            return Ok(Some(Ids { uid: 0, gid: 0 }));
+        }
+        resolve_ids(owner, group).map(Some)
+    };
+    let mut owner_failed = Vec::new();
+    let mut drafts = Vec::with_capacity(manifest.secrets.len() + manifest.templates.len());
+    for s in &manifest.secrets {
+        let ids = ids_for(&s.owner, &s.group).unwrap_or_else(|e| {
+            item_problems.push(Problem::about(
+                format!("secret {:?}: {e}", s.name.as_str()),
+                &[("secret", s.name.as_str())],
+            ));
+            owner_failed.push(drafts.len());
+            None
+        });
+        drafts.push(Draft {
+            name: &s.name,
+            kind: Kind::Secret,
+            ids,
+            mode: s.mode,
+            path: &s.path,
+            restart: &s.restart_units,
+            reload: &s.reload_units,
+            credential: s.credential,
+            content: None,
+        });
+    }
+    for t in &manifest.templates {
+        let ids = ids_for(&t.owner, &t.group).unwrap_or_else(|e| {
+            item_problems.push(Problem::about(
+                format!("template {:?}: {e}", t.name.as_str()),
+                &[("template", t.name.as_str())],
+            ));
+            owner_failed.push(drafts.len());
+            None
+        });
+        drafts.push(Draft {
+            name: &t.name,
+            kind: Kind::Template,
+            ids,
+            mode: t.mode,
+            path: &t.path,
+            restart: &t.restart_units,
+            reload: &t.reload_units,
+            credential: false,
+            content: None,
+        });
+    }
+    (drafts, item_problems, owner_failed)
 }
 
 /// Groups secrets by sops file, checking that they agree on its format.

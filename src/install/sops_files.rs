@@ -137,9 +137,8 @@ pub(super) struct Batch {
     helper: Option<JoinHandle<Vec<(usize, Opened)>>>,
 }
 
-/// Starts opening `files` with `keyring`. One file to decrypt (or none) needs
-/// no helper, and a helper that cannot be started leaves the work to
-/// [`Batch::finish`].
+/// Starts opening `files` with `keyring`. One file needs no helper, and a
+/// helper that cannot be started leaves the work to [`Batch::finish`].
 pub(super) fn start(files: Vec<File>, keyring: Keyring) -> Batch {
     let shared = Arc::new(Shared {
         files,
@@ -147,9 +146,7 @@ pub(super) fn start(files: Vec<File>, keyring: Keyring) -> Batch {
         turns: KeyTurns::new(),
         next: AtomicUsize::new(0),
     });
-    // Files decrypted ahead leave only their values to take: no helper for them.
-    let to_decrypt = shared.files.iter().filter(|f| f.ahead.is_none()).count();
-    let helper = (to_decrypt > 1)
+    let helper = (shared.files.len() > 1)
         .then(|| {
             let shared = Arc::clone(&shared);
             crate::helper::spawn("sops-files", move || shared.work()).ok()
@@ -292,6 +289,11 @@ impl EarlyFiles {
         EarlyFiles(Mutex::new(helper.ok().map(|helper| Ahead { work: rx, helper })))
     }
 
+    /// Whether a helper was started and has not been waited for.
+    pub(super) fn is_running(&self) -> bool {
+        self.0.lock().is_ok_and(|h| h.is_some())
+    }
+
     /// Joins in decrypting the files left, waits for the helper, and hands
     /// over what was decrypted if `sources` (the checked manifest's) are
     /// those the keyring was built from. Also waits for a helper whose work
@@ -331,8 +333,9 @@ impl EarlyFiles {
 
 impl std::fmt::Debug for EarlyFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ahead = self.0.lock().map(|h| h.is_some()).unwrap_or(false);
-        f.debug_struct("EarlyFiles").field("started", &ahead).finish()
+        f.debug_struct("EarlyFiles")
+            .field("started", &self.is_running())
+            .finish()
     }
 }
 
@@ -489,9 +492,7 @@ mod tests {
                 })
                 .collect();
             assert!(ahead.docs.is_empty(), "every file taken");
-            let batch = start(with_ahead, ahead.keyring);
-            assert!(batch.helper.is_some(), "three files are left to decrypt");
-            let later = batch.finish();
+            let later = start(with_ahead, ahead.keyring).finish();
             assert_eq!(later.len(), now.len());
             for ((fa, a), (fb, b)) in later.iter().zip(&now) {
                 assert_eq!(fa.path, fb.path);

@@ -12,7 +12,7 @@
 //! run lists them all.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -496,19 +496,13 @@ impl Prescan {
             expand_if_user_mode(p, user_mode, runtime_dir)
         });
         let mut files: Vec<(PathBuf, Format)> = Vec::new();
-        let mut seen: HashMap<&str, ()> = HashMap::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         for s in &raw.secrets {
-            let format = match s.format.as_ref().map(Text::as_str) {
-                None | Some("") => Format::Yaml,
-                Some(f) => match Format::from_name(f) {
-                    Some(f) => f,
-                    None => continue,
-                },
+            let Ok(format) = secret_format(s.format.as_ref().map(Text::as_str)) else {
+                continue;
             };
             match s.sops_file.as_ref().map(Text::as_str) {
-                Some(f) if !f.is_empty() && seen.insert(f, ()).is_none() => {
-                    files.push((PathBuf::from(f), format));
-                }
+                Some(f) if !f.is_empty() && seen.insert(f) => files.push((PathBuf::from(f), format)),
                 _ => {}
             }
         }
@@ -635,6 +629,15 @@ struct RawTemplate<'a> {
 #[derive(Debug, thiserror::Error)]
 #[error("the manifest is not valid:\n  {}", .0.join("\n  "))]
 pub struct ManifestErrors(pub Vec<String>);
+
+/// A secret's `format`: absent or empty is YAML, as in sops-nix; an unknown
+/// name is returned as the error.
+fn secret_format(name: Option<&str>) -> Result<Format, &str> {
+    match name {
+        None | Some("") => Ok(Format::Yaml),
+        Some(f) => Format::from_name(f).ok_or(f),
+    }
+}
 
 /// A path as a manifest in `user_mode` means it: `%r` expanded when the
 /// runtime directory is known.
@@ -819,15 +822,13 @@ impl Manifest {
             let raw_name = s.name.as_ref().map(Text::as_str);
             let mut bad = |msg: String| problems.push(format!("secret {:?}: {msg}", label(raw_name, i)));
             let name = checked_name(raw_name, &mut bad);
-            let format = match s.format.as_ref().map(Text::as_str) {
-                None | Some("") => Some(Format::Yaml),
-                Some(f) => Format::from_name(f).or_else(|| {
+            let format = secret_format(s.format.as_ref().map(Text::as_str))
+                .map_err(|f| {
                     bad(format!(
                         "format {f:?} is not one of yaml, json, dotenv, ini, binary"
-                    ));
-                    None
-                }),
-            };
+                    ))
+                })
+                .ok();
             let mode = checked_mode(s.mode.as_ref().map(Text::as_str), &mut bad);
             let sops_file = match s.sops_file.as_ref().map(Text::as_str) {
                 Some(f) if !f.is_empty() => Some(PathBuf::from(f)),

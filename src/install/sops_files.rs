@@ -91,15 +91,19 @@ struct Shared {
 impl Shared {
     /// Takes files until none is left.
     fn work(&self) -> Vec<(usize, Opened)> {
-        let mut done = Vec::new();
-        loop {
-            let k = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some(file) = self.files.get(k) else {
-                return done;
-            };
-            done.push((k, open(k, file, &self.keyring, &self.turns)));
-        }
+        untaken(&self.next, &self.files)
+            .map(|(k, file)| (k, open(k, file, &self.keyring, &self.turns)))
+            .collect()
     }
+}
+
+/// Each of `items` that no other thread has taken, with its index: the
+/// threads sharing `next` take the next one in turn until none is left.
+fn untaken<'a, T>(next: &'a AtomicUsize, items: &'a [T]) -> impl Iterator<Item = (usize, &'a T)> {
+    std::iter::from_fn(move || {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        items.get(k).map(|item| (k, item))
+    })
 }
 
 fn open(k: usize, file: &File, keyring: &Keyring, turns: &KeyTurns) -> Opened {
@@ -213,17 +217,12 @@ struct Work {
 impl Work {
     /// Takes files until none is left; returns those decrypted.
     fn run(&self) -> Vec<(usize, Document)> {
-        let mut done = Vec::new();
-        loop {
-            let k = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some((path, format)) = self.prescan.files.get(k) else {
-                return done;
-            };
-            let doc = crate::safe_path::read(path, Trust::invoker())
-                .ok()
-                .and_then(|bytes| decrypt_in_process(bytes, *format, &self.keyring));
-            done.extend(doc.map(|d| (k, d)));
-        }
+        untaken(&self.next, &self.prescan.files)
+            .filter_map(|(k, (path, format))| {
+                let bytes = crate::safe_path::read(path, Trust::invoker()).ok()?;
+                decrypt_in_process(bytes, *format, &self.keyring).map(|doc| (k, doc))
+            })
+            .collect()
     }
 
     /// Leaves the files nobody has taken.
@@ -274,12 +273,19 @@ impl EarlyFiles {
             }
             let (mut log, mut problems) = (Vec::new(), Problems::default());
             let keyring = identities(sources, &SopsAgeEnv::default(), None, &mut log, &mut problems);
+            // A keyring that opens nothing in this process is handed over
+            // with no file to take: every file would be read only to be left.
+            let first = if keyring.opens_in_process() {
+                0
+            } else {
+                prescan.files.len()
+            };
             let work = Arc::new(Work {
                 prescan,
                 keyring,
                 log,
                 problems,
-                next: AtomicUsize::new(0),
+                next: AtomicUsize::new(first),
             });
             if tx.send(Arc::clone(&work)).is_err() {
                 return Vec::new();
@@ -556,5 +562,31 @@ mod tests {
                 .finish(&sources)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_keyring_that_opens_nothing_is_handed_over_with_its_problems() {
+        let missing = fixture("keys/no-such-key.txt");
+        let extra = format!(r#","ageKeyFile":{:?}"#, missing.display());
+        let sources = IdentitySources {
+            age_key_file: Some(missing),
+            ..IdentitySources::default()
+        };
+        let mut ahead = EarlyFiles::ahead(manifest_text(&extra), None, &SopsAgeEnv::default())
+            .finish(&sources)
+            .expect("the same sources");
+        assert!(!ahead.keyring.opens_in_process());
+        assert_eq!(
+            ahead.problems.0.len(),
+            1,
+            "the key file's problem, told once by the run"
+        );
+        assert!(ahead.problems.0[0].message.starts_with("ageKeyFile: "));
+        assert!(
+            ahead
+                .take(&fixture("install/enc/app.yaml"), Format::Yaml)
+                .is_none()
+        );
+        assert!(ahead.docs.is_empty(), "no file was read");
     }
 }

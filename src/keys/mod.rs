@@ -63,6 +63,13 @@ impl Keyring {
         Keyring::default()
     }
 
+    /// Whether it holds an identity that opens a stanza in this process
+    /// (an age identity not held by a plugin), as
+    /// [`recover_data_key_in_process`] needs.
+    pub fn opens_in_process(&self) -> bool {
+        !self.age.is_empty()
+    }
+
     /// Adds every identity of an age key file.
     pub fn add_age_key_file(&mut self, path: &Path) -> Result<(), KeyError> {
         let keys = age_file::load(path)?;

@@ -38,6 +38,17 @@ fn other_cpus() -> Option<nix::sched::CpuSet> {
         .then_some(set)
 }
 
+/// How many CPUs besides the one the caller is on it may use (0 when
+/// unknown).
+#[cfg(target_os = "linux")]
+pub(crate) fn other_cpu_count() -> usize {
+    other_cpus().map_or(0, |set| {
+        (0..nix::sched::CpuSet::count())
+            .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+            .count()
+    })
+}
+
 #[cfg(target_os = "linux")]
 fn keep_off_this_cpu<T>(handle: &JoinHandle<T>) {
     use std::os::unix::thread::JoinHandleExt;

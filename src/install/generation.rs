@@ -11,9 +11,9 @@
 //! been read and compared: an unchanged re-run creates no inode, allocates no
 //! page and leaves the next prune only names to remove. A live copy changed
 //! behind the installer's back (content, owner or mode) is never linked; the
-//! file is written afresh. The comparing can run on a second thread
-//! ([`LiveCopies`]) while this one links and writes, the verdicts coming in
-//! the files' order.
+//! file is written afresh. The comparing can run on other threads
+//! ([`LiveCopies`], by keyed digest, so that they hold no decrypted value)
+//! while this one links and writes.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -24,6 +24,8 @@ use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstat, mkdirat};
 use nix::unistd::{Gid, Uid, fchown, linkat};
 use zeroize::Zeroizing;
+
+use super::state::DigestKey;
 
 /// Why a generation could not be written; `what` names the file or
 /// directory, relative to the generation (or the generation itself).
@@ -269,16 +271,25 @@ impl LiveCopies {
         })
     }
 
-    /// Whether the live copy of `relative` is a regular file with exactly
-    /// `content`, `ids` and `mode`.
-    pub fn matches(&mut self, relative: &str, ids: Option<Ids>, mode: u32, content: &[u8]) -> bool {
+    /// Whether the live copy of `relative` is a regular file of `len` bytes
+    /// whose digest with `key` is `digest`, with `ids` and `mode`.
+    pub fn has_digest(
+        &mut self,
+        relative: &str,
+        ids: Option<Ids>,
+        mode: u32,
+        len: u64,
+        key: &DigestKey,
+        digest: &str,
+    ) -> bool {
         let mut parts: Vec<&str> = relative.split('/').collect();
         let file = parts.pop().expect("split yields at least one part");
         let Some(parent) = open_parent(self.dir.as_fd(), &parts) else {
             return false;
         };
         let parent = parent.as_ref().map_or(self.dir.as_fd(), |fd| fd.as_fd());
-        live_copy_matches(parent, file, ids, mode, content, &mut self.scratch)
+        open_if_same_kind(parent, file, ids, mode, len)
+            .is_some_and(|live| same_digest(live, len, key, digest, &mut self.scratch))
     }
 }
 
@@ -303,46 +314,89 @@ fn live_copy_matches(
     content: &[u8],
     scratch: &mut Zeroizing<Vec<u8>>,
 ) -> bool {
+    open_if_same_kind(parent, file, ids, mode, content.len() as u64)
+        .is_some_and(|live| same_bytes(live, content, scratch))
+}
+
+/// `file` in `parent` (the live generation), opened if it is a regular file
+/// of `len` bytes with `ids` (the caller's own uid when `None`) and `mode`.
+fn open_if_same_kind(
+    parent: BorrowedFd<'_>,
+    file: &str,
+    ids: Option<Ids>,
+    mode: u32,
+    len: u64,
+) -> Option<std::fs::File> {
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    let Ok(fd) = openat(parent, file, flags, Mode::empty()) else {
-        return false;
-    };
-    let Ok(st) = fstat(&fd) else {
-        return false;
-    };
+    let fd = openat(parent, file, flags, Mode::empty()).ok()?;
+    let st = fstat(&fd).ok()?;
     let same_owner = match ids {
         Some(ids) => st.st_uid == ids.uid && st.st_gid == ids.gid,
         None => st.st_uid == nix::unistd::geteuid().as_raw(),
     };
-    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+    (SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
         && st.st_mode & 0o7777 == mode as nix::libc::mode_t
         && same_owner
-        && u64::try_from(st.st_size) == Ok(content.len() as u64)
-        && same_bytes(std::fs::File::from(fd), content, scratch)
+        && u64::try_from(st.st_size) == Ok(len))
+    .then(|| std::fs::File::from(fd))
 }
 
 /// Whether `live` holds exactly `content`, read in pieces of at most 64 KiB
 /// (a large secret is not held twice) into `scratch`, which its owner wipes.
-fn same_bytes(mut live: impl Read, content: &[u8], scratch: &mut Zeroizing<Vec<u8>>) -> bool {
+fn same_bytes(live: impl Read, content: &[u8], scratch: &mut Zeroizing<Vec<u8>>) -> bool {
+    read_in_pieces(live, content.len(), scratch, |at, piece| {
+        content.get(at..at + piece.len()) == Some(piece)
+    })
+}
+
+/// Whether `live` holds `len` bytes whose digest with `key` is `digest`,
+/// read as [`same_bytes`] reads.
+fn same_digest(
+    live: impl Read,
+    len: u64,
+    key: &DigestKey,
+    digest: &str,
+    scratch: &mut Zeroizing<Vec<u8>>,
+) -> bool {
+    use hmac::Mac;
+    let Ok(len) = usize::try_from(len) else {
+        return false;
+    };
+    let mut taking = key.start();
+    read_in_pieces(live, len, scratch, |_, piece| {
+        taking.update(piece);
+        true
+    }) && DigestKey::text(taking) == digest
+}
+
+/// Reads all of `live` into `scratch` in pieces of at most 64 KiB, handing
+/// each to `piece` with its offset while it says yes; whether `live` held
+/// exactly `len` bytes and every piece was taken.
+fn read_in_pieces(
+    mut live: impl Read,
+    len: usize,
+    scratch: &mut Zeroizing<Vec<u8>>,
+    mut piece: impl FnMut(usize, &[u8]) -> bool,
+) -> bool {
     const PIECE: usize = 64 * 1024;
     // Made once at its full size: growing it would free an unwiped copy.
     if scratch.len() < PIECE {
         **scratch = vec![0; PIECE];
     }
     // One byte more than expected, so that a longer copy shows in one read.
-    let buf = &mut scratch[..(content.len() + 1).min(PIECE)];
+    let buf = &mut scratch[..len.saturating_add(1).min(PIECE)];
     let mut seen = 0;
     loop {
         match live.read(buf) {
-            Ok(0) => return seen == content.len(),
+            Ok(0) => return seen == len,
             Ok(n) => {
-                if content.get(seen..seen + n) != Some(&buf[..n]) {
+                if seen + n > len || !piece(seen, &buf[..n]) {
                     return false;
                 }
                 seen += n;
                 // A short read of a regular file is its end: a secret is
                 // compared in one read, not one more to see nothing follows.
-                if n < buf.len() && seen == content.len() {
+                if n < buf.len() && seen == len {
                     return true;
                 }
             }
@@ -368,6 +422,21 @@ fn crash_point(files_written: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl LiveCopies {
+        /// The readers' verdict on a live copy that should hold `content`.
+        fn matches(&mut self, relative: &str, ids: Option<Ids>, mode: u32, content: &[u8]) -> bool {
+            let key = DigestKey::fresh();
+            self.has_digest(
+                relative,
+                ids,
+                mode,
+                content.len() as u64,
+                &key,
+                &key.digest(content),
+            )
+        }
+    }
 
     #[test]
     fn a_file_written_twice_is_refused_as_a_failed_create() {

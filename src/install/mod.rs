@@ -9,7 +9,8 @@
 //! lock           one run per mount from here on (dry runs only read and take none)
 //! Live::load     the live generation's digest key (its record parsed later, if at all)
 //! plan::settle   failed items keep their live copy (keep-previous); templates rendered
-//! (readers)      two threads start reading the live copies for apply to link the same
+//! (readers)      one reader per other CPU (at most two) starts judging the live copies
+//!                by digest, for apply to link the same
 //! Plan::record   this run's record, compared with the live one: the same bytes, nothing changed;
 //!                else only the live entries whose text differs are parsed
 //! diff           changes against the record (or the live files) → change lines, units
@@ -115,33 +116,32 @@ fn run(
     };
     let mut live = Live::load(manifest);
     let plan = plan::settle(gathered, manifest, &live);
-    let late = std::thread::scope(|scope| {
-        // Under the lock the live copies are read while the record is made.
-        let verdicts = if opts.dry_run {
-            apply::Verdicts::none()
-        } else {
-            apply::read_live_copies(scope, manifest, &plan.items)
-        };
-        let record = plan.record(&live.digest_key);
-        live.compare_record(&record);
-        let requests = diff::diff(
-            &plan.items,
-            &live,
-            opts.dry_run,
-            manifest.logging.secret_changes,
-            report,
-        );
-        report.requests.add(&requests.restart, &requests.reload);
-        if opts.dry_run {
-            dry_run_lists(manifest, opts, &requests, report)?;
-            return Ok(None);
-        }
-        let next = apply::apply(manifest, &plan.items, plan.keys_gid, &record, verdicts, report)?;
-        let late = aftercare::aftercare(manifest, opts, &plan.items, &live, &requests, next, report);
-        Ok::<_, Failed>(Some(late))
-    })?;
+    // Under the lock the live copies are read while the record is made.
+    let verdicts = if opts.dry_run {
+        apply::Verdicts::none()
+    } else {
+        apply::read_live_copies(manifest, &plan.items, &live.digest_key)
+    };
+    let record = plan.record(&live.digest_key);
+    live.compare_record(&record);
+    let requests = diff::diff(
+        &plan.items,
+        &live,
+        opts.dry_run,
+        manifest.logging.secret_changes,
+        report,
+    );
+    report.requests.add(&requests.restart, &requests.reload);
+    if opts.dry_run {
+        drop(verdicts);
+        dry_run_lists(manifest, opts, &requests, report)?;
+        live.leave();
+        return Ok(());
+    }
+    let next = apply::apply(manifest, &plan.items, plan.keys_gid, &record, verdicts, report)?;
+    let late = aftercare::aftercare(manifest, opts, &plan.items, &live, &requests, next, report);
     live.leave();
-    late.map_or(Ok(()), |late| plan.finish(late))
+    plan.finish(late)
 }
 
 /// A dry run hands the units over as switch-to-configuration's dry-activation lists.

@@ -109,9 +109,20 @@ impl DigestKey {
 
     /// The digest a record keeps of `content`.
     pub fn digest(&self, content: &[u8]) -> String {
-        let mut mac = self.keyed.clone();
-        mac.update(content);
-        B64.encode(&mac.finalize().into_bytes()[..16])
+        let mut digest = self.start();
+        digest.update(content);
+        DigestKey::text(digest)
+    }
+
+    /// A digest taken piece by piece: [`Mac::update`] it, then
+    /// [`DigestKey::text`].
+    pub(crate) fn start(&self) -> Hmac<sha2::Sha256> {
+        self.keyed.clone()
+    }
+
+    /// The text of a digest [`DigestKey::start`]ed.
+    pub(crate) fn text(digest: Hmac<sha2::Sha256>) -> String {
+        B64.encode(&digest.finalize().into_bytes()[..16])
     }
 }
 

@@ -158,7 +158,8 @@ fn write_items(
     root: Option<Ids>,
 ) -> Result<(), String> {
     for item in items {
-        // No verdict (no live generation, or no reader): compared here.
+        // No verdict (no live generation, or a batch the writer reached
+        // before any reader): compared here.
         let same = verdicts.next();
         generation
             .write_file_told(

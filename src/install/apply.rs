@@ -196,12 +196,14 @@ pub(super) struct Verdicts {
     own: Option<LiveCopies>,
     /// The next item's index.
     item: usize,
-    /// The verdicts on the rest of its batch, if it was judged ahead.
+    /// The verdicts on the rest of its batch, if a reader or the writer
+    /// judged it ahead.
     batch: Option<std::vec::IntoIter<bool>>,
 }
 
 /// What a live copy must be for its item to be linked. The content is
-/// compared by its keyed digest, so that no reader holds a decrypted value.
+/// compared by its keyed digest: readers are handed no decrypted value (they
+/// read the live copies only, into a buffer wiped on drop).
 struct Expected {
     relative: String,
     ids: Option<Ids>,

@@ -52,17 +52,30 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// `nix-instantiate --eval --strict --json` on a file or (with `expr`) an expression.
+///
+/// The tests run side by side, and each evaluation may add paths to the
+/// store: Nix 2.8 can then fail at once with "SQLite database ... is busy"
+/// where another `nix-instantiate` holds the store's database. That, and
+/// only that, is tried again.
 fn nix_eval(args: &[&str]) -> Result<Value, String> {
-    let out = Command::new("nix-instantiate")
-        .args(["--read-write-mode", "--eval", "--strict", "--json"])
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("nix-instantiate runs");
-    if !out.status.success() {
-        return Err(text(&out.stderr));
+    let mut attempt = 0;
+    loop {
+        let out = Command::new("nix-instantiate")
+            .args(["--read-write-mode", "--eval", "--strict", "--json"])
+            .args(args)
+            .current_dir(repo())
+            .output()
+            .expect("nix-instantiate runs");
+        if out.status.success() {
+            return Ok(serde_json::from_slice(&out.stdout).expect("nix-instantiate --json prints JSON"));
+        }
+        let err = text(&out.stderr);
+        attempt += 1;
+        if !(err.contains("SQLite database") && err.contains("is busy")) || attempt == 10 {
+            return Err(err);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
     }
-    Ok(serde_json::from_slice(&out.stdout).expect("nix-instantiate --json prints JSON"))
 }
 
 fn eval_example(name: &str) -> Value {

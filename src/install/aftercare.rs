@@ -50,7 +50,23 @@ pub(super) fn aftercare(
         credentials(manifest, items, live, &mut late);
     }
     stale_links(manifest, items, live, trusted_uid, report, &mut late);
-    if let Err(e) = links::prune(&manifest.secrets_mount_point, next, manifest.keep_generations) {
+    // The generation before this one holds most of this run's names.
+    let known: Vec<&str> = if manifest.keep_generations == 0 {
+        Vec::new()
+    } else {
+        items
+            .iter()
+            .filter(|i| i.kind == Kind::Secret)
+            .map(|i| i.name.as_str())
+            .filter(|name| !name.contains('/'))
+            .collect()
+    };
+    if let Err(e) = links::prune(
+        &manifest.secrets_mount_point,
+        next,
+        manifest.keep_generations,
+        &known,
+    ) {
         late.push(e.to_string());
     }
     let of = |kind| items.iter().filter(|i| i.kind == kind).count();

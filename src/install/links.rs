@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{AtFlags, readlinkat, renameat};
+use nix::fcntl::{AtFlags, OFlag, readlinkat, renameat};
 use nix::sys::stat::{SFlag, fstatat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, symlinkat, unlinkat};
 
@@ -153,7 +153,16 @@ pub fn swap(link: &Path, target: &Path) -> Result<(), LinkError> {
 }
 
 /// Removes generations older than the `keep` newest; never `live`. `keep == 0` keeps all.
-pub fn prune(mount: &Path, live: u64, keep: u64) -> Result<Vec<u64>, LinkError> {
+///
+/// `known` are names of files that an old generation most likely holds (this
+/// run's secrets at the top of the generation, each one path component).
+/// They are unlinked by name first, through a descriptor of the generation:
+/// reading a directory of thousands of entries costs about a fifth of
+/// unlinking them, and what is left to read afterwards is only what the
+/// names missed (a secret since removed, `rendered/`, nested paths), which is
+/// then removed as found. A name the generation lacks, or that is a
+/// directory there, is skipped.
+pub fn prune(mount: &Path, live: u64, keep: u64, known: &[&str]) -> Result<Vec<u64>, LinkError> {
     let mut removed = Vec::new();
     if keep == 0 {
         return Ok(removed);
@@ -164,12 +173,32 @@ pub fn prune(mount: &Path, live: u64, keep: u64) -> Result<Vec<u64>, LinkError> 
             continue;
         };
         if n != live && n + keep <= live {
-            std::fs::remove_dir_all(entry.path()).map_err(io("remove old generation", &entry.path()))?;
+            let path = entry.path();
+            unlink_known(&path, known);
+            std::fs::remove_dir_all(&path).map_err(io("remove old generation", &path))?;
             removed.push(n);
         }
     }
     removed.sort_unstable();
     Ok(removed)
+}
+
+/// Unlinks each of `names` (single path components) in the directory
+/// `generation`, ignoring every failure: [`prune`] removes whatever remains.
+fn unlink_known(generation: &Path, names: &[&str]) {
+    if names.is_empty() {
+        return;
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let Ok(dir) = nix::fcntl::open(generation, flags, nix::sys::stat::Mode::empty()) else {
+        return;
+    };
+    for name in names {
+        if name.is_empty() || name.contains('/') || *name == "." || *name == ".." {
+            continue;
+        }
+        let _ = unlinkat(&dir, *name, UnlinkatFlags::NoRemoveDir);
+    }
 }
 
 /// Removes generation directories newer than the live one: leftovers of a run
@@ -280,5 +309,66 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// Names unlinked ahead of the sweep neither spare anything in an old
+    /// generation nor reach anything outside it.
+    #[test]
+    fn pruning_by_known_names_removes_every_old_generation_whole_and_nothing_else() {
+        let mount = tempfile::tempdir().unwrap();
+        let m = mount.path();
+        let write = |rel: &str| {
+            let path = m.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, rel).unwrap();
+        };
+        for generation in ["1", "2", "3"] {
+            for rel in ["a", "b", "gone", "nested/c", "rendered/t", "d/x"] {
+                write(&format!("{generation}/{rel}"));
+            }
+        }
+        // Outside every generation, under names the list carries.
+        write("a");
+        write("outside/b");
+        let known = ["a", "b", "d", "nested/c", "..", ".", "", "missing", "outside"];
+        let removed = prune(m, 3, 2, &known).unwrap();
+        assert_eq!(removed, vec![1]);
+        assert!(!m.join("1").exists());
+        let mut left: Vec<String> = walkdir(m);
+        left.sort();
+        let mut expected: Vec<String> = ["2", "3"]
+            .iter()
+            .flat_map(|g| {
+                ["a", "b", "gone", "nested/c", "rendered/t", "d/x"]
+                    .iter()
+                    .map(move |rel| format!("{g}/{rel}"))
+            })
+            .chain(["a".to_owned(), "outside/b".to_owned()])
+            .collect();
+        expected.sort();
+        assert_eq!(left, expected);
+        for rel in &left {
+            assert_eq!(std::fs::read_to_string(m.join(rel)).unwrap(), *rel);
+        }
+        // keep == 1 removes 2 as well; keep == 0 removes nothing.
+        assert_eq!(prune(m, 3, 0, &known).unwrap(), Vec::<u64>::new());
+        assert_eq!(prune(m, 3, 1, &known).unwrap(), vec![2]);
+        assert!(!m.join("2").exists() && m.join("3/a").exists() && m.join("a").exists());
+    }
+
+    fn walkdir(root: &Path) -> Vec<String> {
+        let mut files = Vec::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path.strip_prefix(root).unwrap().to_str().unwrap().to_owned());
+                }
+            }
+        }
+        files
     }
 }

@@ -14,6 +14,7 @@ pub mod kms;
 pub mod pgp;
 pub mod sops_env;
 pub mod ssh;
+mod x25519;
 
 use std::io::Read;
 use std::path::Path;
@@ -102,9 +103,10 @@ impl Keyring {
             });
         }
         for key in keys.native {
+            let key = x25519::X25519Identity::new(&key);
             self.offered.push(Offered {
                 origin: origin.to_owned(),
-                recipient: key.to_public().to_string(),
+                recipient: key.recipient(),
             });
             self.age.push(Box::new(key));
         }
@@ -121,6 +123,7 @@ impl Keyring {
             derived_recipient = Some(derived.recipient.clone());
             let key: age::x25519::Identity =
                 derived.identity.parse().expect("derived identities always parse");
+            let key = x25519::X25519Identity::new(&key);
             self.offered.push(Offered {
                 origin: format!("{origin} (converted with ssh-to-age)"),
                 recipient: derived.recipient,

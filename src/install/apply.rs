@@ -10,7 +10,7 @@
 //! filesystem this run mounted, so the live secrets stay as they were and
 //! reachable.
 
-use super::generation::{Generation, Ids, LiveCopies};
+use super::generation::{Generation, Ids, LiveCopies, WriteError};
 use super::item::Item;
 use super::report::{Failed, LogLine, Report};
 use super::state;
@@ -139,7 +139,7 @@ fn write_and_swap(
     let removed = || format!("generation {next} was removed; the live secrets are unchanged").into();
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&path);
-        return Err(Failed(vec![e.into(), removed()]));
+        return Err(Failed(vec![e.to_string().into(), removed()]));
     }
     links::swap(&manifest.symlink_path, &path).map_err(|e| {
         let _ = std::fs::remove_dir_all(&path);
@@ -156,7 +156,7 @@ fn write_items(
     mut verdicts: Verdicts,
     record: &[u8],
     root: Option<Ids>,
-) -> Result<(), String> {
+) -> Result<(), WriteItemsError> {
     for item in items {
         // No verdict (no live generation, or a batch the writer reached
         // before any reader): compared here.
@@ -169,11 +169,30 @@ fn write_items(
                 item.bytes.as_bytes(),
                 same,
             )
-            .map_err(|e| format!("{}: {e}", item.shown()))?;
+            .map_err(|source| WriteItemsError::Item {
+                item: item.shown(),
+                source,
+            })?;
     }
     generation
         .write_file(state::FILE, root, 0o400, record)
-        .map_err(|e| e.to_string())
+        .map_err(WriteItemsError::Record)
+}
+
+/// Why the items or the record could not be written into the new generation.
+#[derive(Debug, thiserror::Error)]
+enum WriteItemsError {
+    /// An item's file; `item` names it as messages do (`secret "db/password"`).
+    #[error("{item}: {source}")]
+    Item {
+        /// The item, as shown.
+        item: String,
+        /// Why.
+        source: WriteError,
+    },
+    /// The generation's record.
+    #[error(transparent)]
+    Record(WriteError),
 }
 
 /// How many verdicts are judged at a time: one hand-over per item would

@@ -145,7 +145,7 @@ impl Live {
 /// regular file there. The path is walked by the rule of
 /// [`crate::safe_path`]: the live link is ours, and no link planted by
 /// another user is followed to reach a file that is not.
-pub(super) fn read(path: &Path) -> Result<Option<LiveCopy>, String> {
+pub(super) fn read(path: &Path) -> Result<Option<LiveCopy>, ReadError> {
     use std::io::Read;
     let mut file = match crate::safe_path::open_file(path, Trust::invoker()) {
         Ok(f) => f,
@@ -157,12 +157,23 @@ pub(super) fn read(path: &Path) -> Result<Option<LiveCopy>, String> {
         {
             return Ok(None);
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(ReadError::Open(e)),
     };
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
     let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
-    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    file.read_to_end(&mut bytes).map_err(ReadError::Io)?;
     Ok(Some((bytes, meta)))
+}
+
+/// Why a live copy could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReadError {
+    /// Opening it by the safe rule failed.
+    #[error(transparent)]
+    Open(OpenError),
+    /// Its metadata or its bytes could not be read.
+    #[error(transparent)]
+    Io(std::io::Error),
 }
 
 /// Relative paths of the regular files under `dir` (not following links).

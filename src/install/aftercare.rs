@@ -50,17 +50,13 @@ pub(super) fn aftercare(
         credentials(manifest, items, live, &mut late);
     }
     stale_links(manifest, items, live, trusted_uid, report, &mut late);
-    // The generation before this one holds most of this run's names.
-    let known: Vec<&str> = if manifest.keep_generations == 0 {
-        Vec::new()
-    } else {
-        items
-            .iter()
-            .filter(|i| i.kind == Kind::Secret)
-            .map(|i| i.name.as_str())
-            .filter(|name| !name.contains('/'))
-            .collect()
-    };
+    // The generation before this one holds most of this run's secrets;
+    // `prune` takes those at its top (a name without `/`).
+    let known: Vec<&str> = items
+        .iter()
+        .filter(|i| i.kind == Kind::Secret)
+        .map(|i| i.name.as_str())
+        .collect();
     if let Err(e) = links::prune(
         &manifest.secrets_mount_point,
         next,

@@ -155,8 +155,7 @@ pub fn swap(link: &Path, target: &Path) -> Result<(), LinkError> {
 /// Removes generations older than the `keep` newest; never `live`. `keep == 0` keeps all.
 ///
 /// `known` are names of files that an old generation most likely holds (this
-/// run's secrets at the top of the generation, each one path component).
-/// They are unlinked by name first, through a descriptor of the generation:
+/// run's secrets). Those of one path component are unlinked by name first, through a descriptor of the generation:
 /// reading a directory of thousands of entries costs about a fifth of
 /// unlinking them, and what is left to read afterwards is only what the
 /// names missed (a secret since removed, `rendered/`, nested paths), which is
@@ -183,7 +182,7 @@ pub fn prune(mount: &Path, live: u64, keep: u64, known: &[&str]) -> Result<Vec<u
     Ok(removed)
 }
 
-/// Unlinks each of `names` (single path components) in the directory
+/// Unlinks each of `names` that is a single path component in the directory
 /// `generation`, ignoring every failure: [`prune`] removes whatever remains.
 fn unlink_known(generation: &Path, names: &[&str]) {
     if names.is_empty() {

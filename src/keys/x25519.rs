@@ -21,7 +21,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey, StaticSecret};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 const TAG: &str = "X25519";
 const LABEL: &[u8] = b"age-encryption.org/v1/X25519";
@@ -38,11 +38,13 @@ impl X25519Identity {
     /// The same identity as `identity`, with its public key derived now.
     pub(crate) fn new(identity: &age::x25519::Identity) -> X25519Identity {
         let text = identity.to_string();
-        let (_, bytes) = bech32::decode(text.expose_secret()).expect("age writes valid Bech32");
-        let mut bytes = Zeroizing::new(bytes);
+        // The error is dropped unseen: its text could quote the key.
+        let Ok((_, bytes)) = bech32::decode(text.expose_secret()) else {
+            unreachable!("age writes its identities in valid Bech32");
+        };
+        let bytes = Zeroizing::new(bytes);
         let mut key = Zeroizing::new([0u8; 32]);
         key.copy_from_slice(&bytes[..]);
-        bytes.zeroize();
         let secret = StaticSecret::from(*key);
         let public = PublicKey::from(&secret);
         X25519Identity { secret, public }
@@ -82,11 +84,8 @@ impl age::Identity for X25519Identity {
         salt[..SHARE_BYTES].copy_from_slice(&epk);
         salt[SHARE_BYTES..].copy_from_slice(self.public.as_bytes());
         let wrapping = Zeroizing::new(hkdf(&salt, LABEL, shared.as_bytes()));
-        let mut file_key = Zeroizing::new(aead_decrypt(&wrapping, FILE_KEY_BYTES, &stanza.body).ok()?);
-        Some(Ok(FileKey::init_with_mut(|k| {
-            k.copy_from_slice(&file_key);
-            file_key.zeroize();
-        })))
+        let file_key = Zeroizing::new(aead_decrypt(&wrapping, FILE_KEY_BYTES, &stanza.body).ok()?);
+        Some(Ok(FileKey::init_with_mut(|k| k.copy_from_slice(&file_key))))
     }
 }
 
